@@ -1,0 +1,3 @@
+from pipeobs.cli import entry_point
+
+entry_point()

@@ -1,0 +1,231 @@
+"""Output capture at the file-descriptor level, attributed to invocations by in-band markers.
+
+A worker's fds 1 and 2 are pipes whose read ends the *driver* holds, so everything written
+before a SIGKILL or a segfault (by Python, C extensions, ``os.write`` or child processes) is
+still read until EOF. To attribute each line to the mini-batch that wrote it, the worker writes
+marker lines to both fds at the start and end of each invocation, after flushing Python's
+buffers; the driver's :class:`StreamParser` follows them in stream order, so no timestamp
+guessing is needed. Log records travel as marker lines on fd 2 (JSON), keeping their level and
+logger name and their place among the stderr lines.
+
+Marker format: ``\\x1e<token>\\x1f<kind><payload>\\n`` where ``token`` is random per run, so
+user output cannot forge one. Kinds: ``B`` begin (JSON ``{"k": phase, "mb": id, "a": attempt}``),
+``E`` end, ``L`` log record (JSON).
+
+Lines are decoded as UTF-8 with invalid bytes escaped (``\\x..``), and lines longer than
+:data:`MAX_LINE` bytes are split into pieces of that size (the pieces carry ``continued``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+MAX_LINE = 64 * 1024
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+def level_number(name: str | int) -> int:
+    """``logging_level`` is not validated by Azure; unknown names fall back to INFO."""
+    if isinstance(name, int):
+        return name
+    return _LEVELS.get(str(name).strip().upper(), logging.INFO)
+
+
+def marker_prefix(token: str) -> bytes:
+    return b"\x1e" + token.encode("ascii") + b"\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What a worker is running: ``init``, ``run`` (a mini-batch attempt) or ``shutdown``."""
+
+    phase: str
+    mini_batch_id: int | None = None
+    attempt: int | None = None
+
+
+IDLE = Invocation("worker")
+
+
+@dataclass(slots=True)
+class Line:
+    """One captured line (or a piece of a very long one) with its attribution."""
+
+    stream: str  # "stdout" | "stderr" | "log"
+    invocation: Invocation
+    text: str
+    level: str | None = None
+    logger: str | None = None
+    system: bool = False  # pipeobs's own record: goes to the system log, never to user logs
+    entry_script: bool = False  # written through EntryScript().logger
+    continued: bool = False
+    time: float | None = None  # log records carry their own time
+
+
+@dataclass(slots=True)
+class Boundary:
+    """A begin (``invocation`` set) or end (``invocation`` is None) marker."""
+
+    stream: str
+    invocation: Invocation | None
+
+
+class StreamParser:
+    """Splits one worker stream into lines and boundaries; used by the driver."""
+
+    def __init__(self, stream: str, token: str) -> None:
+        self.stream = stream
+        self._mark = marker_prefix(token)
+        self._buffer = bytearray()
+        self.invocation = IDLE
+
+    def feed(self, data: bytes) -> Iterator[Line | Boundary]:
+        self._buffer += data
+        yield from self._drain(final=False)
+
+    def close(self) -> Iterator[Line | Boundary]:
+        """End of stream: flush a last partial line."""
+        yield from self._drain(final=True)
+
+    def _drain(self, final: bool) -> Iterator[Line | Boundary]:
+        buf = self._buffer
+        pos = 0
+        while pos < len(buf):
+            newline = buf.find(b"\n", pos)
+            mark = buf.find(self._mark, pos, newline if newline >= 0 else len(buf))
+            if mark > pos:  # text before a marker is a line of its own
+                yield self._line(bytes(buf[pos:mark]))
+                pos = mark
+                continue
+            if newline < 0:
+                if mark == pos and not final:
+                    break  # wait for the rest of the marker line
+                if len(buf) - pos < MAX_LINE and not final:
+                    break
+                end = min(len(buf), pos + MAX_LINE)
+                yield self._line(bytes(buf[pos:end]), continued=end < len(buf) or not final)
+                pos = end
+                continue
+            if newline - pos > MAX_LINE and mark != pos:
+                yield self._line(bytes(buf[pos : pos + MAX_LINE]), continued=True)
+                pos += MAX_LINE
+                continue
+            is_marker = mark == pos
+            raw = bytes(buf[pos:newline])
+            pos = newline + 1
+            yield self._marker(raw) if is_marker else self._line(raw)
+        del buf[:pos]
+
+    def _line(self, raw: bytes, continued: bool = False) -> Line:
+        text = raw.decode("utf-8", "backslashreplace").rstrip("\r")
+        return Line(self.stream, self.invocation, text, continued=continued)
+
+    def _marker(self, raw: bytes) -> Line | Boundary:
+        body = raw[len(self._mark) :]
+        kind, payload = body[:1], body[1:]
+        if kind == b"B":
+            info = json.loads(payload)
+            self.invocation = Invocation(info["k"], info.get("mb"), info.get("a"))
+            return Boundary(self.stream, self.invocation)
+        if kind == b"E":
+            self.invocation = IDLE
+            return Boundary(self.stream, None)
+        record = json.loads(payload)
+        return Line(
+            "log",
+            self.invocation,
+            record["msg"],
+            level=record["lvl"],
+            logger=record["name"],
+            system=record.get("sys", False),
+            entry_script=record.get("es", False),
+            time=record["t"],
+        )
+
+
+class WorkerCapture:
+    """The worker side: line-buffered stdio, invocation markers, and a root logging handler."""
+
+    def __init__(self, token: str, logging_level: str | int) -> None:
+        self._mark = marker_prefix(token)
+        self.level = level_number(logging_level)
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        # Line buffering: a print is in the pipe (and so survives a kill) as soon as it returns.
+        for stream in (sys.stdout, sys.stderr):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(line_buffering=True, errors="backslashreplace")
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(MarkerHandler(self))
+        root.setLevel(self.level)
+        # pipeobs's own records go to the system log whatever the user's level
+        logging.getLogger("pipeobs").setLevel(min(self.level, logging.INFO))
+
+    def begin(self, invocation: Invocation) -> None:
+        payload = {"k": invocation.phase, "mb": invocation.mini_batch_id, "a": invocation.attempt}
+        self._both(b"B" + json.dumps(payload, separators=(",", ":")).encode())
+
+    def end(self) -> None:
+        self._both(b"E")
+
+    def _both(self, body: bytes) -> None:
+        line = self._mark + body + b"\n"
+        with self._lock:
+            _flush_stdio()
+            os.write(1, line)
+            os.write(2, line)
+
+    def write_record(self, record: dict[str, object]) -> None:
+        data = self._mark + b"L" + json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            _flush_stdio()
+            _write_all(2, data)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class MarkerHandler(logging.Handler):
+    """Sends each record, formatted, as a log marker on fd 2 (kept in order with stderr)."""
+
+    def __init__(self, capture: WorkerCapture) -> None:
+        super().__init__()
+        self._capture = capture
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._capture.write_record(
+                {
+                    "t": record.created,
+                    "lvl": record.levelname,
+                    "name": record.name,
+                    "msg": self.format(record),
+                    "sys": record.name == "pipeobs" or record.name.startswith("pipeobs."),
+                    "es": getattr(record, "pipeobs_entry_script", False),
+                }
+            )
+        except Exception:  # noqa: BLE001 - logging must never fail the user's code
+            self.handleError(record)

@@ -1,0 +1,287 @@
+"""``pipeobs`` command line.
+
+Exit codes: 0 success; 1 internal error; 2 invalid usage, configuration or input;
+3 entry script cannot be loaded; 42 the job failed (as Azure's driver); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pipeobs.errors import ConfigError, PipeobsError
+
+CONFIG_FLAGS: dict[str, dict[str, Any]] = {
+    # v1 ParallelRunConfig
+    "error_threshold": {"type": int},
+    "output_action": {},
+    "node_count": {"type": int},
+    "process_count_per_node": {"type": int},
+    "mini_batch_size": {},
+    "source_directory": {},
+    "description": {},
+    "logging_level": {},
+    "run_invocation_timeout": {"type": int},
+    "run_max_try": {"type": int},
+    "append_row_file_name": {},
+    "allowed_failed_count": {"type": int},
+    "allowed_failed_percent": {"type": float},
+    "partition_keys": {"help": "comma-separated, or a JSON list"},
+    "environment_variables": {"action": "append", "metavar": "NAME=VALUE"},
+    "environment": {},
+    "compute_target": {},
+    # v2 spellings
+    "mini_batch_error_threshold": {"type": int},
+    "max_concurrency_per_instance": {"type": int},
+    "instance_count": {"type": int},
+    "max_retries": {"type": int, "help": "v2 retry_settings.max_retries (tries = retries + 1)"},
+    "timeout": {"type": int, "help": "v2 retry_settings.timeout"},
+    "append_row_to": {},
+}
+SETTING_FLAGS = (
+    "task_overhead_timeout",
+    "progress_update_timeout",
+    "first_task_creation_timeout",
+    "resource_monitor_interval",
+    "append_row_dataframe_header",
+    "copy_logs_to_parent",
+    "metrics_name_prefix",
+    "push_metrics_to_parent",
+    "profiling_module",
+    "nice",
+)
+JOB_KEYS = ("entry_script", "inputs", "output", "tabular", "format", "partition_format", "name", "runs_dir", "arguments")
+YAML_NESTED = {"retry_settings": ("max_retries", "timeout"), "resources": ("instance_count",)}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error, a did-you-mean for unknown flags, and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if "unrecognized arguments:" in message:
+            unknown = message.split("unrecognized arguments:", 1)[1].split()
+            flag = next((u for u in unknown if u.startswith("-")), unknown[0] if unknown else "")
+            message = f"unknown option {flag.split('=')[0]}" + _did_you_mean(flag, self._all_flags())
+            if not flag.startswith("-"):
+                message = f"unexpected argument '{flag}' (script arguments go after '--')"
+        self.exit(2, f"error: {message}\n")
+
+    def _all_flags(self) -> list[str]:
+        return [s for action in self._actions for s in action.option_strings]
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word.split("=")[0], choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _flag_names(name: str) -> list[str]:
+    kebab = "--" + name.replace("_", "-")
+    snake = "--" + name
+    return [kebab] if kebab == snake else [kebab, snake]
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="pipeobs", description="Run ParallelRunStep entry scripts locally, observably.", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("run", help="run an entry script over inputs", allow_abbrev=False)
+    run.add_argument("entry_script", nargs="?", help="the entry script (init/run/shutdown)")
+    run.add_argument("--input", "-i", action="append", dest="inputs", metavar="PATH", help="a file, folder or glob (repeatable)")
+    run.add_argument("--output", "-o", metavar="DIR", help="output folder (default: <run dir>/output)")
+    run.add_argument("--tabular", action="store_true", default=None, help="inputs are tables (csv/tsv/jsonl/parquet by extension)")
+    run.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"), help="tabular format (implies --tabular)")
+    run.add_argument("--partition-format", "--partition_format", dest="partition_format", metavar="FMT", help='e.g. "{user}/{season}/{genres}.wav"')
+    run.add_argument("--name", help="step name (default: the entry script's name)")
+    run.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", metavar="DIR", help="where run directories go (default: ./runs)")
+    run.add_argument("-c", "--config", metavar="YAML", help="job YAML with the same keys as the flags")
+    run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only unfinished mini-batches run")
+    for name, options in CONFIG_FLAGS.items():
+        run.add_argument(*_flag_names(name), dest=name, default=None, **options)
+    for name in SETTING_FLAGS:
+        run.add_argument(*_flag_names(name), dest=name, default=None, metavar="VALUE")
+    demo = sub.add_parser("demo", help="run the digit-identification demo job", allow_abbrev=False)
+    demo.add_argument("--dir", default="pipeobs-demo", help="folder for the demo's images and runs")
+    demo.add_argument("--images", type=int, default=200, help="how many digit images to score")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1 :]
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return command_run(args, script_args)
+        if args.command == "demo":
+            from pipeobs.demo import run_demo
+
+            return run_demo(Path(args.dir), args.images)
+    except PipeobsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
+    from pipeobs.summary import Progress, print_result
+
+    if args.resume:
+        from pipeobs.step import resume_plan, run_plan
+
+        plan = resume_plan(args.resume)
+        with Progress() as progress:
+            result = run_plan(plan, progress.update)
+        print_result(result)
+        return 0 if result.ok else 42
+    values = load_yaml(args.config) if args.config else {}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "resume")}
+    values.update(given)
+    step = build_step(values, script_args)
+    with Progress() as progress:
+        result = step.run(values.get("runs_dir") or "runs", on_progress=progress.update)
+    print_result(result)
+    return 0 if result.ok else 42
+
+
+def build_step(values: dict[str, Any], script_args: list[str]) -> Any:
+    """A ParallelRunStep from merged YAML values and flags."""
+    from pipeobs.config import ParallelRunConfig, make_settings
+    from pipeobs.step import ParallelRunStep
+
+    entry = values.get("entry_script")
+    if not entry:
+        raise ConfigError("no entry script given: pipeobs run ENTRY_SCRIPT --input PATH")
+    if not values.get("inputs"):
+        raise ConfigError("no input given: add --input PATH (a file, folder or glob)")
+    config_args = {k: values[k] for k in CONFIG_FLAGS if k in values and k not in ("max_retries", "timeout")}
+    if "partition_keys" in config_args and isinstance(config_args["partition_keys"], str):
+        text = config_args["partition_keys"].strip()
+        config_args["partition_keys"] = text if text.startswith("[") else [k.strip() for k in text.split(",") if k.strip()]
+    if "environment_variables" in config_args:
+        config_args["environment_variables"] = _env_pairs(config_args["environment_variables"])
+    retry = {k: values[k] for k in ("max_retries", "timeout") if k in values}
+    if retry:
+        config_args["retry_settings"] = retry
+    config = ParallelRunConfig(entry_script=entry, **config_args)
+    datasets = [make_dataset(values, path) for path in values["inputs"]]
+    name = values.get("name") or _step_name(entry)
+    arguments = list(values.get("arguments") or []) + script_args
+    step = ParallelRunStep(name, config, datasets, output=values.get("output"), arguments=arguments or None)
+    settings_values = {**step.settings_values, **{k: values[k] for k in SETTING_FLAGS if k in values}}
+    step.settings = make_settings(settings_values)
+    return step
+
+
+def make_dataset(values: dict[str, Any], path: str) -> Any:
+    from pipeobs.datasets import FileDataset, TabularDataset
+
+    fmt = values.get("format")
+    partition_format = values.get("partition_format")
+    if not fmt and not values.get("tabular"):
+        return FileDataset.from_files(path, partition_format=partition_format)
+    fmt = fmt or _guess_format(path)
+    if fmt == "parquet":
+        return TabularDataset.from_parquet_files(path, partition_format=partition_format)
+    if fmt == "jsonl":
+        return TabularDataset.from_json_lines_files(path, partition_format=partition_format)
+    separator = "\t" if fmt == "tsv" else ","
+    return TabularDataset.from_delimited_files(path, separator=separator, partition_format=partition_format)
+
+
+def _guess_format(path: str) -> str:
+    lowered = str(path).lower().rstrip("/*")
+    for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl"), (".tsv", "tsv")):
+        if lowered.endswith(suffix):
+            return fmt
+    if os.path.isdir(path):
+        names = [n.lower() for n in os.listdir(path)]
+        for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".tsv", "tsv")):
+            if names and all(n.endswith(suffix) for n in names if not n.startswith(".")):
+                return fmt
+    return "csv"
+
+
+def _env_pairs(items: Any) -> dict[str, str]:
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"environment variable '{item}' must be NAME=VALUE")
+        key, value = item.split("=", 1)
+        pairs[key] = value
+    return pairs
+
+
+def _step_name(entry: str) -> str:
+    import re
+
+    stem = re.sub(r"[^a-z0-9-]+", "-", Path(entry).stem.lower()).strip("-")
+    if not stem or not stem[0].isalpha():
+        stem = "step-" + stem
+    stem = stem[:32].rstrip("-")
+    return stem if len(stem) >= 3 else (stem + "-step")[:32]
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """A job YAML: the flags' names (snake or kebab case), plus retry_settings/resources blocks."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read job YAML '{path}': {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"job YAML '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"job YAML '{path}' must be a mapping of setting names to values")
+    known = set(CONFIG_FLAGS) | set(SETTING_FLAGS) | set(JOB_KEYS) | set(YAML_NESTED)
+    values: dict[str, Any] = {}
+    base = Path(path).resolve().parent
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key == "input":
+            key, value = "inputs", value
+        if key not in known:
+            raise ConfigError(f"unknown key '{raw_key}' in {path}" + _did_you_mean(key, sorted(known)).replace("did you mean --", "did you mean "))
+        if key in YAML_NESTED:
+            for sub_key, sub_value in (value or {}).items():
+                if sub_key not in YAML_NESTED[key]:
+                    raise ConfigError(f"unknown key '{key}.{sub_key}' in {path}; allowed: {', '.join(YAML_NESTED[key])}")
+                values[sub_key] = sub_value
+            continue
+        values[key] = value
+    if isinstance(values.get("inputs"), str):
+        values["inputs"] = [values["inputs"]]
+    for key in ("inputs",):  # paths in the YAML are relative to the YAML file
+        if key in values:
+            values[key] = [str(_relative_to(base, p)) for p in values[key]]
+    for key in ("entry_script", "output", "source_directory"):
+        if values.get(key):
+            values[key] = str(_relative_to(base, values[key]))
+    return values
+
+
+def _relative_to(base: Path, path: Any) -> Path:
+    candidate = Path(str(path))
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

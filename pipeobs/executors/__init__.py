@@ -1,0 +1,1 @@
+"""Where workers live. ``local`` (processes on this machine) is the default."""

@@ -1,0 +1,84 @@
+"""Worker processes on this machine, with the driver holding their stdout/stderr pipes.
+
+Each worker is ``python -m pipeobs.worker`` in its own session (process group), so a kill also
+ends the children its ``run()`` started. Its fds 1 and 2 are pipes read by the driver: output
+written before a kill or a crash stays readable until EOF.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WorkerProcess:
+    """A started worker: its process, the read ends of its output pipes, its exit watcher."""
+
+    name: str
+    node: int
+    popen: subprocess.Popen[bytes]
+    streams: dict[int, str]  # fd -> "stdout" | "stderr"
+    pidfd: int | None = None
+    gpu: int | None = None
+    started: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process of its group."""
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class LocalExecutor:
+    """Starts worker processes; the hub address and auth key travel in their environment."""
+
+    name = "local"
+
+    def __init__(self, hub_address: str, authkey: bytes) -> None:
+        self.hub_address = hub_address
+        self.authkey = authkey
+
+    def start(self, name: str, node: int, env: dict[str, str], cwd: str) -> WorkerProcess:
+        full_env = dict(os.environ)
+        full_env.update(env)
+        full_env.update(
+            PIPEOBS_HUB=self.hub_address,
+            PIPEOBS_AUTHKEY=self.authkey.hex(),
+            PIPEOBS_WORKER=f"{node}/{name}",
+            PYTHONFAULTHANDLER="1",
+        )
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "pipeobs.worker"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        assert popen.stdout is not None and popen.stderr is not None
+        streams = {popen.stdout.fileno(): "stdout", popen.stderr.fileno(): "stderr"}
+        for fd in streams:
+            os.set_blocking(fd, False)
+        pidfd = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(popen.pid)
+            except OSError:
+                pidfd = None
+        return WorkerProcess(name, node, popen, streams, pidfd)

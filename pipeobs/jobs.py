@@ -1,0 +1,192 @@
+"""What a job is before it runs (:class:`JobPlan`) and after (:class:`JobResult`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeobs.config import ParallelRunConfig, Settings
+from pipeobs.record.rundir import RunDir
+
+GPU_COUNT_VARIABLES = ("PIPEOBS_GPU_COUNT", "AZ_BATCHAI_GPU_COUNT_FOUND")
+
+
+def gpu_count() -> int:
+    """GPUs per node for ``CUDA_VISIBLE_DEVICES`` assignment (Azure reads the same variable)."""
+    for name in GPU_COUNT_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+@dataclass
+class JobPlan:
+    """Everything the driver needs: validated config, inputs, and where things go."""
+
+    config: ParallelRunConfig
+    settings: Settings
+    datasets: list[Any]
+    step_name: str
+    step_id: str
+    run_dir: RunDir
+    entry_script: str
+    source_dir: str
+    output_dir: str
+    script_arguments: list[str] = field(default_factory=list)
+    working_dir: str = field(default_factory=os.getcwd)
+    gpu_count: int = field(default_factory=gpu_count)
+
+    @property
+    def tabular(self) -> bool:
+        return bool(self.datasets) and self.datasets[0].kind != "file"
+
+    @property
+    def mini_batch_size(self) -> int:
+        return self.config.effective_mini_batch_size(self.tabular)
+
+    @property
+    def output_file(self) -> str | None:
+        if self.config.output_action != "append_row":
+            return None
+        return os.path.join(self.output_dir, self.config.append_row_file_name or "parallel_run_step.txt")
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        env = dict(self.config.environment_variables)
+        env["AZUREML_BI_OUTPUT_PATH"] = self.output_dir
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        return env
+
+    def worker_setup(self, proc: Any, token: str) -> dict[str, Any]:
+        """The setup message a worker receives after it connects (picklable)."""
+        return {
+            "token": token,
+            "logging_level": self.config.logging_level,
+            "entry_script": self.entry_script,
+            "source_dir": self.source_dir,
+            "script_arguments": list(self.script_arguments),
+            "output_action": self.config.output_action,
+            "partition_keys": self.config.partition_keys,
+            "datasets": [d.to_dict() for d in self.datasets] if self.config.partition_keys else [],
+            "scratch_dir": str(self.run_dir.scratch(proc.node, proc.name)),
+            "worker": {
+                "step_id": self.step_id,
+                "step_name": self.step_name,
+                "node": proc.node,
+                "name": proc.name,
+                "run_dir": str(self.run_dir.path),
+                "output_dir": self.output_dir,
+                "working_dir": self.working_dir,
+                "logging_level": str(self.config.logging_level),
+            },
+        }
+
+    def describe(self) -> str:
+        cfg = self.config
+        return (
+            f"entry script {self.entry_script}, {len(self.datasets)} input(s), "
+            f"{cfg.node_count} node(s) x {cfg.effective_process_count()} process(es), "
+            f"mini_batch_size {self.mini_batch_size}, {cfg.output_action}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The row of the ``runs`` table: enough to resume the job."""
+        return {
+            "step_id": self.step_id,
+            "step_name": self.step_name,
+            "status": "Running",
+            "entry_script": self.entry_script,
+            "config": json.dumps(self.config.to_dict()),
+            "settings": json.dumps(self.settings.to_dict()),
+            "inputs": json.dumps(
+                {
+                    "datasets": [d.to_dict() for d in self.datasets],
+                    "output_dir": self.output_dir,
+                    "source_dir": self.source_dir,
+                    "script_arguments": self.script_arguments,
+                    "working_dir": self.working_dir,
+                    "python": sys.executable,
+                }
+            ),
+            "output_path": self.output_file,
+        }
+
+
+@dataclass
+class Thresholds:
+    """The three failure thresholds of section 2.5 (None or -1/100: not checked)."""
+
+    error_threshold: int = -1
+    allowed_failed_count: int | None = None
+    allowed_failed_percent: float | None = None
+
+    @classmethod
+    def from_config(cls, config: ParallelRunConfig) -> Thresholds:
+        return cls(config.error_threshold, config.allowed_failed_count, config.allowed_failed_percent)
+
+    def exceeded(self, failed_items: int, failed_batches: int, total_batches: int, all_scheduled: bool) -> str | None:
+        """Azure's message for the first threshold exceeded, or None."""
+        if self.error_threshold != -1 and failed_items > self.error_threshold:
+            return f"The number of failed items is {failed_items}, which exceeds error threshold {self.error_threshold}."
+        count = self.allowed_failed_count
+        if count is not None and count != -1 and failed_batches > count:
+            return (
+                f"The number of failed mini batches is {failed_batches}, which exceeds allowed failed "
+                f"count {count}."
+            )
+        percent = self.allowed_failed_percent
+        # "The check starts after all mini batches have been scheduled."
+        if percent is not None and all_scheduled and total_batches:
+            actual = 100.0 * failed_batches / total_batches
+            if actual > percent:
+                return (
+                    f"The percentage of failed mini batches is {actual:.2f}%, which exceeds allowed "
+                    f"failed percent {percent}."
+                )
+        return None
+
+
+@dataclass
+class JobResult:
+    """The outcome of ``ParallelRunStep.run()`` / ``pipeobs run``."""
+
+    status: str  # "Completed" | "Failed"
+    step_id: str
+    step_name: str
+    run_dir: str
+    output_path: str | None
+    output_dir: str
+    mini_batches_total: int
+    mini_batches_succeeded: int
+    mini_batches_failed: int
+    items_total: int
+    items_succeeded: int
+    items_failed: int
+    duration_seconds: float
+    reason: str | None = None
+    first_error: dict[str, Any] | None = None
+    retries: int = 0
+    timeouts: int = 0
+    worker_restarts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "Completed"
+
+    def headline(self) -> str:
+        return (
+            f"There are {self.mini_batches_total} mini batches with {self.items_total} items. "
+            f"Processed {self.mini_batches_succeeded + self.mini_batches_failed} mini batches containing "
+            f"{self.items_total} items, {self.items_succeeded} succeeded, {self.items_failed} failed. "
+            f"Status: {self.status}."
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))

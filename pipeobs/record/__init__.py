@@ -1,0 +1,1 @@
+"""The run directory: driver log, per-process logs, the SQLite store and ledger."""

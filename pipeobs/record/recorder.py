@@ -1,0 +1,116 @@
+"""Everything the driver writes about a run: the store rows and the Azure-style logs tree.
+
+The driver is the only writer. Each captured line goes to the store, to the worker's own file
+(``logs/user/stdout|stderr|entry_script_log/<node>/processNNN.*``, or the system log for
+pipeobs's records) and to the merged ``azureml-logs/70_driver_log.txt``. Files are appended
+through buffered handles and flushed with the store, so a flush is one transaction plus a few
+writes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from pipeobs.capture import Line
+from pipeobs.record.driverlog import render_line
+from pipeobs.record.rundir import RunDir
+from pipeobs.record.store import Store
+
+_USER_FILES = {
+    "stdout": ("stdout", ".stdout.txt"),
+    "stderr": ("stderr", ".stderr.txt"),
+    "entry_script": ("entry_script_log", ".log.txt"),
+}
+
+
+class Recorder:
+    """Routes driver events to the store and the log files."""
+
+    def __init__(self, run_dir: RunDir, store: Store, step_id: str) -> None:
+        self.run_dir = run_dir
+        self.store = store
+        self.step_id = step_id
+        self._files: dict[Path, IO[str]] = {}
+        self.driver_log = self._open(run_dir.driver_log)
+
+    def _open(self, path: Path) -> IO[str]:
+        handle = self._files.get(path)
+        if handle is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            self._files[path] = handle
+        return handle
+
+    def line(self, worker: str, node: int, name: str, line: Line) -> None:
+        """One captured line of a worker (stdout, stderr or a log record)."""
+        now = line.time or time.time()
+        inv = line.invocation
+        self.store.queue(
+            "log_lines",
+            (now, self.step_id, worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
+             line.level, line.logger, line.text),
+        )
+        self._file_for(node, name, line).write(line.text + ("" if line.continued else "\n"))
+        self.driver_log.write(render_line(now, worker, inv, line.level or _stream_level(line), line.text))
+
+    def _file_for(self, node: int, name: str, line: Line) -> IO[str]:
+        if line.system:
+            return self._open(self.run_dir.sys_node_log(node, name))
+        if line.stream == "log":
+            kind = "entry_script" if line.entry_script else "stdout"
+            # Azure: the root logger sinks to the stdout file; EntryScript's logger to its own
+            folder, suffix = _USER_FILES[kind]
+        else:
+            folder, suffix = _USER_FILES[line.stream]
+        return self._open(self.run_dir.user_log(folder, node, name, suffix))
+
+    def event(self, level: str, kind: str, message: str, worker: str | None = None) -> None:
+        """The driver's own narrative: the store's ``events`` and the merged driver log."""
+        now = time.time()
+        self.store.queue("events", (now, level, kind, worker, message))
+        self.driver_log.write(render_line(now, worker or "driver", None, level, message))
+
+    def user_error(self, node: int, name: str, header: str, traceback: str) -> None:
+        """Full tracebacks of the user's code, ``logs/user/error/<node>/processNNN.txt``."""
+        handle = self._open(self.run_dir.logs / "user" / "error" / str(node) / f"{name}.txt")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        handle.write(f"{stamp} UTC {header}\n{traceback.rstrip()}\n\n")
+
+    def write_text(self, relative: str, text: str) -> Path:
+        """A whole small file under the run directory (job_result.txt, readme.txt...)."""
+        path = self.run_dir.path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def flush(self) -> None:
+        self.store.flush()
+        for handle in self._files.values():
+            handle.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()
+
+
+def _stream_level(line: Line) -> str:
+    return "STDERR" if line.stream == "stderr" else "STDOUT"
+
+
+def attempt_row(mb_id: int, attempt: int, worker: str, pid: int, result: dict[str, Any]) -> tuple[Any, ...]:
+    error = result.get("error") or {}
+    total = result.get("total", 0)
+    succeeded = result.get("succeeded", 0)
+    return (
+        mb_id, attempt, worker, pid, result.get("start_time"), result.get("elapsed"),
+        result.get("process_seconds"), result.get("run_seconds"), total, succeeded,
+        total - succeeded, result["status"], "User" if error else None, error.get("type"),
+        error.get("message"), error.get("location"), error.get("traceback"),
+    )

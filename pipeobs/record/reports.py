@@ -1,0 +1,112 @@
+"""The files written when a run ends: ``logs/job_result.txt``, ``job_error.txt``, reports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeobs.driver import Driver
+    from pipeobs.jobs import JobResult
+
+README = """\
+Layout of this run directory (pipeobs; the same places as Azure ML ParallelRunStep):
+
+azureml-logs/70_driver_log.txt   every line of the run in time order: the driver's narrative and
+                                 every worker line, as "<UTC time> <node>/<process> <mini-batch> <LEVEL> <text>"
+logs/job_result.txt              the result of the job; for a failure, the error and where to look
+logs/job_error.txt               the errors of the entry script, first one first
+logs/job_progress_overview.<yyyymmddhh>.txt   progress of scheduling and processing
+logs/sys/job_report/processed_mini-batches.csv   one row per mini-batch attempt
+logs/sys/job_report/process_summary.csv          the same, per worker process
+logs/sys/node/<node>/processNNN.txt              pipeobs's own records of each worker
+logs/user/stdout/<node>/processNNN.stdout.txt    what the entry script printed (and root logging)
+logs/user/stderr/<node>/processNNN.stderr.txt    what it wrote to stderr
+logs/user/entry_script_log/<node>/processNNN.log.txt   EntryScript().logger records
+logs/user/error/<node>/processNNN.txt            full tracebacks of init()/run()/shutdown() errors
+logs/perf/<node>/                                resource samples (CPU %, RSS) per process
+pipeobs.db                                       the SQLite store (tables: runs, mini_batches,
+                                                 attempts, log_lines, workers, events)
+"""
+
+PROCESSED_COLUMNS = (
+    "Mini-batch Id", "Picked Count", "Process", "Process Start Time", "Total", "Succeeded",
+    "Failed", "Elapsed Seconds", "Process Seconds", "Run Method Seconds", "Status",
+    "Error Category", "Error Message", "Mini-batch Detail",
+)
+
+
+def write_reports(driver: Driver, result: JobResult) -> None:
+    recorder = driver.recorder
+    recorder.write_text("logs/readme.txt", README)
+    recorder.write_text("logs/job_result.txt", job_result_text(result))
+    recorder.write_text("logs/job_error.txt", job_error_text(driver))
+    recorder.write_text("logs/sys/job_report/processed_mini-batches.csv", processed_csv(driver))
+
+
+def job_result_text(result: JobResult) -> str:
+    lines = [f"Status: {result.status}", result.headline()]
+    if result.reason:
+        lines.append(f"Reason: {result.reason}")
+    error = result.first_error
+    if error:
+        lines.append(first_error_text(error))
+    if not result.ok:
+        lines.append("Full tracebacks: logs/user/error/<node>/processNNN.txt; layout: logs/readme.txt")
+    return "\n".join(lines) + "\n"
+
+
+def first_error_text(error: dict[str, object]) -> str:
+    where = f" at {error['location']}" if error.get("location") else ""
+    batch = ""
+    if error.get("mini_batch_id") is not None:
+        batch = f" in mini batch {error['mini_batch_id']} (attempt {error.get('attempt')}, {error.get('inputs')})"
+    elif error.get("phase"):
+        batch = f" in {error['phase']}()"
+    return f"First error{batch} on {error.get('worker')}: {error.get('type')}: {error.get('message')}{where}"
+
+
+def job_error_text(driver: Driver) -> str:
+    rows = driver.store.conn.execute(
+        "SELECT mini_batch_id, attempt, worker, status, error_type, error_message, error_location "
+        "FROM attempts WHERE status != 'RUN_DONE' ORDER BY start_time"
+    ).fetchall()
+    if not rows:
+        return "No errors.\n"
+    out = io.StringIO()
+    for r in rows:
+        where = f" at {r['error_location']}" if r["error_location"] else ""
+        out.write(
+            f"mini batch {r['mini_batch_id']} attempt {r['attempt']} on {r['worker']}: {r['status']}: "
+            f"{r['error_type']}: {r['error_message']}{where}\n"
+        )
+    return out.getvalue()
+
+
+def processed_csv(driver: Driver) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PROCESSED_COLUMNS)
+    query = (
+        "SELECT a.*, m.descriptor FROM attempts a LEFT JOIN mini_batches m ON m.id = a.mini_batch_id "
+        "ORDER BY a.mini_batch_id, a.attempt"
+    )
+    import time
+
+    for r in driver.store.conn.execute(query):
+        start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["start_time"])) if r["start_time"] else ""
+        writer.writerow(
+            (
+                r["mini_batch_id"], r["attempt"], r["worker"], start, r["total"], r["succeeded"],
+                r["failed"], _num(r["elapsed"]), _num(r["process_seconds"]), _num(r["run_seconds"]),
+                r["status"], r["error_category"] or "", r["error_message"] or "",
+                json.dumps(json.loads(r["descriptor"])) if r["descriptor"] else "",
+            )
+        )
+    return out.getvalue()
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"

@@ -1,0 +1,170 @@
+"""``ParallelRunStep``: Azure's step API, run locally. ``.run()`` blocks and returns a result."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeobs.config import (
+    ParallelRunConfig,
+    Settings,
+    check_step_name,
+    make_settings,
+    split_arguments,
+)
+from pipeobs.entry import check_entry_script
+from pipeobs.errors import ConfigError, InputError, RunDirError
+from pipeobs.jobs import JobPlan, JobResult
+from pipeobs.record.rundir import RunDir, new_step_id
+from pipeobs.record.store import Store
+
+ProgressCallback = Callable[[Any], None]
+
+
+class ParallelRunStep:
+    """A ParallelRunStep with Azure's parameters; ``run()`` executes it on this machine.
+
+    Differences from Azure, by choice: ``output`` may be omitted for ``append_row`` (the output
+    then goes to ``<run dir>/output``), and ``name`` is checked against the documented rule
+    (Azure's SDK does not check it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        parallel_run_config: ParallelRunConfig,
+        inputs: Sequence[Any],
+        output: str | os.PathLike[str] | None = None,
+        side_inputs: Sequence[Any] | None = None,
+        arguments: Sequence[Any] | None = None,
+        allow_reuse: bool = True,
+    ) -> None:
+        self.name = check_step_name(name)
+        if not isinstance(parallel_run_config, ParallelRunConfig):
+            raise ConfigError("Param parallel_run_config must be a azureml.pipeline.steps.ParallelRunConfig")
+        self.config = parallel_run_config
+        self.inputs = _check_inputs(inputs)
+        self.output = None if output is None else str(output)
+        self.side_inputs = list(side_inputs or [])
+        settings, self.script_arguments = split_arguments(list(arguments) if arguments else None)
+        self.settings_values = settings
+        self.settings = make_settings(settings)
+        self.allow_reuse = allow_reuse
+        self.entry_script = _resolve_entry_script(parallel_run_config)
+
+    def plan(self, runs_dir: str | os.PathLike[str] = "runs", settings: Settings | None = None) -> JobPlan:
+        """Create the run directory and its store; the job is ready to run."""
+        step_id = new_step_id(self.name)
+        run_dir = RunDir.create(runs_dir, self.name, step_id)
+        output_dir = os.path.abspath(self.output) if self.output else str(run_dir.path / "output")
+        plan = JobPlan(
+            config=self.config,
+            settings=settings or self.settings,
+            datasets=self.inputs,
+            step_name=self.name,
+            step_id=step_id,
+            run_dir=run_dir,
+            entry_script=str(self.entry_script),
+            source_dir=str(Path(self.config.source_directory or self.entry_script.parent).resolve()),
+            output_dir=output_dir,
+            script_arguments=self.script_arguments,
+        )
+        store = Store(run_dir.store)
+        store.insert_run({**plan.record(), "started_at": _now()})
+        store.close()
+        return plan
+
+    def run(
+        self,
+        runs_dir: str | os.PathLike[str] = "runs",
+        on_progress: ProgressCallback | None = None,
+        settings: Settings | None = None,
+    ) -> JobResult:
+        """Run the step to the end (blocking) and return its result; a failed job is a result."""
+        return run_plan(self.plan(runs_dir, settings), on_progress)
+
+
+def run_plan(plan: JobPlan, on_progress: ProgressCallback | None = None) -> JobResult:
+    from pipeobs.driver import Driver
+
+    return Driver(plan, on_progress).run()
+
+
+def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
+    """Rebuild the plan of an interrupted run from its store (``pipeobs run --resume``)."""
+    from pipeobs.datasets import Dataset
+
+    run_dir = RunDir.existing(path)
+    store = Store(run_dir.store)
+    try:
+        row = store.run_row()
+    finally:
+        store.close()
+    if row is None:
+        raise RunDirError(f"run directory '{path}' has no recorded run to resume")
+    if row["status"] == "Completed":
+        raise RunDirError(f"run {row['step_id']} already completed; there is nothing to resume")
+    inputs = json.loads(row["inputs"])
+    config = ParallelRunConfig.from_dict(json.loads(row["config"]))
+    return JobPlan(
+        config=config,
+        settings=make_settings(json.loads(row["settings"])),
+        datasets=[Dataset.from_dict(d) for d in inputs["datasets"]],
+        step_name=row["step_name"],
+        step_id=row["step_id"],
+        run_dir=run_dir,
+        entry_script=row["entry_script"],
+        source_dir=inputs["source_dir"],
+        output_dir=inputs["output_dir"],
+        script_arguments=inputs["script_arguments"],
+        working_dir=inputs["working_dir"],
+    )
+
+
+def _check_inputs(inputs: Sequence[Any]) -> list[Any]:
+    from pipeobs.datasets import Dataset
+
+    if not isinstance(inputs, list | tuple) or not inputs:
+        raise ConfigError(
+            "The parameter 'inputs' must be a list and have at least one element or "
+            "rank_mini_batch_count must be greater than zero."
+        )
+    for item in inputs:
+        if not isinstance(item, Dataset):
+            raise ConfigError(
+                "Step input must be of any type: FileDataset, TabularDataset "
+                f"(pipeobs.FileDataset.from_files(...), pipeobs.TabularDataset...), found {type(item).__name__}"
+            )
+    if len({d.kind == "file" for d in inputs}) > 1:
+        raise ConfigError("All inputs of step must be same type")
+    for dataset in inputs:
+        if not dataset.files():
+            raise InputError(f"input '{dataset.paths}' matched no files")
+    return list(inputs)
+
+
+def _resolve_entry_script(config: ParallelRunConfig) -> Path:
+    source = config.source_directory
+    if source is not None:
+        root = Path(source)
+        if not root.exists():
+            raise ConfigError(f"The value '{source}' specified in source_directory doesn't exist.")
+        if not root.is_dir():
+            raise ConfigError(f"The value '{source}' specified in source_directory is not a directory.")
+        script = root / config.entry_script
+        if not script.exists():
+            raise ConfigError(f"The value '{config.entry_script}' specified in entry_script doesn't exist.")
+        if not script.is_file():
+            raise ConfigError(f"The value '{config.entry_script}' specified in entry_script is not a file.")
+    else:
+        script = Path(config.entry_script)
+    return check_entry_script(script)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

@@ -1,0 +1,88 @@
+"""What ``pipeobs run`` prints: a live progress bar (or plain lines) and the final summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from pipeobs.jobs import JobResult
+from pipeobs.record.reports import first_error_text
+
+PLAIN_INTERVAL = 10.0
+
+
+class Progress:
+    """A rich progress bar with ETA on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._last_plain = 0.0
+        self._last_done = -1
+
+    def __enter__(self) -> Progress:
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("mini-batches"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=Console(file=self.stream), transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("running", total=None)
+        return self
+
+    def update(self, driver: Any) -> None:
+        states = driver.mini_batches.values()
+        done = sum(1 for s in states if s.status != "pending")
+        total = len(driver.mini_batches) if driver.partition_done else None
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, description=driver.plan.step_name)
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= PLAIN_INTERVAL and done != self._last_done:
+            self._last_plain, self._last_done = now, done
+            elapsed = now - driver.started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = f", ETA {(total - done) / rate:.0f} s" if total and rate > 0 else ""
+            print(
+                f"Processed {done} of {total if total is not None else '?'} mini batches in {elapsed:.0f} s{eta}.",
+                file=self.stream, flush=True,
+            )
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def summary_text(result: JobResult) -> str:
+    """The end-of-run summary: status, counts, duration, throughput, where things are."""
+    rate = result.mini_batches_total / result.duration_seconds if result.duration_seconds > 0 else 0.0
+    lines = [
+        f"{result.status}: step {result.step_name}, run {result.step_id}",
+        f"  mini-batches: {result.mini_batches_succeeded} succeeded, {result.mini_batches_failed} failed, "
+        f"{result.mini_batches_total} total",
+        f"  items:        {result.items_succeeded} succeeded, {result.items_failed} failed, {result.items_total} total",
+        f"  duration:     {result.duration_seconds:.2f} s ({rate:.1f} mini-batches/s); "
+        f"retries {result.retries}, timeouts {result.timeouts}, worker restarts {result.worker_restarts}",
+    ]
+    if result.output_path:
+        lines.append(f"  output:       {result.output_path}")
+    lines.append(f"  run dir:      {result.run_dir}")
+    lines.append(f"  driver log:   {result.run_dir}/azureml-logs/70_driver_log.txt")
+    if result.reason:
+        lines.append(f"  reason:       {result.reason}")
+    if result.first_error:
+        lines.append("  " + first_error_text(result.first_error))
+        lines.append(f"  tracebacks:   {result.run_dir}/logs/user/error/")
+    return "\n".join(lines)
+
+
+def print_result(result: JobResult, stream: Any = None) -> None:
+    print(summary_text(result), file=stream or sys.stdout, flush=True)

@@ -1,0 +1,214 @@
+"""The worker process: load the entry script, ``init()`` once, run mini-batches, ``shutdown()``.
+
+Started by an executor as ``python -m pipeobs.worker`` with the hub address and auth key in its
+environment. It connects to the driver's hub, receives its setup, and then serves tasks one at a
+time. Results are sent only after the invocation's end markers are written to fds 1 and 2, so
+the driver always holds a mini-batch's output before its result.
+
+Exit codes follow Azure's worker codes (section 2.7): 0 done, 72 ``init()`` failed, 3 the entry
+script could not be loaded.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+import time
+from multiprocessing.connection import Client, Connection
+from typing import Any
+
+from pipeobs import context
+from pipeobs.capture import Invocation, WorkerCapture
+from pipeobs.entry import describe_error, load_entry_script
+
+EXIT_INIT_FAILED = 72
+EXIT_LOAD_FAILED = 3
+WRONG_TYPE_HINT = (
+    "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
+    "For append_row output_action, these returned elements are appended into the common output "
+    "file. For summary_only, the contents of the elements are ignored. For all output actions, "
+    "each returned output element indicates one successful inference of input element in the "
+    "input mini-batch."
+)
+
+
+class WrongReturnType(TypeError):
+    """run() returned something that is not a list, tuple or DataFrame (Azure's message)."""
+
+
+class Worker:
+    """One worker process serving the driver over ``conn``."""
+
+    def __init__(self, conn: Connection, setup: dict[str, Any]) -> None:
+        self.conn = conn
+        self.setup = setup
+        self.capture = WorkerCapture(setup["token"], setup["logging_level"])
+        self.module: Any = None
+        self.datasets: list[Any] = []
+
+    def serve(self) -> int:
+        self.capture.install()
+        self._prepare_process()
+        if not self._load():
+            return EXIT_LOAD_FAILED
+        if not self._init():
+            return EXIT_INIT_FAILED
+        while True:
+            message = self.conn.recv()
+            if message[0] == "stop":
+                break
+            _, mini_batch, attempt = message
+            self.conn.send(("result", mini_batch.id, attempt, self.run_task(mini_batch, attempt)))
+        self._shutdown()
+        return 0
+
+    def _prepare_process(self) -> None:
+        setup = self.setup
+        context.set_worker(context.WorkerInfo(**setup["worker"]))
+        sys.argv = [setup["entry_script"], *setup["script_arguments"]]
+        shims = os.path.join(os.path.dirname(__file__), "_shims")
+        sys.path.append(shims)  # appended: a real azureml installation is never shadowed
+        os.makedirs(setup["scratch_dir"], exist_ok=True)
+        os.chdir(setup["scratch_dir"])  # as on Azure: each worker runs in a private folder
+        if setup["datasets"]:
+            from pipeobs.datasets import Dataset
+
+            self.datasets = [Dataset.from_dict(d) for d in setup["datasets"]]
+
+    def _load(self) -> bool:
+        try:
+            self.module = load_entry_script(self.setup["entry_script"])
+        except BaseException as exc:  # noqa: BLE001 - user code: report, never crash silently
+            self.conn.send(("load_failed", describe_error(exc, self.setup["source_dir"])))
+            return False
+        return True
+
+    def _init(self) -> bool:
+        init = getattr(self.module, "init", None)
+        started = time.perf_counter()
+        if callable(init):
+            self.capture.begin(Invocation("init"))
+            try:
+                init()
+            except BaseException as exc:  # noqa: BLE001 - user code
+                self.capture.end()
+                self.conn.send(("init_failed", describe_error(exc, self.setup["source_dir"])))
+                return False
+            self.capture.end()
+        self.conn.send(("ready", time.perf_counter() - started))
+        return True
+
+    def _shutdown(self) -> None:
+        shutdown = getattr(self.module, "shutdown", None)
+        error = None
+        if callable(shutdown):
+            self.capture.begin(Invocation("shutdown"))
+            try:
+                shutdown()
+            except BaseException as exc:  # noqa: BLE001 - user code
+                error = describe_error(exc, self.setup["source_dir"])
+            self.capture.end()
+        self.conn.send(("bye", error))
+
+    def run_task(self, mini_batch: Any, attempt: int) -> dict[str, Any]:
+        """Load, call run(), count and format the result; never raises for user errors."""
+        started_wall = time.time()
+        started = time.perf_counter()
+        cpu = time.process_time()
+        result: dict[str, Any] = {"start_time": started_wall, "total": mini_batch.item_count or 0}
+        try:
+            from pipeobs.datasets import load_mini_batch
+
+            data = load_mini_batch(mini_batch)
+        except Exception as exc:  # noqa: BLE001 - bad input data is the user's error
+            result.update(status="LOAD_ERROR", error=describe_error(exc, self.setup["source_dir"]))
+            return self._finish(result, started, cpu, 0.0)
+        result["total"] = len(data)
+        run_started = time.perf_counter()
+        self.capture.begin(Invocation("run", mini_batch.id, attempt))
+        try:
+            returned = self._call_run(mini_batch, data)
+            result.update(self._accept(returned, len(data)))
+            result["status"] = "RUN_DONE"
+        except BaseException as exc:  # noqa: BLE001 - user code
+            result.update(status="RUN_EXCEPTION", error=describe_error(exc, self.setup["source_dir"]))
+        finally:
+            self.capture.end()
+        return self._finish(result, started, cpu, time.perf_counter() - run_started)
+
+    def _finish(self, result: dict[str, Any], started: float, cpu: float, run_seconds: float) -> dict[str, Any]:
+        result["elapsed"] = time.perf_counter() - started
+        result["process_seconds"] = time.process_time() - cpu
+        result["run_seconds"] = run_seconds
+        return result
+
+    def _call_run(self, mini_batch: Any, data: Any) -> Any:
+        run = self.module.run
+        if not self.setup["partition_keys"]:
+            return run(data)
+        from pipeobs.datasets import mini_batch_context
+
+        return run(data, mini_batch_context(mini_batch, self.datasets[mini_batch.input_index]))
+
+    def _accept(self, returned: Any, total: int) -> dict[str, Any]:
+        """Section 2.3: type check, success counting capped at the input count, output rows."""
+        is_frame = _is_dataframe(returned)
+        if isinstance(returned, tuple):
+            returned = list(returned)
+        if not is_frame and not isinstance(returned, list):
+            shown = repr(returned)
+            shown = shown if len(shown) <= 200 else shown[:200] + "..."
+            raise WrongReturnType(
+                f"The return value '{shown}' is not a Pandas DataFrame or a list. {WRONG_TYPE_HINT}"
+            )
+        count = len(returned)
+        accepted: dict[str, Any] = {"succeeded": min(count, total), "returned": count}
+        if count > total:
+            import logging
+
+            logging.getLogger("pipeobs.worker").warning(
+                "run() returned %d items, which is more than input count %d. Using the input "
+                "count as succeeded count and continue.",
+                count,
+                total,
+            )
+        if self.setup["output_action"] == "append_row":
+            accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
+        return accepted
+
+
+def _is_dataframe(value: Any) -> bool:
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.DataFrame)
+
+
+def _format_rows(returned: Any, is_frame: bool) -> tuple[bytes, bytes | None]:
+    """Azure's append_row format: str(x) + newline; DataFrames space-separated, no header/index."""
+    if not is_frame:
+        return "".join(f"{item}\n" for item in returned).encode("utf-8", "backslashreplace"), None
+    rows = returned.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
+    header = returned.head(0).to_csv(sep=" ", header=True, index=False, lineterminator="\n")
+    return rows.encode("utf-8", "backslashreplace"), header.encode("utf-8", "backslashreplace")
+
+
+def main() -> int:
+    faulthandler.enable()  # a segfault leaves a Python traceback in the worker's stderr
+    address = os.environ["PIPEOBS_HUB"]
+    family = "AF_INET" if ":" in address and not address.startswith("/") else "AF_UNIX"
+    target: Any = address
+    if family == "AF_INET":
+        host, port = address.rsplit(":", 1)
+        target = (host, int(port))
+    conn = Client(target, family=family, authkey=bytes.fromhex(os.environ["PIPEOBS_AUTHKEY"]))
+    conn.send(("hello", os.environ["PIPEOBS_WORKER"], os.getpid()))
+    setup = conn.recv()
+    code = Worker(conn, setup).serve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    conn.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
