@@ -62,17 +62,26 @@ class LocalExecutor:
             PIPEOBS_WORKER=f"{node}/{name}",
             PYTHONFAULTHANDLER="1",
         )
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "pipeobs.worker"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        assert popen.stdout is not None and popen.stderr is not None
-        streams = {popen.stdout.fileno(): "stdout", popen.stderr.fileno(): "stderr"}
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "pipeobs.worker"],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)  # only the worker (and its children) hold the write ends
+            os.close(err_w)
+        streams = {out_r: "stdout", err_r: "stderr"}
         for fd in streams:
             os.set_blocking(fd, False)
         pidfd = None
