@@ -72,7 +72,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
     def _all_flags(self) -> list[str]:
-        return [s for action in self._actions for s in action.option_strings]
+        flags = []
+        for action in self._actions:
+            flags.extend(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    flags.extend(s for a in sub._actions for s in a.option_strings)
+        return flags
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:

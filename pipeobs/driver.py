@@ -647,7 +647,7 @@ class Driver:
             if s.status == "done":
                 total += (s.total or 0) - s.succeeded
             elif s.status == "failed":
-                total += s.total or 0
+                total += max(s.total or 0, 1)  # a batch that never loaded still failed something
         return total
 
     def failed_mini_batches(self) -> int:

@@ -80,7 +80,7 @@ def describe_error(exc: BaseException, source_dir: str) -> dict[str, Any]:
     """What the driver needs to know about a user-code error (picklable)."""
     return {
         "type": type(exc).__name__,
-        "message": str(exc),
+        "message": str(exc).strip(),
         "location": user_location(exc, source_dir),
         "traceback": user_traceback(exc),
     }

@@ -21,7 +21,7 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
         self._last_plain = 0.0
-        self._last_done = -1
+        self._last_done = 0
 
     def __enter__(self) -> Progress:
         if self.tty:

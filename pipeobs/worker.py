@@ -24,6 +24,7 @@ from pipeobs.entry import describe_error, load_entry_script
 
 EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
+EXIT_ORPHANED = 82  # Azure's "asked to stop"
 WRONG_TYPE_HINT = (
     "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
     "For append_row output_action, these returned elements are appended into the common output "
@@ -192,8 +193,23 @@ def _format_rows(returned: Any, is_frame: bool) -> tuple[bytes, bytes | None]:
     return rows.encode("utf-8", "backslashreplace"), header.encode("utf-8", "backslashreplace")
 
 
+def _exit_with_parent() -> None:
+    """A worker whose driver died (even by SIGKILL) exits instead of running on as an orphan."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="pipeobs-parent-watch", daemon=True).start()
+
+
 def main() -> int:
     faulthandler.enable()  # a segfault leaves a Python traceback in the worker's stderr
+    _exit_with_parent()
     address = os.environ["PIPEOBS_HUB"]
     family = "AF_INET" if ":" in address and not address.startswith("/") else "AF_UNIX"
     target: Any = address
