@@ -1,0 +1,90 @@
+"""The driver-side stream parser: markers, partial lines, long lines, invalid UTF-8."""
+
+from __future__ import annotations
+
+import json
+
+from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, StreamParser, marker_prefix
+
+TOKEN = "0123456789abcdef"
+MARK = marker_prefix(TOKEN)
+
+
+def begin(mb: int, attempt: int = 1) -> bytes:
+    return MARK + b"B" + json.dumps({"k": "run", "mb": mb, "a": attempt}).encode() + b"\n"
+
+
+def lines(items: list[Line | Boundary]) -> list[tuple[str, int | None]]:
+    return [(i.text, i.invocation.mini_batch_id) for i in items if isinstance(i, Line)]
+
+
+class TestStreamParser:
+    def test_lines_attributed_between_markers(self) -> None:
+        """Lines between begin and end markers belong to that mini-batch; others to the worker."""
+        parser = StreamParser("stdout", TOKEN)
+
+        items = list(parser.feed(b"before\n" + begin(3) + b"inside\n" + MARK + b"E\n" + b"after\n"))
+
+        assert lines(items) == [("before", None), ("inside", 3), ("after", None)]
+
+    def test_marker_split_across_reads(self) -> None:
+        """A marker that arrives in two reads is still recognised."""
+        parser = StreamParser("stdout", TOKEN)
+        data = begin(7) + b"x\n"
+
+        items = list(parser.feed(data[:5])) + list(parser.feed(data[5:]))
+
+        assert lines(items) == [("x", 7)]
+
+    def test_partial_line_before_marker_is_its_own_line(self) -> None:
+        """Text without a newline before an end marker stays with the invocation that wrote it."""
+        parser = StreamParser("stdout", TOKEN)
+
+        items = list(parser.feed(begin(1) + b"no newline" + MARK + b"E\n"))
+
+        assert lines(items) == [("no newline", 1)]
+
+    def test_invalid_utf8_is_escaped(self) -> None:
+        """Invalid bytes are kept as backslash escapes."""
+        parser = StreamParser("stderr", TOKEN)
+
+        items = list(parser.feed(b"\xff\xfeok\n"))
+
+        assert lines(items) == [("\\xff\\xfeok", None)]
+
+    def test_long_line_is_split_in_pieces(self) -> None:
+        """A line longer than MAX_LINE is split into continued pieces; nothing is lost."""
+        parser = StreamParser("stdout", TOKEN)
+
+        items = [i for i in parser.feed(b"a" * (MAX_LINE * 2 + 10) + b"\n") if isinstance(i, Line)]
+
+        assert [len(i.text) for i in items] == [MAX_LINE, MAX_LINE, 10]
+        assert [i.continued for i in items] == [True, True, False]
+
+    def test_forged_marker_without_token_is_text(self) -> None:
+        """A marker with the wrong token is ordinary output."""
+        parser = StreamParser("stdout", TOKEN)
+        forged = marker_prefix("ffffffffffffffff") + b"E\n"
+
+        items = list(parser.feed(forged))
+
+        assert len(lines(items)) == 1
+
+    def test_close_flushes_last_partial_line(self) -> None:
+        """At EOF a last line without newline is emitted."""
+        parser = StreamParser("stdout", TOKEN)
+
+        items = list(parser.feed(b"tail")) + list(parser.close())
+
+        assert lines(items) == [("tail", None)]
+
+    def test_log_record_marker(self) -> None:
+        """A log marker becomes a Line with level, logger and time."""
+        parser = StreamParser("stderr", TOKEN)
+        record = {"t": 1.5, "lvl": "WARNING", "name": "my.mod", "msg": "careful\nmultiline", "sys": False}
+
+        items = list(parser.feed(begin(2) + MARK + b"L" + json.dumps(record).encode() + b"\n"))
+
+        log = [i for i in items if isinstance(i, Line)][0]
+        assert (log.stream, log.level, log.logger, log.text, log.time) == ("log", "WARNING", "my.mod", "careful\nmultiline", 1.5)
+        assert log.invocation == Invocation("run", 2, 1)
