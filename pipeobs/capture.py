@@ -10,7 +10,7 @@ logger name and their place among the stderr lines.
 
 Marker format: ``\\x1e<token>\\x1f<kind><payload>\\n`` where ``token`` is random per run, so
 user output cannot forge one. Kinds: ``B`` begin (JSON ``{"k": phase, "mb": id, "a": attempt}``),
-``E`` end, ``L`` log record (JSON).
+``E`` end, ``L`` log record (JSON), ``M`` metric point (JSON).
 
 Lines are decoded as UTF-8 with invalid bytes escaped (``\\x..``), and lines longer than
 :data:`MAX_LINE` bytes are split into pieces of that size (the pieces carry ``continued``).
@@ -23,8 +23,10 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 MAX_LINE = 64 * 1024
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50}
@@ -69,6 +71,18 @@ class Line:
 
 
 @dataclass(slots=True)
+class MetricPoint:
+    """A ``Run.log``-family value (or a tag) sent by the entry script."""
+
+    invocation: Invocation
+    kind: str  # scalar | list | row | table | tag
+    name: str
+    value: Any
+    description: str
+    time: float
+
+
+@dataclass(slots=True)
 class Boundary:
     """A begin (``invocation`` set) or end (``invocation`` is None) marker."""
 
@@ -85,15 +99,15 @@ class StreamParser:
         self._buffer = bytearray()
         self.invocation = IDLE
 
-    def feed(self, data: bytes) -> Iterator[Line | Boundary]:
+    def feed(self, data: bytes) -> Iterator[Line | Boundary | MetricPoint]:
         self._buffer += data
         yield from self._drain(final=False)
 
-    def close(self) -> Iterator[Line | Boundary]:
+    def close(self) -> Iterator[Line | Boundary | MetricPoint]:
         """End of stream: flush a last partial line."""
         yield from self._drain(final=True)
 
-    def _drain(self, final: bool) -> Iterator[Line | Boundary]:
+    def _drain(self, final: bool) -> Iterator[Line | Boundary | MetricPoint]:
         buf = self._buffer
         pos = 0
         while pos < len(buf):
@@ -126,7 +140,7 @@ class StreamParser:
         text = raw.decode("utf-8", "backslashreplace").rstrip("\r")
         return Line(self.stream, self.invocation, text, continued=continued)
 
-    def _marker(self, raw: bytes) -> Line | Boundary:
+    def _marker(self, raw: bytes) -> Line | Boundary | MetricPoint:
         body = raw[len(self._mark) :]
         kind, payload = body[:1], body[1:]
         if kind == b"B":
@@ -137,6 +151,8 @@ class StreamParser:
             self.invocation = IDLE
             return Boundary(self.stream, None)
         record = json.loads(payload)
+        if kind == b"M":
+            return MetricPoint(self.invocation, record["k"], record["n"], record["v"], record["d"], record["t"])
         return Line(
             "log",
             self.invocation,
@@ -156,8 +172,11 @@ class WorkerCapture:
         self._mark = marker_prefix(token)
         self.level = level_number(logging_level)
         self._lock = threading.Lock()
+        self._c_flush: Any = None
 
     def install(self) -> None:
+        global _active
+        _active = self
         # Line buffering: a print is in the pipe (and so survives a kill) as soon as it returns.
         for stream in (sys.stdout, sys.stderr):
             reconfigure = getattr(stream, "reconfigure", None)
@@ -168,6 +187,12 @@ class WorkerCapture:
             root.removeHandler(handler)
         root.addHandler(MarkerHandler(self))
         root.setLevel(self.level)
+        try:  # C extensions print through libc's stdio, fully buffered on a pipe: flush it too
+            import ctypes
+
+            self._c_flush = ctypes.CDLL(None).fflush
+        except (OSError, AttributeError):
+            self._c_flush = None
         # pipeobs's own records go to the system log whatever the user's level
         logging.getLogger("pipeobs").setLevel(min(self.level, logging.INFO))
 
@@ -182,14 +207,41 @@ class WorkerCapture:
         line = self._mark + body + b"\n"
         with self._lock:
             _flush_stdio()
+            if self._c_flush is not None:
+                self._c_flush(None)
             os.write(1, line)
             os.write(2, line)
 
-    def write_record(self, record: dict[str, object]) -> None:
-        data = self._mark + b"L" + json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    def write_record(self, record: dict[str, object], kind: bytes = b"L") -> None:
+        body = json.dumps(record, separators=(",", ":"), default=_jsonable).encode()
+        data = self._mark + kind + body + b"\n"
         with self._lock:
             _flush_stdio()
             _write_all(2, data)
+
+
+_active: WorkerCapture | None = None
+
+
+def emit_metric(kind: str, name: str, value: Any, description: str = "") -> None:
+    """Send a metric point to the driver, in stream order with the worker's output."""
+    if _active is None:
+        raise RuntimeError("metrics can only be sent from inside a pipeobs worker")
+    record = {"t": time.time(), "k": kind, "n": str(name), "v": value, "d": description or ""}
+    _active.write_record(record, b"M")
+
+
+def _jsonable(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    return str(value)
 
 
 def _flush_stdio() -> None:

@@ -55,7 +55,15 @@ SETTING_FLAGS = (
     "profiling_module",
     "nice",
 )
-JOB_KEYS = ("entry_script", "inputs", "output", "tabular", "format", "partition_format", "name", "runs_dir", "arguments")
+JOB_KEYS = ("entry_script", "inputs", "output", "tabular", "format", "partition_format", "name", "runs_dir", "arguments", "model_dir")
+SAME_SETTING = (
+    ("run_max_try", "max_retries"),
+    ("run_invocation_timeout", "timeout"),
+    ("node_count", "instance_count"),
+    ("process_count_per_node", "max_concurrency_per_instance"),
+    ("allowed_failed_count", "mini_batch_error_threshold"),
+    ("append_row_file_name", "append_row_to"),
+)
 YAML_NESTED = {"retry_settings": ("max_retries", "timeout"), "resources": ("instance_count",)}
 
 
@@ -104,6 +112,7 @@ def build_parser() -> Parser:
     run.add_argument("--partition-format", "--partition_format", dest="partition_format", metavar="FMT", help='e.g. "{user}/{season}/{genres}.wav"')
     run.add_argument("--name", help="step name (default: the entry script's name)")
     run.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", metavar="DIR", help="where run directories go (default: ./runs)")
+    run.add_argument("--model-dir", "--model_dir", dest="model_dir", metavar="DIR", help="where Model.get_model_path(name) finds DIR/<name>")
     run.add_argument("-c", "--config", metavar="YAML", help="job YAML with the same keys as the flags")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only unfinished mini-batches run")
     for name, options in CONFIG_FLAGS.items():
@@ -150,14 +159,24 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
             result = run_plan(plan, progress.update)
         print_result(result)
         return 0 if result.ok else 42
-    values = load_yaml(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "resume")}
-    values.update(given)
+    values = merge_values(load_yaml(args.config) if args.config else {}, given)
     step = build_step(values, script_args)
     with Progress() as progress:
-        result = step.run(values.get("runs_dir") or "runs", on_progress=progress.update)
+        result = step.run(values.get("runs_dir") or "runs", on_progress=progress.update, model_dir=values.get("model_dir"))
     print_result(result)
     return 0 if result.ok else 42
+
+
+def merge_values(from_yaml: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags override the YAML, in whichever spelling (v1 or v2) either uses."""
+    values = dict(from_yaml)
+    for group in SAME_SETTING:
+        if any(k in flags for k in group):
+            for key in group:
+                values.pop(key, None)
+    values.update(flags)
+    return values
 
 
 def build_step(values: dict[str, Any], script_args: list[str]) -> Any:
@@ -274,9 +293,11 @@ def load_yaml(path: str) -> dict[str, Any]:
     for key in ("inputs",):  # paths in the YAML are relative to the YAML file
         if key in values:
             values[key] = [str(_relative_to(base, p)) for p in values[key]]
-    for key in ("entry_script", "output", "source_directory"):
+    for key in ("output", "source_directory", "model_dir"):
         if values.get(key):
             values[key] = str(_relative_to(base, values[key]))
+    if values.get("entry_script") and not values.get("source_directory"):  # else relative to it
+        values["entry_script"] = str(_relative_to(base, values["entry_script"]))
     return values
 
 

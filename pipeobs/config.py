@@ -45,12 +45,15 @@ def parse_mini_batch_size(value: Any) -> int:
         return value
     if not MINI_BATCH_SIZE_RE.match(value):
         raise ConfigError(r"Parameter mini_batch_size must follow regex rule ^\d+([kKmMgG][bB])*$.")
-    if value.isdigit():
+    try:  # int() first, as Azure does (it also accepts "10\n", which ``$`` lets through)
         return int(value)
-    digits = value[:-2]
-    if not digits.isdigit():  # "10KBKB": Azure crashes with int('10KB'); say what is wrong instead
+    except ValueError:
+        pass
+    digits, unit = value[:-2], value[-2:].lower()
+    if not digits.isdigit() or unit not in _UNITS:
+        # "10KBKB": Azure crashes with int('10KB'); say what is wrong instead
         raise ConfigError(r"Parameter mini_batch_size must follow regex rule ^\d+([kKmMgG][bB])*$.")
-    return int(digits) * _UNITS[value[-2:].lower()]
+    return int(digits) * _UNITS[unit]
 
 
 def _check_int_at_least_minus_one(name: str, value: Any) -> None:
@@ -71,15 +74,15 @@ def _as_int(name: str, value: Any) -> int:
         raise ConfigError(f"Parameter {name} must be an integer greater than 0.")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
     raise ConfigError(f"Parameter {name} must be an integer greater than 0.")
 
 
 def _check_partition_keys(value: Any) -> list[str] | None:
     if value is None:
         return None
-    if isinstance(value, str):  # a PipelineParameter-style JSON string
+    if isinstance(value, str):  # a PipelineParameter-style JSON string: Azure's messages for it
         try:
             value = json.loads(value)
         except ValueError:
@@ -87,6 +90,14 @@ def _check_partition_keys(value: Any) -> list[str] | None:
                 "default_value of PipelineParameter partition_keys must be json dump result of a "
                 "list of str, try json.loads the value to validate."
             ) from None
+        if not isinstance(value, list):
+            raise ConfigError(
+                "default_value of PipelineParameter partition_keys must be json dump result of a list of str."
+            )
+        for element in value:
+            if not isinstance(element, str):
+                raise ConfigError(f"Element {element} in default_value of PipelineParameter partition_keys is not a str.")
+        return list(value)
     if not isinstance(value, list):
         raise ConfigError("Parameter partition_keys must be of type list.")
     for element in value:
@@ -311,7 +322,7 @@ class Settings:
     task_overhead_timeout: float = 30
     progress_update_timeout: float | None = None
     first_task_creation_timeout: float = 600
-    resource_monitor_interval: float = 600
+    resource_monitor_interval: float = 10  # Azure's docs: 600; a local run wants samples
     append_row_dataframe_header: bool = False
     copy_logs_to_parent: bool = False
     metrics_name_prefix: str = ""
@@ -350,6 +361,8 @@ def make_settings(values: Mapping[str, Any]) -> Settings:
     for name, raw in values.items():
         if raw is None:
             continue
+        if name not in SETTING_NAMES:
+            raise ConfigError(f"unknown setting '{name}'; known settings: {', '.join(SETTING_NAMES)}")
         default = getattr(Settings(), name)
         if name in ("append_row_dataframe_header", "copy_logs_to_parent", "push_metrics_to_parent"):
             value: Any = parse_bool(name, raw)
@@ -433,8 +446,8 @@ def split_arguments(arguments: list[Any] | None) -> tuple[dict[str, Any], list[s
         arg = args[i]
         name, has_value, inline = _flag_name(arg)
         if name in RESERVED_ARGUMENTS:
-            raise ConfigError(
-                f"'{arg}' is a reserved argument in ParallelRunStep, please use another argument "
+            raise ConfigError(  # Azure formats the bare name, also for "--name=value"
+                f"'{name}' is a reserved argument in ParallelRunStep, please use another argument "
                 "name instead."
             )
         if name in SETTING_NAMES:

@@ -25,15 +25,17 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
-from pipeobs.capture import Boundary, StreamParser
+from pipeobs.capture import Boundary, MetricPoint, StreamParser
 from pipeobs.errors import EntryScriptError, JobFailed, PipeobsError
 from pipeobs.executors.local import LocalExecutor, WorkerProcess
 from pipeobs.jobs import JobPlan, JobResult, Thresholds
+from pipeobs.record.perf import ResourceMonitor
 from pipeobs.record.recorder import Recorder, attempt_row
 from pipeobs.record.rundir import RunDir
 from pipeobs.record.store import Store
 
 FLUSH_INTERVAL = 0.2
+OVERVIEW_INTERVAL = 10.0  # Azure writes a progress line every 2 minutes; a laptop run is shorter
 PREFETCH = 2  # tasks queued per worker, so a worker never waits for the driver
 NO_RESULT_MESSAGE = (
     "There is no succeeded mini batch item returned from run(). Please check 'response: run()' "
@@ -101,6 +103,8 @@ class Driver:
         self.run_dir: RunDir = plan.run_dir
         self.store = Store(self.run_dir.store)
         self.recorder = Recorder(self.run_dir, self.store, plan.step_id)
+        self.monitor = ResourceMonitor(self.run_dir.logs / "perf", plan.settings.resource_monitor_interval)
+        self._next_overview = time.monotonic() + OVERVIEW_INTERVAL
         self.selector = selectors.DefaultSelector()
         self.token = secrets.token_hex(8)
         self.authkey = secrets.token_bytes(32)
@@ -142,6 +146,7 @@ class Driver:
         self._open_output()
         self._restore_ledger()
         self.recorder.event("INFO", "start", f"Start job {self.plan.step_id} ({self.plan.describe()}).")
+        self.recorder.progress("Start scheduling.")
         self._listen()
         os.set_blocking(self._wake_r, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
@@ -166,6 +171,7 @@ class Driver:
                 worker.proc.kill()
         if self.output_fd is not None:
             os.close(self.output_fd)
+        self.monitor.close()
         self.recorder.close()
         self.run_dir.unlock()
         self.selector.close()
@@ -233,11 +239,12 @@ class Driver:
         count = len(self.mini_batches)
         items = sum(s.descriptor.item_count or 0 for s in self.mini_batches.values())
         self.store.update_run(partitioned=1)
-        self.recorder.event(
-            "INFO", "scheduled",
+        message = (
             f"Scheduling finished. Scheduled {count} mini batches with {items} items in "
-            f"{time.monotonic() - self.started:.2f} seconds.",
+            f"{time.monotonic() - self.started:.2f} seconds."
         )
+        self.recorder.event("INFO", "scheduled", message)
+        self.recorder.progress(message)
         if count == 0:
             self.fatal = PipeobsError("the inputs hold no data: no mini-batch was created")
 
@@ -331,6 +338,9 @@ class Driver:
                 if inv is not None and inv.phase == "run" and item.stream == "stdout":
                     worker.run_began[(inv.mini_batch_id, inv.attempt)] = time.monotonic()
                 continue
+            if isinstance(item, MetricPoint):
+                self.recorder.metric(worker.label, item)
+                continue
             self.recorder.line(worker.label, proc.node, proc.name, item)
 
     def _on_message(self, worker: Worker) -> None:
@@ -356,7 +366,8 @@ class Driver:
             self.recorder.event("WARNING", "shutdown_failed", f"Entry script shutdown() failed for {err['type']}: {err['message']}", worker.label)
 
     def _on_load_failed(self, worker: Worker, error: dict[str, Any]) -> None:
-        self.recorder.user_error(worker.node, worker.name, "Loading the entry script failed", error["traceback"])
+        path = self.recorder.user_error(worker.node, worker.name, "Loading the entry script failed", error["traceback"])
+        error = {**error, "traceback_file": str(path)}
         self.fatal = EntryScriptError(
             f"entry script '{self.plan.entry_script}' failed to load:\n{error['traceback'].rstrip()}"
         )
@@ -365,9 +376,11 @@ class Driver:
     def _on_init_failed(self, worker: Worker, error: dict[str, Any]) -> None:
         self.init_failures[worker.node] += 1
         self.counts["init_failures"] += 1
-        self.recorder.user_error(worker.node, worker.name, "Entry script init() failed", error["traceback"])
+        path = self.recorder.user_error(worker.node, worker.name, "Entry script init() failed", error["traceback"])
         self.recorder.event("ERROR", "init_failed", f"Entry script init() failed for {error['type']}: {error['message']}", worker.label)
-        self.first_error = self.first_error or {**error, "mini_batch_id": None, "worker": worker.label, "phase": "init"}
+        self.first_error = self.first_error or {
+            **error, "mini_batch_id": None, "worker": worker.label, "phase": "init", "traceback_file": str(path)
+        }
 
     # ----------------------------------------------------------------- exits and kills
     def _on_exit(self, worker: Worker) -> None:
@@ -390,7 +403,7 @@ class Driver:
         if worker.proc.gpu is not None:
             self.gpu_free[worker.node].append(worker.proc.gpu)
             self.gpu_free[worker.node].sort()
-        level = "INFO" if was_stopping and returncode == 0 else "WARNING"
+        level = "INFO" if was_stopping and (returncode == 0 or worker.kill_reason) else "WARNING"
         self.recorder.event(level, "worker_exit", f"{worker.label} exits with returncode {returncode}. {reason}".rstrip(), worker.label)
         self._fail_inflight(worker, reason)
         if not was_stopping:
@@ -483,7 +496,7 @@ class Driver:
         state.last_failed = False
         state.total = result["total"]
         state.succeeded = result["succeeded"]
-        self.store.queue("attempts", attempt_row(mb_id, attempt, worker.label, worker.proc.pid, result))
+        self._record_attempt(worker, mb_id, attempt, result)
         self._append_output(result)
         self.store.queue(
             "done", ("done", state.tries, state.total, state.succeeded, state.total - state.succeeded,
@@ -492,6 +505,16 @@ class Driver:
         self.store.update_run(output_size=self.output_size)
         self.counts["mini_batches_done"] += 1
         self._check_thresholds(final=False)
+
+    def _record_attempt(self, worker: Worker, mb_id: int, attempt: int, result: dict[str, Any]) -> None:
+        self.store.queue("attempts", attempt_row(mb_id, attempt, worker.label, worker.proc.pid, result))
+        total, succeeded = result.get("total", 0), result.get("succeeded", 0)
+        self.recorder.system(
+            worker.node, worker.name,
+            f"mini batch {mb_id} attempt {attempt} {result['status']}: pid {worker.proc.pid}, total {total}, "
+            f"succeeded {succeeded}, failed {total - succeeded}, elapsed {result.get('elapsed', 0):.3f} s, "
+            f"process time {result.get('process_seconds', 0):.3f} s, run method {result.get('run_seconds', 0):.3f} s",
+        )
 
     def _append_output(self, result: dict[str, Any]) -> None:
         rows = result.get("rows")
@@ -510,12 +533,13 @@ class Driver:
         state.last_failed = True
         if state.total is None or result.get("total"):
             state.total = result.get("total") or state.total
-        self.store.queue("attempts", attempt_row(mb_id, attempt, worker.label, worker.proc.pid, result))
+        self._record_attempt(worker, mb_id, attempt, result)
         error = result.get("error") or {}
         status = result["status"]
         self.counts[status] += 1
+        traceback_file = None
         if error and status in ("RUN_EXCEPTION", "LOAD_ERROR"):
-            self.recorder.user_error(
+            traceback_file = self.recorder.user_error(
                 worker.node, worker.name,
                 f"Entry script run() failed for mini batch {mb_id} (attempt {attempt}, {state.descriptor.summary()})",
                 error["traceback"],
@@ -527,7 +551,8 @@ class Driver:
         )
         if self.first_error is None:
             self.first_error = {**error, "mini_batch_id": mb_id, "attempt": attempt, "worker": worker.label,
-                                "inputs": state.descriptor.summary(), "phase": "run", "status": status}
+                                "inputs": state.descriptor.summary(), "phase": "run", "status": status,
+                                "traceback_file": str(traceback_file) if traceback_file else None}
         if attempt < self.config.run_max_try:
             self.pending.append((mb_id, attempt + 1))
             self.counts["retries"] += 1
@@ -550,10 +575,27 @@ class Driver:
             now = time.monotonic()
             self._check_clocks(now)
             if now - self._last_flush >= FLUSH_INTERVAL:
-                self.recorder.flush()
-                self._last_flush = now
-                if self.on_progress is not None:
-                    self.on_progress(self)
+                self._periodic(now)
+
+    def _periodic(self, now: float) -> None:
+        if self.monitor.due(now):
+            live = [(w.node, w.name, w.proc.pid) for w in self.workers.values() if w.state is not WorkerState.DEAD]
+            self.monitor.sample(live, now)
+            self.monitor.flush()
+        if now >= self._next_overview and self.partition_done:
+            self._next_overview = now + OVERVIEW_INTERVAL
+            self.recorder.progress(self._progress_line(now))
+        self.recorder.flush()
+        self._last_flush = now
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    def _progress_line(self, now: float) -> str:
+        done = sum(1 for s in self.mini_batches.values() if s.status != "pending")
+        total = len(self.mini_batches)
+        elapsed = now - self.started
+        remaining = elapsed / done * (total - done) if done else 0.0
+        return f"Processed {done} of {total} mini batches in {_hms(elapsed)}. Estimate remaining {_hms(remaining)}."
 
     def _finished(self) -> bool:
         if self.fatal or self.stop_reason:
@@ -639,6 +681,7 @@ class Driver:
         if self.stop_reason is None:
             self.stop_reason = reason
             self.recorder.event("ERROR", "stop", f"Progress update stopped for reasons: [{reason}]")
+            self.recorder.progress(f"Progress update stopped for reasons: [{reason}]", "ERROR")
 
     # ----------------------------------------------------------------- thresholds
     def failed_items(self) -> int:
@@ -667,11 +710,15 @@ class Driver:
     def _finish_workers(self) -> None:
         """Ask every worker to shutdown(), or kill them all when the job stops early."""
         early = bool(self.fatal or self.stop_reason)
+        if self.monitor.interval > 0:  # a last sample while the workers still live
+            live = [(w.node, w.name, w.proc.pid) for w in self.workers.values() if w.state is not WorkerState.DEAD]
+            self.monitor.sample(live, time.monotonic())
         for worker in self.workers.values():
             if worker.state is WorkerState.DEAD:
                 continue
             if early or worker.state is not WorkerState.READY:
-                worker.kill_reason = worker.kill_reason or ("STOPPED", "stopped: the job is ending")
+                reason = "stopped: the job is ending" if early else "stopped: all work was done before its init() finished"
+                worker.kill_reason = worker.kill_reason or ("STOPPED", reason)
                 worker.state = WorkerState.STOPPING
                 worker.proc.kill()
             else:
@@ -705,6 +752,12 @@ class Driver:
             ):
                 self.stop_reason = NO_RESULT_MESSAGE
         result = self.result()
+        if self.partition_done and not self.stop_reason and not self.fatal:
+            self.recorder.progress(f"All {len(self.mini_batches)} mini batches have been processed.")
+        self.recorder.progress(f"{result.headline()} The error threshold is {self.config.error_threshold}.",
+                               "INFO" if result.ok else "ERROR")
+        if result.reason:
+            self.recorder.progress(result.reason, "ERROR")
         self.store.update_run(status=result.status, ended_at=time.time(), error=result.reason, summary=result.to_json())
         self.recorder.event("INFO" if result.ok else "ERROR", "end", result.headline())
         self.recorder.flush()
@@ -776,6 +829,11 @@ class Driver:
                 f"Resuming: {sum(1 for s in self.mini_batches.values() if s.status != 'pending')} mini batches "
                 f"already finished, output cut back to {self.output_size} bytes.",
             )
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _wait(proc: WorkerProcess) -> int:

@@ -40,6 +40,7 @@ class JobPlan:
     script_arguments: list[str] = field(default_factory=list)
     working_dir: str = field(default_factory=os.getcwd)
     gpu_count: int = field(default_factory=gpu_count)
+    model_dir: str | None = None
 
     @property
     def tabular(self) -> bool:
@@ -62,6 +63,8 @@ class JobPlan:
         package_parent = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
         env.pop("CUDA_VISIBLE_DEVICES", None)
+        if self.model_dir:
+            env["PIPEOBS_MODEL_DIR"] = env["AZUREML_MODEL_DIR"] = self.model_dir
         return env
 
     def worker_setup(self, proc: Any, token: str) -> dict[str, Any]:
@@ -112,6 +115,7 @@ class JobPlan:
                     "source_dir": self.source_dir,
                     "script_arguments": self.script_arguments,
                     "working_dir": self.working_dir,
+                    "model_dir": self.model_dir,
                     "python": sys.executable,
                 }
             ),

@@ -46,16 +46,21 @@ class ParallelRunStep:
         if not isinstance(parallel_run_config, ParallelRunConfig):
             raise ConfigError("Param parallel_run_config must be a azureml.pipeline.steps.ParallelRunConfig")
         self.config = parallel_run_config
+        settings, self.script_arguments = split_arguments(list(arguments) if arguments else None)
+        self.entry_script = _resolve_entry_script(parallel_run_config)
         self.inputs = _check_inputs(inputs)
         self.output = None if output is None else str(output)
         self.side_inputs = list(side_inputs or [])
-        settings, self.script_arguments = split_arguments(list(arguments) if arguments else None)
         self.settings_values = settings
         self.settings = make_settings(settings)
         self.allow_reuse = allow_reuse
-        self.entry_script = _resolve_entry_script(parallel_run_config)
 
-    def plan(self, runs_dir: str | os.PathLike[str] = "runs", settings: Settings | None = None) -> JobPlan:
+    def plan(
+        self,
+        runs_dir: str | os.PathLike[str] = "runs",
+        settings: Settings | None = None,
+        model_dir: str | os.PathLike[str] | None = None,
+    ) -> JobPlan:
         """Create the run directory and its store; the job is ready to run."""
         step_id = new_step_id(self.name)
         run_dir = RunDir.create(runs_dir, self.name, step_id)
@@ -71,6 +76,7 @@ class ParallelRunStep:
             source_dir=str(Path(self.config.source_directory or self.entry_script.parent).resolve()),
             output_dir=output_dir,
             script_arguments=self.script_arguments,
+            model_dir=os.path.abspath(model_dir) if model_dir else None,
         )
         store = Store(run_dir.store)
         store.insert_run({**plan.record(), "started_at": _now()})
@@ -82,9 +88,13 @@ class ParallelRunStep:
         runs_dir: str | os.PathLike[str] = "runs",
         on_progress: ProgressCallback | None = None,
         settings: Settings | None = None,
+        model_dir: str | os.PathLike[str] | None = None,
     ) -> JobResult:
-        """Run the step to the end (blocking) and return its result; a failed job is a result."""
-        return run_plan(self.plan(runs_dir, settings), on_progress)
+        """Run the step to the end (blocking) and return its result; a failed job is a result.
+
+        ``model_dir`` is where ``Model.get_model_path(name)`` looks (``<model_dir>/<name>``).
+        """
+        return run_plan(self.plan(runs_dir, settings, model_dir), on_progress)
 
 
 def run_plan(plan: JobPlan, on_progress: ProgressCallback | None = None) -> JobResult:
@@ -121,6 +131,7 @@ def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
         output_dir=inputs["output_dir"],
         script_arguments=inputs["script_arguments"],
         working_dir=inputs["working_dir"],
+        model_dir=inputs.get("model_dir"),
     )
 
 

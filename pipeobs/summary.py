@@ -80,7 +80,8 @@ def summary_text(result: JobResult) -> str:
         lines.append(f"  reason:       {result.reason}")
     if result.first_error:
         lines.append("  " + first_error_text(result.first_error))
-        lines.append(f"  tracebacks:   {result.run_dir}/logs/user/error/")
+        if result.first_error.get("traceback_file"):
+            lines.append(f"  traceback:    {result.first_error['traceback_file']}")
     return "\n".join(lines)
 
 

@@ -65,6 +65,7 @@ def run_job(tmp_path: Path) -> RunJob:
         inputs: list[Any] | None = None,
         arguments: list[str] | None = None,
         settings: dict[str, Any] | None = None,
+        model_dir: Path | None = None,
         **config: Any,
     ) -> Job:
         script = write_script(tmp_path, source)
@@ -75,7 +76,7 @@ def run_job(tmp_path: Path) -> RunJob:
         step = ParallelRunStep("test-step", cfg, datasets, output=str(tmp_path / "out"), arguments=arguments)
         if settings:
             step.settings = make_settings({**step.settings_values, **settings})
-        result = step.run(tmp_path / "runs")
+        result = step.run(tmp_path / "runs", model_dir=model_dir)
         return Job(result, Path(result.run_dir))
 
     return run

@@ -1,19 +1,33 @@
-"""Rendering of the merged driver log, ``azureml-logs/70_driver_log.txt``.
+"""The merged driver log, ``azureml-logs/70_driver_log.txt``, rendered by structlog processors.
 
-One line per record: ``<UTC time> <worker> <mini-batch> <LEVEL> <text>``, so that
-``grep 'mb=17 '`` answers "what did mini-batch 17 print?".
+One line per record: ``<UTC time> <worker> <mini-batch> <LEVEL> <text>``, e.g.
+``2026-11-26T11:42:07.210Z 0/process000 mb=17 a=1 STDOUT scored 5 images``, so that
+``grep 'mb=17 '`` answers "what did mini-batch 17 print?". Each record is an event dict that
+flows through :data:`PROCESSORS` (structlog's processor protocol) into a buffered file: the
+file is flushed with the store, not per line.
 """
 
 from __future__ import annotations
 
 import time
+from typing import IO, Any
+
+import structlog
 
 from pipeobs.capture import Invocation
+
+EventDict = dict[str, Any]
+
+
+_second: list[Any] = [None, ""]  # the last whole second formatted: most lines share it
 
 
 def utc_stamp(when: float) -> str:
     """ISO 8601 UTC with milliseconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"
+    second = int(when)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int((when - second) * 1000):03d}Z"
 
 
 def invocation_label(inv: Invocation | None) -> str:
@@ -24,5 +38,44 @@ def invocation_label(inv: Invocation | None) -> str:
     return inv.phase
 
 
-def render_line(when: float, worker: str, inv: Invocation | None, level: str, text: str) -> str:
-    return f"{utc_stamp(when)} {worker} {invocation_label(inv)} {level} {text}\n"
+def add_utc_time(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """``time`` (epoch seconds of the record) becomes an ISO UTC stamp."""
+    event_dict["time"] = utc_stamp(event_dict["time"])
+    return event_dict
+
+
+def add_invocation(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """``invocation`` becomes ``mb=<id> a=<attempt>``, ``init``, ``shutdown`` or ``-``."""
+    event_dict["invocation"] = invocation_label(event_dict.get("invocation"))
+    return event_dict
+
+
+def render_columns(_logger: Any, _method: str, event_dict: EventDict) -> str:
+    return f"{event_dict['time']} {event_dict['worker']} {event_dict['invocation']} {event_dict['level']} {event_dict['event']}"
+
+
+PROCESSORS = [add_utc_time, add_invocation, render_columns]
+
+
+class BufferedFileLogger:
+    """A structlog logger writing rendered lines to a buffered file (flushed by the driver)."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._write = handle.write
+
+    def msg(self, message: str) -> None:
+        self._write(message + "\n")
+
+    info = msg
+
+
+class DriverLog:
+    """The merged log of one run."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._log = structlog.wrap_logger(
+            BufferedFileLogger(handle), processors=PROCESSORS, cache_logger_on_first_use=True
+        )
+
+    def write(self, when: float, worker: str, inv: Invocation | None, level: str, text: str) -> None:
+        self._log.msg(text, time=when, worker=worker, invocation=inv, level=level)

@@ -9,13 +9,14 @@ writes.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 from typing import IO, Any
 
-from pipeobs.capture import Line
-from pipeobs.record.driverlog import render_line
+from pipeobs.capture import Line, MetricPoint
+from pipeobs.record.driverlog import DriverLog, utc_stamp
 from pipeobs.record.rundir import RunDir
 from pipeobs.record.store import Store
 
@@ -34,7 +35,9 @@ class Recorder:
         self.store = store
         self.step_id = step_id
         self._files: dict[Path, IO[str]] = {}
-        self.driver_log = self._open(run_dir.driver_log)
+        self.driver_log = DriverLog(self._open(run_dir.driver_log))
+        hour = time.strftime("%Y%m%d%H", time.gmtime())
+        self.overview = self._open(run_dir.logs / f"job_progress_overview.{hour}.txt")
 
     def _open(self, path: Path) -> IO[str]:
         handle = self._files.get(path)
@@ -54,7 +57,17 @@ class Recorder:
              line.level, line.logger, line.text),
         )
         self._file_for(node, name, line).write(line.text + ("" if line.continued else "\n"))
-        self.driver_log.write(render_line(now, worker, inv, line.level or _stream_level(line), line.text))
+        self.driver_log.write(now, worker, inv, line.level or _stream_level(line), line.text)
+
+    def metric(self, worker: str, point: MetricPoint) -> None:
+        inv = point.invocation
+        number = point.value if isinstance(point.value, int | float) and not isinstance(point.value, bool) else None
+        encoded = None if number is not None else json.dumps(point.value)
+        self.store.queue(
+            "metrics",
+            (point.time, self.step_id, worker, inv.phase, inv.mini_batch_id, inv.attempt, point.name,
+             point.kind, number, encoded, point.description),
+        )
 
     def _file_for(self, node: int, name: str, line: Line) -> IO[str]:
         if line.system:
@@ -71,13 +84,21 @@ class Recorder:
         """The driver's own narrative: the store's ``events`` and the merged driver log."""
         now = time.time()
         self.store.queue("events", (now, level, kind, worker, message))
-        self.driver_log.write(render_line(now, worker or "driver", None, level, message))
+        self.driver_log.write(now, worker or "driver", None, level, message)
 
-    def user_error(self, node: int, name: str, header: str, traceback: str) -> None:
+    def progress(self, message: str, level: str = "INFO") -> None:
+        """A line of ``logs/job_progress_overview.<yyyymmddhh>.txt`` (Azure's overview format)."""
+        self.overview.write(f"{utc_stamp(time.time())}|{level}|{message}\n")
+
+    def system(self, node: int, name: str, message: str) -> None:
+        """The driver's line about a worker in ``logs/sys/node/<node>/processNNN.txt``."""
+        self._open(self.run_dir.sys_node_log(node, name)).write(f"{utc_stamp(time.time())}|{message}\n")
+
+    def user_error(self, node: int, name: str, header: str, traceback: str) -> Path:
         """Full tracebacks of the user's code, ``logs/user/error/<node>/processNNN.txt``."""
-        handle = self._open(self.run_dir.logs / "user" / "error" / str(node) / f"{name}.txt")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        handle.write(f"{stamp} UTC {header}\n{traceback.rstrip()}\n\n")
+        path = self.run_dir.logs / "user" / "error" / str(node) / f"{name}.txt"
+        self._open(path).write(f"{utc_stamp(time.time())} {header}\n{traceback.rstrip()}\n\n")
+        return path
 
     def write_text(self, relative: str, text: str) -> Path:
         """A whole small file under the run directory (job_result.txt, readme.txt...)."""

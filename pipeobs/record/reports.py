@@ -44,6 +44,8 @@ def write_reports(driver: Driver, result: JobResult) -> None:
     recorder.write_text("logs/job_result.txt", job_result_text(result))
     recorder.write_text("logs/job_error.txt", job_error_text(driver))
     recorder.write_text("logs/sys/job_report/processed_mini-batches.csv", processed_csv(driver))
+    recorder.write_text("logs/sys/job_report/process_summary.csv", summary_csv(driver, "worker"))
+    recorder.write_text("logs/sys/job_report/node_summary.csv", summary_csv(driver, "node"))
 
 
 def job_result_text(result: JobResult) -> str:
@@ -53,8 +55,10 @@ def job_result_text(result: JobResult) -> str:
     error = result.first_error
     if error:
         lines.append(first_error_text(error))
+    if error and error.get("traceback_file"):
+        lines.append(f"Full traceback: {error['traceback_file']}")
     if not result.ok:
-        lines.append("Full tracebacks: logs/user/error/<node>/processNNN.txt; layout: logs/readme.txt")
+        lines.append("Layout of the logs: logs/readme.txt")
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +109,36 @@ def processed_csv(driver: Driver) -> str:
                 json.dumps(json.loads(r["descriptor"])) if r["descriptor"] else "",
             )
         )
+    return out.getvalue()
+
+
+SUMMARY_COLUMNS = (
+    "Attempts", "Succeeded Attempts", "Failed Attempts", "Total Items", "Succeeded Items", "Failed Items",
+    "Elapsed Seconds", "Process Seconds", "Run Method Seconds",
+)
+
+
+def summary_csv(driver: Driver, by: str) -> str:
+    """``process_summary.csv`` (by worker, with pid and exit) or ``node_summary.csv`` (by node)."""
+    key = "a.worker" if by == "worker" else "w.node"
+    rows = driver.store.conn.execute(
+        f"SELECT {key} AS k, COUNT(*), SUM(a.status='RUN_DONE'), SUM(a.status!='RUN_DONE'), SUM(a.total), "
+        "SUM(a.succeeded), SUM(a.failed), SUM(a.elapsed), SUM(a.process_seconds), SUM(a.run_seconds) "
+        f"FROM attempts a LEFT JOIN workers w ON w.worker = a.worker GROUP BY {key} ORDER BY {key}"
+    ).fetchall()
+    workers = {r["worker"]: r for r in driver.store.conn.execute("SELECT * FROM workers")}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    head = ("Process", "Node", "Pid", "Return Code", "Exit Reason") if by == "worker" else ("Node",)
+    writer.writerow((*head, *SUMMARY_COLUMNS))
+    for r in rows:
+        values = [v if not isinstance(v, float) else f"{v:.6f}" for v in tuple(r)[1:]]
+        if by == "worker":
+            w = workers.get(r[0])
+            ident = (r[0], w["node"] if w else "", w["pid"] if w else "", w["returncode"] if w else "", (w["reason"] or "") if w else "")
+        else:
+            ident = (r[0],)
+        writer.writerow((*ident, *values))
     return out.getvalue()
 
 

@@ -13,6 +13,8 @@ Schema (documented in the README):
 * ``attempts``: one row per mini-batch attempt (the ``processed_mini-batches.csv`` columns).
 * ``log_lines``: every captured line with step_id, worker, stream, phase, mini_batch_id,
   attempt, level and logger.
+* ``metrics``: every ``Run.log``-family value and tag, with worker, mini_batch_id and attempt
+  (``value`` for numbers, ``value_json`` for lists, rows, tables and tags).
 * ``workers``: every worker process: name, node, pid, start, end, return code, reason.
 * ``events``: the driver's narrative (worker restarts, timeouts, threshold stops...).
 """
@@ -49,6 +51,12 @@ CREATE TABLE IF NOT EXISTS log_lines (
 );
 CREATE INDEX IF NOT EXISTS log_lines_mb ON log_lines (mini_batch_id, attempt);
 CREATE INDEX IF NOT EXISTS log_lines_worker ON log_lines (worker, time);
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY, time REAL NOT NULL, step_id TEXT NOT NULL, worker TEXT, phase TEXT,
+    mini_batch_id INTEGER, attempt INTEGER, name TEXT NOT NULL, kind TEXT NOT NULL,
+    value REAL, value_json TEXT, description TEXT
+);
+CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, time);
 CREATE TABLE IF NOT EXISTS workers (
     worker TEXT PRIMARY KEY, node INTEGER, name TEXT, pid INTEGER, gpu INTEGER,
     started REAL, ended REAL, returncode INTEGER, reason TEXT
@@ -64,6 +72,8 @@ _INSERTS = {
     "attempt, level, logger, text) VALUES (?,?,?,?,?,?,?,?,?,?)",
     "mini_batches": "INSERT OR IGNORE INTO mini_batches (id, descriptor) VALUES (?,?)",
     "events": "INSERT INTO events VALUES (?,?,?,?,?)",
+    "metrics": "INSERT INTO metrics (time, step_id, worker, phase, mini_batch_id, attempt, name, kind, "
+    "value, value_json, description) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "workers": "INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?,?,?,?,?)",
 }
 _UPDATES = {

@@ -1,0 +1,3 @@
+from pipeobs.azureml import Model
+
+__all__ = ["Model"]

@@ -1,0 +1,3 @@
+from pipeobs.azureml import Run
+
+__all__ = ["Run"]
