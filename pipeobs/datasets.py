@@ -71,9 +71,7 @@ class Dataset:
         self.options = dict(options or {})
         if partition_format is not None:
             if not isinstance(partition_format, str):
-                raise ConfigError(
-                    f"partition_format must be a str, got {partition_format!r}"
-                )
+                raise ConfigError(f"partition_format must be a str, got {partition_format!r}")
             _compile_format(partition_format)  # fail at construction, not mid-job
 
     @property
@@ -113,14 +111,10 @@ class Dataset:
         }
         kind = data.get("kind")
         if kind not in builders:
-            raise ConfigError(
-                f"unknown dataset kind {kind!r}; expected one of {list(KINDS)}"
-            )
+            raise ConfigError(f"unknown dataset kind {kind!r}; expected one of {list(KINDS)}")
         build: Any = builders[kind]
         options = data.get("options") or {}
-        return build(
-            data["paths"], partition_format=data.get("partition_format"), **options
-        )
+        return build(data["paths"], partition_format=data.get("partition_format"), **options)
 
     def _restricted_to(self, files: Iterable[str]) -> Dataset:
         """A copy of this dataset that names only ``files`` (for a mini-batch's context)."""
@@ -137,11 +131,7 @@ class Dataset:
     __hash__ = None  # type: ignore[assignment]  # mutable attributes
 
     def __repr__(self) -> str:
-        fmt = (
-            f", partition_format={self.partition_format!r}"
-            if self.partition_format
-            else ""
-        )
+        fmt = f", partition_format={self.partition_format!r}" if self.partition_format else ""
         return f"{type(self).__name__}(kind={self.kind!r}, paths={self.paths!r}{fmt})"
 
 
@@ -151,9 +141,7 @@ class FileDataset(Dataset):
     kind = "file"
 
     @classmethod
-    def from_files(
-        cls, path: PathSpec, partition_format: str | None = None
-    ) -> FileDataset:
+    def from_files(cls, path: PathSpec, partition_format: str | None = None) -> FileDataset:
         """Files, directories (recursively, hidden entries skipped) or globs, as Azure's."""
         return cls(path, partition_format)
 
@@ -169,9 +157,7 @@ class TabularDataset(Dataset):
         options: dict[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS[1:]:
-            raise ConfigError(
-                f"unknown tabular kind {kind!r}; expected one of {list(KINDS[1:])}"
-            )
+            raise ConfigError(f"unknown tabular kind {kind!r}; expected one of {list(KINDS[1:])}")
         self.kind = kind
         super().__init__(path, partition_format, options)
 
@@ -186,9 +172,7 @@ class TabularDataset(Dataset):
     ) -> TabularDataset:
         """CSV-like files; quoted fields must not span lines (Azure's default too)."""
         if not isinstance(separator, str) or not separator:
-            raise ConfigError(
-                f"separator must be a non-empty string, got {separator!r}"
-            )
+            raise ConfigError(f"separator must be a non-empty string, got {separator!r}")
         options = {
             "separator": separator,
             "header": bool(header),
@@ -207,9 +191,7 @@ class TabularDataset(Dataset):
         return cls(path, "jsonl", partition_format, {"encoding": _codec(encoding)})
 
     @classmethod
-    def from_parquet_files(
-        cls, path: PathSpec, partition_format: str | None = None
-    ) -> TabularDataset:
+    def from_parquet_files(cls, path: PathSpec, partition_format: str | None = None) -> TabularDataset:
         """Parquet files, split by row groups."""
         return cls(path, "parquet", partition_format)
 
@@ -220,13 +202,9 @@ def _path_specs(path: PathSpec) -> list[str]:
     try:
         specs = [os.fspath(item) for item in items]  # type: ignore[union-attr]
     except TypeError:
-        raise ConfigError(
-            f"path must be a str, an os.PathLike or a list of them, got {path!r}"
-        )
+        raise ConfigError(f"path must be a str, an os.PathLike or a list of them, got {path!r}") from None
     if not specs or not all(isinstance(spec, str) and spec for spec in specs):
-        raise ConfigError(
-            f"path must name at least one file, directory or glob, got {path!r}"
-        )
+        raise ConfigError(f"path must name at least one file, directory or glob, got {path!r}")
     return specs
 
 
@@ -270,7 +248,8 @@ def _files_at(path: str) -> list[str]:
 
 
 def _files_below(top: str) -> list[str]:
-    """Regular files below ``top``; hidden names are skipped like Azure's mounts hide them."""
+    """Regular files below ``top``, skipping hidden names (.git, .ipynb_checkpoints, ._x)
+    that tools leave beside data and that would otherwise become failing mini-batches."""
     files = []
     for root, dirs, names in os.walk(top):
         dirs[:] = [name for name in dirs if not name.startswith(".")]
@@ -287,9 +266,7 @@ def _check_readable(path: str) -> None:
         # O_NONBLOCK: a named pipe given as an input must not hang the listing.
         os.close(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
     except OSError as exc:
-        raise InputError(
-            f"input file {path!r} is not readable: {exc.strerror or exc}"
-        ) from None
+        raise InputError(f"input file {path!r} is not readable: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------- partition_format
@@ -311,9 +288,7 @@ def _compile_format(fmt: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
         position = match.end()
     parts.append(_format_literal(fmt, body[position:]))
     if not keys:
-        raise ConfigError(
-            f"partition_format {fmt!r} names no keys; write them as {{name}}"
-        )
+        raise ConfigError(f"partition_format {fmt!r} names no keys; write them as {{name}}")
     return re.compile("".join(parts) + "$"), tuple(keys)
 
 
@@ -325,13 +300,10 @@ def _format_literal(fmt: str, text: str) -> str:
 
 def _format_key(fmt: str, name: str, seen: list[str]) -> str:
     if not name or "/" in name:
-        raise ConfigError(
-            f"partition_format {fmt!r} has an empty or invalid key {{{name}}}"
-        )
+        raise ConfigError(f"partition_format {fmt!r} has an empty or invalid key {{{name}}}")
     if ":" in name:
         raise ConfigError(
-            f"partition_format {fmt!r}: date formats like {{{name}}} are not supported; "
-            "use plain {name} keys"
+            f"partition_format {fmt!r}: date formats like {{{name}}} are not supported; use plain {{name}} keys"
         )
     if name in seen:
         raise ConfigError(f"partition_format {fmt!r} repeats the key {{{name}}}")
@@ -343,10 +315,8 @@ def _partition_values(fmt: str, path: str) -> dict[str, str]:
     pattern, keys = _compile_format(fmt)
     match = pattern.search(path.replace(os.sep, "/"))
     if match is None:
-        raise InputError(
-            f"input file {path!r} does not match the partition_format {fmt!r}"
-        )
-    return dict(zip(keys, match.groups()))
+        raise InputError(f"input file {path!r} does not match the partition_format {fmt!r}")
+    return dict(zip(keys, match.groups(), strict=True))
 
 
 # --------------------------------------------------------------------------- mini-batches
@@ -373,17 +343,13 @@ class MiniBatch:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(
-                f"MiniBatch kind must be one of {list(KINDS)}, got {self.kind!r}"
-            )
+            raise ValueError(f"MiniBatch kind must be one of {list(KINDS)}, got {self.kind!r}")
         # Copies, so that a caller's later edits cannot change a sent or stored descriptor.
         object.__setattr__(self, "files", tuple(self.files))
         object.__setattr__(self, "row_groups", tuple(self.row_groups))
         object.__setattr__(self, "options", dict(self.options))
         if self.partition_key_value is not None:
-            object.__setattr__(
-                self, "partition_key_value", dict(self.partition_key_value)
-            )
+            object.__setattr__(self, "partition_key_value", dict(self.partition_key_value))
 
     def __hash__(self) -> int:
         keys = self.partition_key_value
@@ -477,14 +443,10 @@ def _check_partition_keys(dataset: Dataset, keys: list[str]) -> None:
         )
     fmt_keys = dataset.partition_keys
     if not set(keys) <= set(fmt_keys):
-        raise ConfigError(
-            f"partition_keys {keys} are not all in the partition_format keys {fmt_keys}."
-        )
+        raise ConfigError(f"partition_keys {keys} are not all in the partition_format keys {fmt_keys}.")
 
 
-def _generate(
-    datasets: list[Dataset], size: int | None, keys: list[str]
-) -> Iterator[MiniBatch]:
+def _generate(datasets: list[Dataset], size: int | None, keys: list[str]) -> Iterator[MiniBatch]:
     next_id = 0
     for index, dataset in enumerate(datasets):
         for fields in _dataset_batches(dataset, size, keys):
@@ -498,9 +460,7 @@ def _generate(
             next_id += 1
 
 
-def _dataset_batches(
-    dataset: Dataset, size: int | None, keys: list[str]
-) -> Iterator[dict]:
+def _dataset_batches(dataset: Dataset, size: int | None, keys: list[str]) -> Iterator[dict]:
     """The fields of each mini-batch of one input, apart from id, input and kind."""
     if keys:
         return _by_partition_keys(dataset, keys)
@@ -535,7 +495,7 @@ def _by_partition_keys(dataset: Dataset, keys: list[str]) -> Iterator[dict]:
             count = None
         yield {
             "files": tuple(files),
-            "partition_key_value": dict(zip(keys, combination)),
+            "partition_key_value": dict(zip(keys, combination, strict=True)),
             "item_count": count,
         }
 
@@ -559,9 +519,7 @@ def _line_ranges(path: str, target: int, header: bool) -> Iterator[tuple[int, in
                 yield start, end
                 start = end
     except OSError as exc:
-        raise InputError(
-            f"input file {path!r} is not readable: {exc.strerror or exc}"
-        ) from None
+        raise InputError(f"input file {path!r} is not readable: {exc.strerror or exc}") from None
 
 
 def _next_line_end(stream: io.BufferedReader, position: int, size: int) -> int:
@@ -584,9 +542,7 @@ def _by_row_groups(files: list[str], target: int) -> Iterator[dict]:
             yield {"files": (path,), "row_groups": groups, "item_count": rows}
 
 
-def _row_group_runs(
-    metadata: pyarrow.parquet.FileMetaData, target: int
-) -> Iterator[tuple[tuple[int, ...], int]]:
+def _row_group_runs(metadata: pyarrow.parquet.FileMetaData, target: int) -> Iterator[tuple[tuple[int, ...], int]]:
     """Consecutive row groups whose compressed size just reaches ``target``, with row counts."""
     groups: list[int] = []
     size = rows = 0
@@ -594,9 +550,7 @@ def _row_group_runs(
         group = metadata.row_group(index)
         groups.append(index)
         rows += group.num_rows
-        size += sum(
-            group.column(c).total_compressed_size for c in range(group.num_columns)
-        )
+        size += sum(group.column(c).total_compressed_size for c in range(group.num_columns))
         if size >= target:
             yield tuple(groups), rows
             groups, size, rows = [], 0, 0
@@ -610,14 +564,12 @@ def _parquet_metadata(path: str) -> pyarrow.parquet.FileMetaData:
 
     try:
         return pyarrow.parquet.read_metadata(path)
-    except pyarrow.ArrowException as exc:
-        raise InputError(
-            f"input file {path!r} is not a valid Parquet file: {exc}"
-        ) from None
-    except OSError as exc:
-        raise InputError(
-            f"input file {path!r} is not readable: {exc.strerror or exc}"
-        ) from None
+    except (FileNotFoundError, PermissionError) as exc:
+        raise InputError(f"input file {path!r} is not readable: {exc.strerror or exc}") from None
+    except (pyarrow.ArrowException, OSError) as exc:
+        # A damaged footer surfaces as a bare OSError ("Couldn't deserialize thrift").
+        reason = " ".join(str(exc).split())
+        raise InputError(f"input file {path!r} is not a valid Parquet file: {reason}") from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -631,9 +583,7 @@ def load_mini_batch(mb: MiniBatch) -> list[str] | pandas.DataFrame:
         import pandas
 
         frames = [_read_whole(mb.kind, path, mb.options) for path in mb.files]
-        return (
-            frames[0] if len(frames) == 1 else pandas.concat(frames, ignore_index=True)
-        )
+        return frames[0] if len(frames) == 1 else pandas.concat(frames, ignore_index=True)
     if mb.kind == "parquet":
         return _read_row_groups(mb.files[0], mb.row_groups)
     if mb.kind == "csv":
@@ -664,16 +614,12 @@ def _read_bytes(path: str, start: int, end: int) -> bytes:
         return stream.read(end - start)
 
 
-def _read_csv_range(
-    path: str, start: int, end: int, options: dict[str, Any]
-) -> pandas.DataFrame:
+def _read_csv_range(path: str, start: int, end: int, options: dict[str, Any]) -> pandas.DataFrame:
     """Header line + data bytes, so every range keeps the file's column names."""
     import pandas
 
     header = bool(options.get("header", True))
     head = _read_bytes(path, 0, _header_end(path, header))
-    if head and not head.endswith(b"\n"):
-        head += b"\n"
     separator = options.get("separator", ",")
     return pandas.read_csv(
         io.BytesIO(head + _read_bytes(path, start, end)),
@@ -684,9 +630,7 @@ def _read_csv_range(
     )
 
 
-def _read_jsonl_range(
-    path: str, start: int, end: int, options: dict[str, Any]
-) -> pandas.DataFrame:
+def _read_jsonl_range(path: str, start: int, end: int, options: dict[str, Any]) -> pandas.DataFrame:
     import pandas
 
     text = _read_bytes(path, start, end).decode(options.get("encoding", "utf-8"))

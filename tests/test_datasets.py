@@ -33,16 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DATASETS = (
     FileDataset.from_files(["a", "b/*.png"], partition_format="{user}/{name}.png"),
-    TabularDataset.from_delimited_files(
-        "d.csv", separator="|", header=False, encoding="latin1"
-    ),
+    TabularDataset.from_delimited_files("d.csv", separator="|", header=False, encoding="latin1"),
     TabularDataset.from_json_lines_files("d.jsonl"),
     TabularDataset.from_parquet_files("p", partition_format="{year}/{f}.parquet"),
 )
 BATCHES = (
-    MiniBatch(
-        id=0, input_index=0, kind="file", files=("/d/a.png", "/d/b.png"), item_count=2
-    ),
+    MiniBatch(id=0, input_index=0, kind="file", files=("/d/a.png", "/d/b.png"), item_count=2),
     MiniBatch(
         id=1,
         input_index=1,
@@ -80,10 +76,7 @@ def touch(path: Path, content: bytes = b"x") -> Path:
 def write_csv(path: Path, rows: int, first: int = 0, sep: str = ",") -> Path:
     """A CSV with rows of varying width, so ranges end at many different offsets."""
     lines = [sep.join(["id", "name", "score"])]
-    lines += [
-        sep.join([str(i), "n" * (i % 13 + 1), str(i * 7)])
-        for i in range(first, first + rows)
-    ]
+    lines += [sep.join([str(i), "n" * (i % 13 + 1), str(i * 7)]) for i in range(first, first + rows)]
     return touch(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -93,9 +86,7 @@ def write_jsonl(path: Path, rows: int) -> Path:
 
 
 def write_parquet(path: Path, rows: int, row_group_size: int) -> Path:
-    table = pyarrow.table(
-        {"id": list(range(rows)), "text": [f"row {i}" * 5 for i in range(rows)]}
-    )
+    table = pyarrow.table({"id": list(range(rows)), "text": [f"row {i}" * 5 for i in range(rows)]})
     path.parent.mkdir(parents=True, exist_ok=True)
     pyarrow.parquet.write_table(table, path, row_group_size=row_group_size)
     return path
@@ -112,9 +103,7 @@ def make_wavs(root: Path) -> list[Path]:
     return [touch(root / f"{name}.wav", name.encode()) for name in names]
 
 
-def all_batches(
-    *datasets: Dataset, size: int | None = None, keys=None
-) -> list[MiniBatch]:
+def all_batches(*datasets: Dataset, size: int | None = None, keys=None) -> list[MiniBatch]:
     return list(partition(list(datasets), size, keys))
 
 
@@ -207,16 +196,12 @@ class TestDatasetFiles:
                 raise PermissionError(13, "Permission denied", str(name))
             return real_open(name, flags, *args)
 
-        if (
-            os.geteuid() == 0
-        ):  # root ignores modes; the permission error cannot happen here
+        if os.geteuid() == 0:  # root ignores modes; the permission error cannot happen here
             monkeypatch.setattr(os, "open", deny)
         with pytest.raises(InputError) as info:
             FileDataset.from_files(path).files()
 
-        assert (
-            str(info.value) == f"input file '{path}' is not readable: Permission denied"
-        )
+        assert str(info.value) == f"input file '{path}' is not readable: Permission denied"
 
     @pytest.mark.parametrize("bad", [[], "", None, 3, [b"x"]])
     def test_invalid_path_argument(self, bad):
@@ -228,18 +213,14 @@ class TestDatasetFiles:
 class TestDatasetOptions:
     def test_kinds_and_options(self):
         """Each constructor sets its kind and the options its reader needs."""
-        csv = TabularDataset.from_delimited_files(
-            "x", separator=";", header=False, encoding="utf8"
-        )
+        csv = TabularDataset.from_delimited_files("x", separator=";", header=False, encoding="utf8")
 
         assert FileDataset.from_files("x").kind == "file"
         assert (csv.kind, csv.options) == (
             "csv",
             {"separator": ";", "header": False, "encoding": "utf-8"},
         )
-        assert TabularDataset.from_json_lines_files("x").options == {
-            "encoding": "utf-8"
-        }
+        assert TabularDataset.from_json_lines_files("x").options == {"encoding": "utf-8"}
         assert TabularDataset.from_parquet_files("x").kind == "parquet"
 
     def test_azure_encoding_names(self):
@@ -269,9 +250,7 @@ class TestDatasetOptions:
 
     def test_partition_keys_in_order(self):
         """partition_keys lists the format's names in order; a leading '/' is ignored."""
-        dataset = FileDataset.from_files(
-            "x", partition_format="/{user}/{season}/{genres}.wav"
-        )
+        dataset = FileDataset.from_files("x", partition_format="/{user}/{season}/{genres}.wav")
 
         assert dataset.partition_keys == ["user", "season", "genres"]
         assert FileDataset.from_files("x").partition_keys == []
@@ -330,18 +309,14 @@ class TestPartitionFiles:
 
         assert [len(mb.files) for mb in batches] == [3, 3, 1]
         assert [mb.item_count for mb in batches] == [3, 3, 1]
-        assert [f for mb in batches for f in mb.files] == sorted(
-            str(p) for p in tmp_path.iterdir()
-        )
+        assert [f for mb in batches for f in mb.files] == sorted(str(p) for p in tmp_path.iterdir())
 
     def test_default_is_ten_files(self, tmp_path):
         """Without a size, ten files make a mini-batch."""
         for i in range(25):
             touch(tmp_path / f"f{i:02}.png")
 
-        assert [
-            len(mb.files) for mb in all_batches(FileDataset.from_files(tmp_path))
-        ] == [10, 10, 5]
+        assert [len(mb.files) for mb in all_batches(FileDataset.from_files(tmp_path))] == [10, 10, 5]
 
     def test_inputs_are_never_mixed(self, tmp_path):
         """Each input is partitioned on its own; ids run on across inputs."""
@@ -361,11 +336,7 @@ class TestPartitionFiles:
             (2, 1, 2),
             (3, 1, 1),
         ]
-        assert all(
-            Path(f).parent.name == "ab"[mb.input_index]
-            for mb in batches
-            for f in mb.files
-        )
+        assert all(Path(f).parent.name == "ab"[mb.input_index] for mb in batches for f in mb.files)
 
     def test_is_lazy(self, tmp_path):
         """A missing second input fails only when iteration reaches it."""
@@ -419,9 +390,7 @@ class TestPartitionDelimited:
         """Each mini-batch reads one file, and small files are one mini-batch each."""
         paths = [write_csv(tmp_path / f"{n}.csv", 5) for n in "abc"]
 
-        batches = all_batches(
-            TabularDataset.from_delimited_files(tmp_path), size=10_000
-        )
+        batches = all_batches(TabularDataset.from_delimited_files(tmp_path), size=10_000)
 
         assert [mb.files for mb in batches] == [(str(p),) for p in paths]
         assert [mb.end for mb in batches] == [p.stat().st_size for p in paths]
@@ -454,9 +423,7 @@ class TestPartitionDelimited:
         batches = all_batches(TabularDataset.from_delimited_files(path), size=1)
 
         assert loaded_ids(batches) == [1, 2, 3]
-        assert [list(load_mini_batch(mb).columns) for mb in batches] == [
-            ["id", "v"]
-        ] * 3
+        assert [list(load_mini_batch(mb).columns) for mb in batches] == [["id", "v"]] * 3
 
 
 class TestPartitionJsonLines:
@@ -484,10 +451,7 @@ class TestPartitionJsonLines:
         """A range holding only blank lines loads as an empty DataFrame."""
         path = touch(tmp_path / "a.jsonl", b'{"id": 1}\n\n\n\n')
 
-        frames = [
-            load_mini_batch(mb)
-            for mb in all_batches(TabularDataset.from_json_lines_files(path), size=1)
-        ]
+        frames = [load_mini_batch(mb) for mb in all_batches(TabularDataset.from_json_lines_files(path), size=1)]
 
         assert [len(frame) for frame in frames] == [1, 0, 0, 0]
 
@@ -498,10 +462,7 @@ class TestPartitionParquet:
         path = write_parquet(tmp_path / "p.parquet", rows=1000, row_group_size=100)
         meta = pyarrow.parquet.read_metadata(path)
         sizes = [
-            sum(
-                meta.row_group(g).column(c).total_compressed_size
-                for c in range(meta.num_columns)
-            )
+            sum(meta.row_group(g).column(c).total_compressed_size for c in range(meta.num_columns))
             for g in range(meta.num_row_groups)
         ]
         target = int(sizes[0] * 2.5)
@@ -510,12 +471,8 @@ class TestPartitionParquet:
 
         assert [g for mb in batches for g in mb.row_groups] == list(range(10))
         assert 2 < len(batches) < 10
-        assert all(
-            sum(sizes[g] for g in mb.row_groups) >= target for mb in batches[:-1]
-        )
-        assert [mb.item_count for mb in batches] == [
-            100 * len(mb.row_groups) for mb in batches
-        ]
+        assert all(sum(sizes[g] for g in mb.row_groups) >= target for mb in batches[:-1])
+        assert [mb.item_count for mb in batches] == [100 * len(mb.row_groups) for mb in batches]
         assert loaded_ids(batches) == list(range(1000))
 
     def test_small_size_gives_one_row_group_each(self, tmp_path):
@@ -534,26 +491,29 @@ class TestPartitionParquet:
 
         assert [(mb.row_groups, mb.item_count) for mb in batches] == [((0,), 200)]
 
-    def test_corrupt_file(self, tmp_path):
-        """A file that is not Parquet is an input error naming the file."""
-        write_parquet(tmp_path / "a.parquet", rows=5, row_group_size=5)
-        bad = touch(tmp_path / "b.parquet", b"this is not parquet at all")
+    @pytest.mark.parametrize("damage", ["garbage", "empty", "footer"])
+    def test_corrupt_file(self, tmp_path, damage):
+        """A file that is not Parquet, or has a damaged footer, is an input error naming it."""
+        good = write_parquet(tmp_path / "a.parquet", rows=5, row_group_size=5).read_bytes()
+        content = {
+            "garbage": b"this is not parquet at all",
+            "empty": b"",
+            "footer": good[:4] + b"x" * (len(good) - 12) + good[-8:],
+        }[damage]
+        bad = touch(tmp_path / "b.parquet", content)
 
         with pytest.raises(InputError) as info:
             all_batches(TabularDataset.from_parquet_files(tmp_path))
 
-        assert str(info.value).startswith(
-            f"input file '{bad}' is not a valid Parquet file: "
-        )
+        assert str(info.value).startswith(f"input file '{bad}' is not a valid Parquet file: ")
+        assert "\n" not in str(info.value)
 
 
 class TestPartitionKeys:
     def test_one_mini_batch_per_combination(self, tmp_path):
         """Files sharing the keys' values form one mini-batch, in order of first appearance."""
         make_wavs(tmp_path)
-        dataset = FileDataset.from_files(
-            tmp_path, partition_format="{user}/{season}/{genres}.wav"
-        )
+        dataset = FileDataset.from_files(tmp_path, partition_format="{user}/{season}/{genres}.wav")
 
         batches = all_batches(dataset, keys=["user", "genres"])
 
@@ -577,9 +537,7 @@ class TestPartitionKeys:
     def test_size_is_ignored(self, tmp_path):
         """With partition keys the mini-batch size plays no part."""
         make_wavs(tmp_path)
-        dataset = FileDataset.from_files(
-            tmp_path, partition_format="/{user}/{season}/{genres}.wav"
-        )
+        dataset = FileDataset.from_files(tmp_path, partition_format="/{user}/{season}/{genres}.wav")
 
         assert len(all_batches(dataset, size=1, keys=["user"])) == 2
 
@@ -597,16 +555,13 @@ class TestPartitionKeys:
 
     def test_keys_must_be_in_the_format(self):
         """Keys the format does not name are refused with Azure-like wording."""
-        dataset = FileDataset.from_files(
-            "x", partition_format="{user}/{season}/{genres}.wav"
-        )
+        dataset = FileDataset.from_files("x", partition_format="{user}/{season}/{genres}.wav")
 
         with pytest.raises(ConfigError) as info:
             partition([dataset], None, ["user", "mood"])
 
         assert str(info.value) == (
-            "partition_keys ['user', 'mood'] are not all in the partition_format keys "
-            "['user', 'season', 'genres']."
+            "partition_keys ['user', 'mood'] are not all in the partition_format keys ['user', 'season', 'genres']."
         )
 
     def test_dataset_without_format(self):
@@ -638,17 +593,13 @@ class TestPartitionKeys:
             ({"Store": "1", "Brand": "b"}, 1),
             ({"Store": "2", "Brand": "a"}, 1),
         ]
-        assert load_mini_batch(batches[0])["id"].tolist() == list(range(10)) + list(
-            range(30, 40)
-        )
+        assert load_mini_batch(batches[0])["id"].tolist() == list(range(10)) + list(range(30, 40))
 
     def test_parquet_partition_counts_rows(self, tmp_path):
         """Parquet partition mini-batches know their row count and load every row group."""
         write_parquet(tmp_path / "2020" / "a.parquet", rows=30, row_group_size=10)
         write_parquet(tmp_path / "2021" / "a.parquet", rows=7, row_group_size=5)
-        dataset = TabularDataset.from_parquet_files(
-            tmp_path, partition_format="{year}/{name}.parquet"
-        )
+        dataset = TabularDataset.from_parquet_files(tmp_path, partition_format="{year}/{name}.parquet")
 
         batches = all_batches(dataset, keys=["year"])
 
@@ -677,16 +628,12 @@ class TestMiniBatch:
 
     def test_hashable_despite_dicts(self):
         """Descriptors can be set members even with partition values and options."""
-        assert (
-            len({*BATCHES, *[MiniBatch.from_json(mb.to_json()) for mb in BATCHES]}) == 4
-        )
+        assert len({*BATCHES, *[MiniBatch.from_json(mb.to_json()) for mb in BATCHES]}) == 4
 
     def test_copies_its_inputs(self):
         """Later edits to the caller's list or dict do not reach the descriptor."""
         files, values = ["a"], {"k": "v"}
-        mb = MiniBatch(
-            id=0, input_index=0, kind="file", files=files, partition_key_value=values
-        )
+        mb = MiniBatch(id=0, input_index=0, kind="file", files=files, partition_key_value=values)
 
         files.append("b")
         values["k"] = "changed"
@@ -802,13 +749,9 @@ class TestLoadMiniBatch:
 
     def test_csv_encoding_with_bom(self, tmp_path):
         """The encoding option decodes header and data; a BOM does not leak into names."""
-        path = touch(
-            tmp_path / "a.csv", "\ufeffnom,ville\n1,Zürich\n2,Genève\n".encode("utf-8")
-        )
+        path = touch(tmp_path / "a.csv", "\ufeffnom,ville\n1,Zürich\n2,Genève\n".encode("utf-8"))
 
-        batches = all_batches(
-            TabularDataset.from_delimited_files(path, encoding="utf8bom"), size=1
-        )
+        batches = all_batches(TabularDataset.from_delimited_files(path, encoding="utf8bom"), size=1)
 
         assert pandas.concat(map(load_mini_batch, batches)).to_dict("list") == {
             "nom": [1, 2],
@@ -818,9 +761,7 @@ class TestLoadMiniBatch:
     def test_parquet_row_groups(self, tmp_path):
         """Parquet mini-batches load only their row groups."""
         path = write_parquet(tmp_path / "p.parquet", rows=30, row_group_size=10)
-        mb = MiniBatch(
-            id=0, input_index=0, kind="parquet", files=(str(path),), row_groups=(1, 2)
-        )
+        mb = MiniBatch(id=0, input_index=0, kind="parquet", files=(str(path),), row_groups=(1, 2))
 
         assert load_mini_batch(mb)["id"].tolist() == list(range(10, 30))
 
@@ -837,9 +778,7 @@ class TestMiniBatchContext:
     def test_context_holds_values_and_filtered_dataset(self, tmp_path):
         """The context carries the key values and a dataset of only the partition's files."""
         make_wavs(tmp_path)
-        dataset = FileDataset.from_files(
-            tmp_path, partition_format="{user}/{season}/{genres}.wav"
-        )
+        dataset = FileDataset.from_files(tmp_path, partition_format="{user}/{season}/{genres}.wav")
         mb = all_batches(dataset, keys=["user", "genres"])[1]
 
         context = mini_batch_context(mb, dataset)
@@ -865,9 +804,7 @@ class TestImport:
         code = "import sys, pipeobs.datasets; print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))"
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(ROOT), os.environ.get("PYTHONPATH", "")]
-            ),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
 
         result = subprocess.run(

@@ -146,7 +146,7 @@ class TestLogsTree:
         assert "The error threshold is -1." in overview
         with open(logs / "perf/0/processes_resource_usage.csv") as handle:
             perf = list(csv.DictReader(handle))
-        assert perf and float(perf[0]["Rss (MB)"]) > 1
+        assert max(float(r["Rss (MB)"]) for r in perf) > 5  # a Python process holds MBs
 
     def test_driver_log_holds_every_line_in_order_with_prefixes(self, run_job: RunJob) -> None:
         """70_driver_log.txt has the driver's narrative and worker lines, greppable by mini-batch."""
