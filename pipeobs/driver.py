@@ -17,7 +17,6 @@ import queue
 import secrets
 import selectors
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -129,7 +128,6 @@ class Driver:
         self._partition_queue: queue.Queue[Any] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         self._last_flush = 0.0
-        self._hub_dir = tempfile.mkdtemp(prefix="pipeobs-hub-")
 
     # ----------------------------------------------------------------- lifecycle
     def run(self) -> JobResult:
@@ -156,13 +154,14 @@ class Driver:
                 self._spawn(node)
 
     def _listen(self) -> None:
-        path = os.path.join(self._hub_dir, "hub.sock")
+        # An abstract Unix socket: no file to leave behind when the driver is killed.
+        name = f"pipeobs-hub-{os.getpid()}-{secrets.token_hex(8)}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
+        sock.bind("\0" + name)
         sock.listen(128)
         sock.setblocking(False)
         self.listener = sock
-        self.executor = LocalExecutor(path, self.authkey)
+        self.executor = LocalExecutor("@" + name, self.authkey)
         self.selector.register(sock, selectors.EVENT_READ, self._on_accept)
 
     def _close(self) -> None:
@@ -178,11 +177,6 @@ class Driver:
         self.listener.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        try:
-            os.unlink(os.path.join(self._hub_dir, "hub.sock"))
-            os.rmdir(self._hub_dir)
-        except OSError:
-            pass
 
     # ----------------------------------------------------------------- partitioning
     def _partition(self) -> None:

@@ -210,9 +210,9 @@ def _exit_with_parent() -> None:
 def main() -> int:
     faulthandler.enable()  # a segfault leaves a Python traceback in the worker's stderr
     _exit_with_parent()
-    address = os.environ["PIPEOBS_HUB"]
-    family = "AF_INET" if ":" in address and not address.startswith("/") else "AF_UNIX"
-    target: Any = address
+    address = os.environ["PIPEOBS_HUB"]  # "@name" (abstract Unix socket) or "host:port"
+    family = "AF_UNIX" if address.startswith(("@", "/")) else "AF_INET"
+    target: Any = "\0" + address[1:] if address.startswith("@") else address
     if family == "AF_INET":
         host, port = address.rsplit(":", 1)
         target = (host, int(port))
