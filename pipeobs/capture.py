@@ -10,7 +10,7 @@ logger name and their place among the stderr lines.
 
 Marker format: ``\\x1e<token>\\x1f<kind><payload>\\n`` where ``token`` is random per run, so
 user output cannot forge one. Kinds: ``B`` begin (JSON ``{"k": phase, "mb": id, "a": attempt}``),
-``E`` end, ``L`` log record (JSON), ``M`` metric point (JSON).
+``E`` end, ``L`` log record (JSON), ``M`` metric point (JSON), ``S`` finished span (JSON).
 
 Lines are decoded as UTF-8 with invalid bytes escaped (``\\x..``), and lines longer than
 :data:`MAX_LINE` bytes are split into pieces of that size (the pieces carry ``continued``).
@@ -50,6 +50,8 @@ class Invocation:
     phase: str
     mini_batch_id: int | None = None
     attempt: int | None = None
+    trace_id: str | None = None
+    span_id: str | None = None  # the invocation's span: lines and metrics carry it
 
 
 IDLE = Invocation("worker")
@@ -83,6 +85,14 @@ class MetricPoint:
 
 
 @dataclass(slots=True)
+class SpanData:
+    """A finished span from a worker (see :mod:`pipeobs.telemetry.spans`)."""
+
+    invocation: Invocation
+    record: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Boundary:
     """A begin (``invocation`` set) or end (``invocation`` is None) marker."""
 
@@ -99,15 +109,15 @@ class StreamParser:
         self._buffer = bytearray()
         self.invocation = IDLE
 
-    def feed(self, data: bytes) -> Iterator[Line | Boundary | MetricPoint]:
+    def feed(self, data: bytes) -> Iterator[Line | Boundary | MetricPoint | SpanData]:
         self._buffer += data
         yield from self._drain(final=False)
 
-    def close(self) -> Iterator[Line | Boundary | MetricPoint]:
+    def close(self) -> Iterator[Line | Boundary | MetricPoint | SpanData]:
         """End of stream: flush a last partial line."""
         yield from self._drain(final=True)
 
-    def _drain(self, final: bool) -> Iterator[Line | Boundary | MetricPoint]:
+    def _drain(self, final: bool) -> Iterator[Line | Boundary | MetricPoint | SpanData]:
         buf = self._buffer
         pos = 0
         while pos < len(buf):
@@ -140,12 +150,12 @@ class StreamParser:
         text = raw.decode("utf-8", "backslashreplace").rstrip("\r")
         return Line(self.stream, self.invocation, text, continued=continued)
 
-    def _marker(self, raw: bytes) -> Line | Boundary | MetricPoint:
+    def _marker(self, raw: bytes) -> Line | Boundary | MetricPoint | SpanData:
         body = raw[len(self._mark) :]
         kind, payload = body[:1], body[1:]
         if kind == b"B":
             info = json.loads(payload)
-            self.invocation = Invocation(info["k"], info.get("mb"), info.get("a"))
+            self.invocation = Invocation(info["k"], info.get("mb"), info.get("a"), info.get("t"), info.get("s"))
             return Boundary(self.stream, self.invocation)
         if kind == b"E":
             self.invocation = IDLE
@@ -153,6 +163,8 @@ class StreamParser:
         record = json.loads(payload)
         if kind == b"M":
             return MetricPoint(self.invocation, record["k"], record["n"], record["v"], record["d"], record["t"])
+        if kind == b"S":
+            return SpanData(self.invocation, record)
         return Line(
             "log",
             self.invocation,
@@ -197,7 +209,13 @@ class WorkerCapture:
         logging.getLogger("pipeobs").setLevel(min(self.level, logging.INFO))
 
     def begin(self, invocation: Invocation) -> None:
-        payload = {"k": invocation.phase, "mb": invocation.mini_batch_id, "a": invocation.attempt}
+        payload = {
+            "k": invocation.phase,
+            "mb": invocation.mini_batch_id,
+            "a": invocation.attempt,
+            "t": invocation.trace_id,
+            "s": invocation.span_id,
+        }
         self._both(b"B" + json.dumps(payload, separators=(",", ":")).encode())
 
     def end(self) -> None:
@@ -229,6 +247,12 @@ def emit_metric(kind: str, name: str, value: Any, description: str = "") -> None
         raise RuntimeError("metrics can only be sent from inside a pipeobs worker")
     record = {"t": time.time(), "k": kind, "n": str(name), "v": value, "d": description or ""}
     _active.write_record(record, b"M")
+
+
+def emit_span(record: dict[str, Any]) -> None:
+    """Send a finished span to the driver (called by the worker's span exporter)."""
+    if _active is not None:
+        _active.write_record(record, b"S")
 
 
 def _jsonable(value: Any) -> Any:

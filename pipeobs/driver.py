@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
-from pipeobs.capture import Boundary, MetricPoint, StreamParser
+from pipeobs.capture import Boundary, Invocation, MetricPoint, SpanData, StreamParser
 from pipeobs.errors import EntryScriptError, JobFailed, PipeobsError
 from pipeobs.executors.local import LocalExecutor, WorkerProcess
 from pipeobs.jobs import JobPlan, JobResult, Thresholds
@@ -70,6 +70,7 @@ class Worker:
     run_began: dict[tuple[int, int], float] = field(default_factory=dict)
     parsers: dict[int, StreamParser] = field(default_factory=dict)
     kill_reason: tuple[str, str] | None = None  # (attempt status, message)
+    open_spans: dict[str, tuple[Invocation, float]] = field(default_factory=dict)  # span_id -> (invocation, start)
 
     @property
     def name(self) -> str:
@@ -103,6 +104,8 @@ class Driver:
         self.store = Store(self.run_dir.store)
         self.recorder = Recorder(self.run_dir, self.store, plan.step_id)
         self.monitor = ResourceMonitor(self.run_dir.logs / "perf", plan.settings.resource_monitor_interval)
+        self.telemetry: Any = None
+        self._next_metrics = 0.0
         self._next_overview = time.monotonic() + OVERVIEW_INTERVAL
         self.selector = selectors.DefaultSelector()
         self.token = secrets.token_hex(8)
@@ -141,6 +144,9 @@ class Driver:
             self._close()
 
     def _start(self) -> None:
+        from pipeobs.telemetry.job import JobTelemetry
+
+        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.recorder.span)
         self._open_output()
         self._restore_ledger()
         self.recorder.event("INFO", "start", f"Start job {self.plan.step_id} ({self.plan.describe()}).")
@@ -288,7 +294,7 @@ class Driver:
         worker.conn = conn
         self._set_state(worker, WorkerState.INIT)
         self.selector.register(conn.fileno(), selectors.EVENT_READ, lambda _fd, w=worker: self._on_message(w))
-        conn.send(self.plan.worker_setup(worker.proc, self.token))
+        conn.send(self.plan.worker_setup(worker.proc, self.token, self.telemetry.traceparent))
 
     def _set_state(self, worker: Worker, state: WorkerState) -> None:
         worker.state = state
@@ -329,8 +335,15 @@ class Driver:
         for item in items:
             if isinstance(item, Boundary):
                 inv = item.invocation
-                if inv is not None and inv.phase == "run" and item.stream == "stdout":
-                    worker.run_began[(inv.mini_batch_id, inv.attempt)] = time.monotonic()
+                if inv is not None and item.stream == "stdout":
+                    if inv.span_id is not None:
+                        worker.open_spans.setdefault(inv.span_id, (inv, time.time()))
+                    if inv.phase == "run":
+                        worker.run_began[(inv.mini_batch_id, inv.attempt)] = time.monotonic()
+                continue
+            if isinstance(item, SpanData):
+                worker.open_spans.pop(item.record["span_id"], None)
+                self.recorder.span(worker.label, item.record)
                 continue
             if isinstance(item, MetricPoint):
                 self.recorder.metric(worker.label, item)
@@ -399,10 +412,29 @@ class Driver:
             self.gpu_free[worker.node].sort()
         level = "INFO" if was_stopping and (returncode == 0 or worker.kill_reason) else "WARNING"
         self.recorder.event(level, "worker_exit", f"{worker.label} exits with returncode {returncode}. {reason}".rstrip(), worker.label)
+        self._close_open_spans(worker, reason or "the worker process ended")
         self._fail_inflight(worker, reason)
         if not was_stopping:
-            self.counts["worker_restarts"] += 1
+            self._count("worker_restarts")
             self._replace(worker)
+
+    def _close_open_spans(self, worker: Worker, reason: str) -> None:
+        """Invocations cut short by a kill or crash still end up as spans, with status ERROR."""
+        for inv, start in worker.open_spans.values():
+            self.telemetry.killed(worker.label, inv.phase, start, reason, (inv.trace_id, inv.span_id), inv.mini_batch_id, inv.attempt)
+        if worker.inflight:  # killed while loading, before run() began: its span was never announced
+            head = worker.inflight[0]
+            key = (head.mini_batch.id, head.attempt)
+            if not any((i.mini_batch_id, i.attempt) == key for i, _ in worker.open_spans.values()):
+                start = time.time() - (time.monotonic() - worker.head_since)
+                self.telemetry.killed(worker.label, "run", start, reason, (None, None), *key)
+        worker.open_spans.clear()
+
+    def _count(self, name: str) -> None:
+        self.counts[name] += 1
+        metric = getattr(self.telemetry.metrics, name, None) if self.telemetry else None
+        if metric is not None:
+            metric.inc()
 
     def _exit_reason(self, worker: Worker, returncode: int, was_stopping: bool) -> str:
         if worker.kill_reason is not None:
@@ -498,6 +530,7 @@ class Driver:
         )
         self.store.update_run(output_size=self.output_size)
         self.counts["mini_batches_done"] += 1
+        self.telemetry.attempt(worker.label, mb_id, attempt, result, "succeeded")
         self._check_thresholds(final=False)
 
     def _record_attempt(self, worker: Worker, mb_id: int, attempt: int, result: dict[str, Any]) -> None:
@@ -547,9 +580,11 @@ class Driver:
             self.first_error = {**error, "mini_batch_id": mb_id, "attempt": attempt, "worker": worker.label,
                                 "inputs": state.descriptor.summary(), "phase": "run", "status": status,
                                 "traceback_file": str(traceback_file) if traceback_file else None}
-        if attempt < self.config.run_max_try:
+        final = None if attempt < self.config.run_max_try else "failed"
+        self.telemetry.attempt(worker.label, mb_id, attempt, result, final)
+        if final is None:
             self.pending.append((mb_id, attempt + 1))
-            self.counts["retries"] += 1
+            self._count("retries")
         else:
             state.status = "failed"
             self.store.queue("done", ("failed", state.tries, state.total, 0, state.total or 0, worker.label, None, mb_id))
@@ -576,6 +611,10 @@ class Driver:
             live = [(w.node, w.name, w.proc.pid) for w in self.workers.values() if w.state is not WorkerState.DEAD]
             self.monitor.sample(live, now)
             self.monitor.flush()
+            self.telemetry.resources(self.monitor.last)
+        if now >= self._next_metrics:
+            self._next_metrics = now + 1.0
+            self._store_metrics()
         if now >= self._next_overview and self.partition_done:
             self._next_overview = now + OVERVIEW_INTERVAL
             self.recorder.progress(self._progress_line(now))
@@ -583,6 +622,10 @@ class Driver:
         self._last_flush = now
         if self.on_progress is not None:
             self.on_progress(self)
+
+    def _store_metrics(self) -> None:
+        for row in self.telemetry.rows(len(self.pending)):
+            self.store.queue("metrics", row)
 
     def _progress_line(self, now: float) -> str:
         done = sum(1 for s in self.mini_batches.values() if s.status != "pending")
@@ -628,7 +671,7 @@ class Driver:
             if worker.kill_reason is not None or worker.state is WorkerState.DEAD:
                 continue
             if worker.state in (WorkerState.STARTING, WorkerState.INIT) and now - worker.since > budget:
-                self.counts["init_timeouts"] += 1
+                self._count("init_timeouts")
                 self._kill(worker, "INIT_TIMEOUT", f"init() did not finish in {budget:g} seconds.")
             elif worker.inflight:
                 self._check_task_clock(worker, now)
@@ -639,10 +682,10 @@ class Driver:
         began = worker.run_began.get((head.mini_batch.id, head.attempt))
         timeout = self.config.run_invocation_timeout
         if began is not None and now - began > timeout:
-            self.counts["timeouts"] += 1
+            self._count("timeouts")
             self._kill(worker, "RUN_TIMEOUT", f"mini batch {head.mini_batch.id} did not finish in {timeout:g} seconds.")
         elif began is None and now - worker.head_since > self.settings.task_overhead_timeout + timeout:
-            self.counts["timeouts"] += 1
+            self._count("timeouts")
             self._kill(worker, "LOAD_TIMEOUT", f"mini batch {head.mini_batch.id} was not loaded in {self.settings.task_overhead_timeout:g} seconds.")
 
     def _check_job_clocks(self, now: float) -> None:
@@ -746,6 +789,11 @@ class Driver:
             ):
                 self.stop_reason = NO_RESULT_MESSAGE
         result = self.result()
+        self.telemetry.end(result.ok, result.reason, {
+            "mini_batches.total": result.mini_batches_total, "mini_batches.failed": result.mini_batches_failed,
+            "items.total": result.items_total, "items.failed": result.items_failed, "status": result.status,
+        })
+        self._store_metrics()
         if self.partition_done and not self.stop_reason and not self.fatal:
             self.recorder.progress(f"All {len(self.mini_batches)} mini batches have been processed.")
         self.recorder.progress(f"{result.headline()} The error threshold is {self.config.error_threshold}.",

@@ -67,10 +67,11 @@ class JobPlan:
             env["PIPEOBS_MODEL_DIR"] = env["AZUREML_MODEL_DIR"] = self.model_dir
         return env
 
-    def worker_setup(self, proc: Any, token: str) -> dict[str, Any]:
+    def worker_setup(self, proc: Any, token: str, traceparent: str) -> dict[str, Any]:
         """The setup message a worker receives after it connects (picklable)."""
         return {
             "token": token,
+            "traceparent": traceparent,
             "logging_level": self.config.logging_level,
             "entry_script": self.entry_script,
             "source_dir": self.source_dir,

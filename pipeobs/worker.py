@@ -47,10 +47,15 @@ class Worker:
         self.capture = WorkerCapture(setup["token"], setup["logging_level"])
         self.module: Any = None
         self.datasets: list[Any] = []
+        self.tracer: Any = None
+        self.parent_context: Any = None
+        info = setup["worker"]
+        self.base_attributes = {"pipeobs.step_id": info["step_id"], "pipeobs.worker": f"{info['node']}/{info['name']}"}
 
     def serve(self) -> int:
         self.capture.install()
         self._prepare_process()
+        self._setup_tracing()
         if not self._load():
             return EXIT_LOAD_FAILED
         if not self._init():
@@ -77,6 +82,43 @@ class Worker:
 
             self.datasets = [Dataset.from_dict(d) for d in setup["datasets"]]
 
+    def _setup_tracing(self) -> None:
+        from opentelemetry import trace
+
+        from pipeobs.capture import emit_span
+        from pipeobs.telemetry.spans import CallbackSpanExporter, context_from_traceparent, make_tracer_provider
+
+        provider = make_tracer_provider(
+            self.setup["worker"]["step_name"], self.base_attributes, CallbackSpanExporter(emit_span)
+        )
+        trace.set_tracer_provider(provider)  # the user's spans in run() nest under mini_batch
+        self.tracer = provider.get_tracer("pipeobs")
+        self.parent_context = context_from_traceparent(self.setup["traceparent"])
+
+    def _start_span(self, name: str, attributes: dict[str, Any]) -> tuple[Any, Invocation]:
+        from opentelemetry.trace import SpanKind
+
+        from pipeobs.telemetry.spans import ids_of
+
+        kind = SpanKind.CONSUMER if name == "mini_batch" else SpanKind.INTERNAL
+        span = self.tracer.start_span(
+            name, context=self.parent_context, kind=kind, attributes={**self.base_attributes, **attributes}
+        )
+        phase = "run" if name == "mini_batch" else name
+        return span, Invocation(phase, attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"), *ids_of(span))
+
+    def _invoke(self, span: Any, invocation: Invocation, call: Any) -> Any:
+        """Run user code inside its span, its capture markers and its context."""
+        from opentelemetry import trace
+
+        self.capture.begin(invocation)
+        token = context.current_invocation.set(invocation)
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                return call()
+        finally:
+            context.current_invocation.reset(token)
+
     def _load(self) -> bool:
         try:
             self.module = load_entry_script(self.setup["entry_script"])
@@ -86,63 +128,78 @@ class Worker:
         return True
 
     def _init(self) -> bool:
-        init = getattr(self.module, "init", None)
         started = time.perf_counter()
-        if callable(init):
-            self.capture.begin(Invocation("init"))
-            try:
-                init()
-            except BaseException as exc:  # noqa: BLE001 - user code
-                self.capture.end()
-                self.conn.send(("init_failed", describe_error(exc, self.setup["source_dir"])))
-                return False
-            self.capture.end()
+        error = self._call_hook("init")
+        if error is not None:
+            self.conn.send(("init_failed", error))
+            return False
         self.conn.send(("ready", time.perf_counter() - started))
         return True
 
     def _shutdown(self) -> None:
-        shutdown = getattr(self.module, "shutdown", None)
+        self.conn.send(("bye", self._call_hook("shutdown")))
+
+    def _call_hook(self, name: str) -> dict[str, Any] | None:
+        """Call init() or shutdown() (if defined) in its span; the error it raised, if any."""
+        hook = getattr(self.module, name, None)
+        if not callable(hook):
+            return None
+        span, invocation = self._start_span(name, {})
         error = None
-        if callable(shutdown):
-            self.capture.begin(Invocation("shutdown"))
-            try:
-                shutdown()
-            except BaseException as exc:  # noqa: BLE001 - user code
-                error = describe_error(exc, self.setup["source_dir"])
+        try:
+            self._invoke(span, invocation, hook)
+        except BaseException as exc:  # noqa: BLE001 - user code
+            error = describe_error(exc, self.setup["source_dir"])
+            _record_error(span, error)
+        finally:
+            span.end()
             self.capture.end()
-        self.conn.send(("bye", error))
+        return error
 
     def run_task(self, mini_batch: Any, attempt: int) -> dict[str, Any]:
-        """Load, call run(), count and format the result; never raises for user errors."""
-        started_wall = time.time()
+        """Load, call run(), count and format the result, all in the mini_batch span."""
         started = time.perf_counter()
         cpu = time.process_time()
-        result: dict[str, Any] = {"start_time": started_wall, "total": mini_batch.item_count or 0}
+        span, invocation = self._start_span(
+            "mini_batch",
+            {"pipeobs.mini_batch_id": mini_batch.id, "pipeobs.attempt": attempt, "pipeobs.inputs": mini_batch.summary()},
+        )
+        result: dict[str, Any] = {
+            "start_time": span.start_time / 1e9,
+            "total": mini_batch.item_count or 0,
+            "trace_id": invocation.trace_id,
+            "span_id": invocation.span_id,
+        }
+        _reset_peak_rss()
+        try:
+            self._load_and_run(mini_batch, invocation, span, result)
+        finally:
+            result["elapsed"] = time.perf_counter() - started
+            result["process_seconds"] = time.process_time() - cpu
+            result["peak_rss"] = _peak_rss()
+            _close_mini_batch_span(span, result)
+            if result.pop("_begun", False):
+                self.capture.end()
+        return result
+
+    def _load_and_run(self, mini_batch: Any, invocation: Invocation, span: Any, result: dict[str, Any]) -> None:
         try:
             from pipeobs.datasets import load_mini_batch
 
             data = load_mini_batch(mini_batch)
         except Exception as exc:  # noqa: BLE001 - bad input data is the user's error
-            result.update(status="LOAD_ERROR", error=describe_error(exc, self.setup["source_dir"]))
-            return self._finish(result, started, cpu, 0.0)
+            result.update(status="LOAD_ERROR", error=describe_error(exc, self.setup["source_dir"]), run_seconds=0.0)
+            return
         result["total"] = len(data)
         run_started = time.perf_counter()
-        self.capture.begin(Invocation("run", mini_batch.id, attempt))
+        result["_begun"] = True
         try:
-            returned = self._call_run(mini_batch, data)
+            returned = self._invoke(span, invocation, lambda: self._call_run(mini_batch, data))
             result.update(self._accept(returned, len(data)))
             result["status"] = "RUN_DONE"
         except BaseException as exc:  # noqa: BLE001 - user code
             result.update(status="RUN_EXCEPTION", error=describe_error(exc, self.setup["source_dir"]))
-        finally:
-            self.capture.end()
-        return self._finish(result, started, cpu, time.perf_counter() - run_started)
-
-    def _finish(self, result: dict[str, Any], started: float, cpu: float, run_seconds: float) -> dict[str, Any]:
-        result["elapsed"] = time.perf_counter() - started
-        result["process_seconds"] = time.process_time() - cpu
-        result["run_seconds"] = run_seconds
-        return result
+        result["run_seconds"] = time.perf_counter() - run_started
 
     def _call_run(self, mini_batch: Any, data: Any) -> Any:
         run = self.module.run
@@ -177,6 +234,64 @@ class Worker:
         if self.setup["output_action"] == "append_row":
             accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
         return accepted
+
+
+def _record_error(span: Any, error: dict[str, Any]) -> None:
+    """ERROR status and an OpenTelemetry exception event with the user's traceback."""
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, f"{error['type']}: {error['message']}"))
+    span.add_event(
+        "exception",
+        {
+            "exception.type": error["type"],
+            "exception.message": error["message"],
+            "exception.stacktrace": error["traceback"],
+            "code.location": error.get("location") or "",
+        },
+    )
+
+
+def _close_mini_batch_span(span: Any, result: dict[str, Any]) -> None:
+    total = result.get("total", 0)
+    succeeded = result.get("succeeded", 0)
+    span.set_attributes(
+        {
+            "pipeobs.items.total": total,
+            "pipeobs.items.succeeded": succeeded,
+            "pipeobs.items.failed": total - succeeded,
+            "pipeobs.status": result.get("status", "UNKNOWN"),
+            "pipeobs.peak_rss_bytes": result.get("peak_rss") or 0,
+        }
+    )
+    if result.get("error"):
+        _record_error(span, result["error"])
+    span.end()
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the peak RSS, so VmHWM is this mini-batch's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except (ImportError, OSError):
+        return None
 
 
 def _is_dataframe(value: Any) -> bool:

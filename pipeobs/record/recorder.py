@@ -54,7 +54,7 @@ class Recorder:
         self.store.queue(
             "log_lines",
             (now, self.step_id, worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
-             line.level, line.logger, line.text),
+             line.level, line.logger, line.text, inv.trace_id, inv.span_id),
         )
         self._file_for(node, name, line).write(line.text + ("" if line.continued else "\n"))
         self.driver_log.write(now, worker, inv, line.level or _stream_level(line), line.text)
@@ -66,7 +66,19 @@ class Recorder:
         self.store.queue(
             "metrics",
             (point.time, self.step_id, worker, inv.phase, inv.mini_batch_id, inv.attempt, point.name,
-             point.kind, number, encoded, point.description),
+             point.kind, number, encoded, point.description, None, inv.trace_id, inv.span_id),
+        )
+
+    def span(self, worker: str, record: dict[str, Any]) -> None:
+        """A finished span (from a worker, the driver's job span, or one the driver closed)."""
+        attributes = record["attributes"]
+        self.store.queue(
+            "spans",
+            (record["span_id"], record["trace_id"], record["parent_span_id"], record["name"], record["kind"],
+             record["start"], record["end"], record["status"], record["status_message"], self.step_id,
+             attributes.get("pipeobs.worker", None if worker == "driver" else worker),
+             attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"),
+             json.dumps(attributes, default=str), json.dumps(record["events"], default=str)),
         )
 
     def _file_for(self, node: int, name: str, line: Line) -> IO[str]:

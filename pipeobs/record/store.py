@@ -12,9 +12,12 @@ Schema (documented in the README):
 * ``mini_batches``: the ledger: descriptor JSON, status (pending/done/failed), attempts, items.
 * ``attempts``: one row per mini-batch attempt (the ``processed_mini-batches.csv`` columns).
 * ``log_lines``: every captured line with step_id, worker, stream, phase, mini_batch_id,
-  attempt, level and logger.
-* ``metrics``: every ``Run.log``-family value and tag, with worker, mini_batch_id and attempt
-  (``value`` for numbers, ``value_json`` for lists, rows, tables and tags).
+  attempt, level, logger, trace_id and span_id (of the invocation's span).
+* ``metrics``: every ``Run.log``-family value and tag (kind scalar/list/row/table/tag) and the
+  built-in Prometheus-style series (kind counter/gauge/histogram), with worker, mini_batch_id,
+  attempt, trace_id, span_id and ``labels`` (JSON); ``value`` for numbers, ``value_json`` else.
+* ``spans``: OpenTelemetry spans (``job``, ``init``, ``mini_batch``, ``shutdown`` and the user's
+  own), ids as hex, times in epoch seconds, ``attributes`` and ``events`` as JSON.
 * ``workers``: every worker process: name, node, pid, start, end, return code, reason.
 * ``events``: the driver's narrative (worker restarts, timeouts, threshold stops...).
 """
@@ -47,15 +50,23 @@ CREATE INDEX IF NOT EXISTS attempts_mb ON attempts (mini_batch_id, attempt);
 CREATE TABLE IF NOT EXISTS log_lines (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, step_id TEXT NOT NULL, worker TEXT,
     stream TEXT NOT NULL, phase TEXT, mini_batch_id INTEGER, attempt INTEGER,
-    level TEXT, logger TEXT, text TEXT NOT NULL
+    level TEXT, logger TEXT, text TEXT NOT NULL, trace_id TEXT, span_id TEXT
 );
 CREATE INDEX IF NOT EXISTS log_lines_mb ON log_lines (mini_batch_id, attempt);
 CREATE INDEX IF NOT EXISTS log_lines_worker ON log_lines (worker, time);
 CREATE TABLE IF NOT EXISTS metrics (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, step_id TEXT NOT NULL, worker TEXT, phase TEXT,
     mini_batch_id INTEGER, attempt INTEGER, name TEXT NOT NULL, kind TEXT NOT NULL,
-    value REAL, value_json TEXT, description TEXT
+    value REAL, value_json TEXT, description TEXT, labels TEXT, trace_id TEXT, span_id TEXT
 );
+CREATE TABLE IF NOT EXISTS spans (
+    span_id TEXT PRIMARY KEY, trace_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL,
+    kind TEXT NOT NULL, start_time REAL NOT NULL, end_time REAL, status TEXT NOT NULL,
+    status_message TEXT, step_id TEXT NOT NULL, worker TEXT, mini_batch_id INTEGER,
+    attempt INTEGER, attributes TEXT NOT NULL, events TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spans_mb ON spans (mini_batch_id, attempt);
+CREATE INDEX IF NOT EXISTS spans_parent ON spans (parent_span_id);
 CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, time);
 CREATE TABLE IF NOT EXISTS workers (
     worker TEXT PRIMARY KEY, node INTEGER, name TEXT, pid INTEGER, gpu INTEGER,
@@ -69,11 +80,12 @@ CREATE TABLE IF NOT EXISTS events (
 _INSERTS = {
     "attempts": "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "log_lines": "INSERT INTO log_lines (time, step_id, worker, stream, phase, mini_batch_id, "
-    "attempt, level, logger, text) VALUES (?,?,?,?,?,?,?,?,?,?)",
+    "attempt, level, logger, text, trace_id, span_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+    "spans": "INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "mini_batches": "INSERT OR IGNORE INTO mini_batches (id, descriptor) VALUES (?,?)",
     "events": "INSERT INTO events VALUES (?,?,?,?,?)",
     "metrics": "INSERT INTO metrics (time, step_id, worker, phase, mini_batch_id, attempt, name, kind, "
-    "value, value_json, description) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+    "value, value_json, description, labels, trace_id, span_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "workers": "INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?,?,?,?,?)",
 }
 _UPDATES = {

@@ -1,0 +1,79 @@
+"""Finding run directories and opening their stores read-only (safe while the run is live)."""
+
+from __future__ import annotations
+
+import glob
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeobs.errors import RunDirError
+
+STORE_NAME = "pipeobs.db"
+
+
+def resolve_run(spec: str, runs_dir: str | Path = "runs") -> Path:
+    """The run directory ``spec`` names: a directory holding ``pipeobs.db``, or a step_id."""
+    path = Path(spec)
+    if (path / STORE_NAME).is_file():
+        return path
+    if path.name == STORE_NAME and path.is_file():
+        return path.parent
+    if spec and "/" not in spec and spec not in (".", ".."):
+        matches = sorted(Path(runs_dir).glob(f"*/{glob.escape(spec)}/{STORE_NAME}"))
+        if matches:
+            return matches[0].parent
+    raise RunDirError(
+        f"no run '{spec}': give a run directory (one holding {STORE_NAME}) "
+        f"or a step_id found as {Path(runs_dir)}/<step>/<step_id>/"
+    )
+
+
+def connect_readonly(run_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection to the run's store; it never blocks the driver."""
+    from pipeobs.record.store import connect
+
+    path = Path(run_dir) / STORE_NAME
+    try:
+        conn = connect(path, readonly=True)
+        conn.execute("SELECT 1 FROM runs LIMIT 1")
+    except sqlite3.Error as exc:
+        raise RunDirError(f"cannot read the store {path}: {exc}") from None
+    return conn
+
+
+@contextmanager
+def open_run(run_dir: str | Path) -> Iterator[sqlite3.Connection]:
+    """``with open_run(dir) as conn:`` a read-only connection, closed afterwards."""
+    conn = connect_readonly(run_dir)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """``root`` itself if it is a run directory, and every ``*/pipeobs.db``, ``*/*/pipeobs.db`` below it."""
+    root = Path(root)
+    found = [root] if (root / STORE_NAME).is_file() else []
+    for pattern in (f"*/{STORE_NAME}", f"*/*/{STORE_NAME}"):
+        found.extend(p.parent for p in sorted(root.glob(pattern)) if p.is_file())
+    return found
+
+
+def list_runs(root: str | Path) -> list[dict[str, Any]]:
+    """One summary per run below ``root``, oldest first; unreadable stores say why."""
+    from pipeobs.explorer.queries import run_summary
+
+    runs = []
+    for run_dir in find_run_dirs(root):
+        try:
+            with open_run(run_dir) as conn:
+                summary = run_summary(conn)
+        except (RunDirError, sqlite3.Error) as exc:
+            summary = {"status": "unreadable", "error": str(exc), "start": None}
+        runs.append({"run_dir": str(run_dir), **summary})
+    runs.sort(key=lambda r: (r.get("start") is None, r.get("start") or 0.0, r["run_dir"]))
+    return runs

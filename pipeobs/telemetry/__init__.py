@@ -1,0 +1,1 @@
+"""Telemetry: spans (OpenTelemetry SDK), built-in metrics (Prometheus names), correlation."""

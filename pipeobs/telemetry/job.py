@@ -1,0 +1,96 @@
+"""The driver's side of telemetry: the ``job`` span, built-in metrics, spans of killed workers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipeobs.telemetry.metrics import JobMetrics, observation_row
+from pipeobs.telemetry.spans import CallbackSpanExporter, killed_span, make_tracer_provider, traceparent_of
+
+SpanSink = Callable[[str, dict[str, Any]], None]
+
+
+class JobTelemetry:
+    """Opens the job span, counts what happens, and closes the span with the job's outcome."""
+
+    def __init__(self, step_id: str, step_name: str, sink: SpanSink) -> None:
+        from opentelemetry.trace import SpanKind
+
+        self.step_id = step_id
+        self._sink = sink
+        self.provider = make_tracer_provider(
+            step_name, {"pipeobs.step_id": step_id}, CallbackSpanExporter(lambda r: sink("driver", r))
+        )
+        tracer = self.provider.get_tracer("pipeobs")
+        self.span = tracer.start_span(
+            "job", kind=SpanKind.CONSUMER, attributes={"pipeobs.step_id": step_id, "pipeobs.step_name": step_name}
+        )
+        self.traceparent = traceparent_of(self.span)
+        ctx = self.span.get_span_context()
+        self.trace_id = f"{ctx.trace_id:032x}"
+        self.span_id = f"{ctx.span_id:016x}"
+        self.metrics = JobMetrics()
+        self.metrics.job_running.set(1)
+        self._observations: list[tuple[Any, ...]] = []
+
+    def attempt(self, worker: str, mb_id: int, attempt: int, result: dict[str, Any], final: str | None) -> None:
+        """One finished attempt; ``final`` is "succeeded"/"failed" when the mini-batch is finished."""
+        m = self.metrics
+        status = result["status"]
+        m.attempts.labels(status=status).inc()
+        if final is not None:
+            m.mini_batches.labels(status=final).inc()
+        total, succeeded = result.get("total", 0) or 0, result.get("succeeded", 0) or 0
+        if status == "RUN_DONE":
+            m.items.labels(status="succeeded").inc(succeeded)
+            m.items.labels(status="failed").inc(total - succeeded)
+        elif final == "failed":
+            m.items.labels(status="failed").inc(max(total, 1))
+        where = {
+            "worker": worker, "mini_batch_id": mb_id, "attempt": attempt, "labels": {"status": status},
+            "trace_id": result.get("trace_id"), "span_id": result.get("span_id"),
+        }
+        now = time.time()
+        if result.get("elapsed") is not None:
+            m.duration.observe(result["elapsed"])
+            self._observations.append(observation_row(self.step_id, "pipeobs_mini_batch_duration_seconds", result["elapsed"], where, now))
+        if result.get("peak_rss"):
+            m.peak_rss.labels(worker=worker).set(result["peak_rss"])
+            self._observations.append(observation_row(self.step_id, "pipeobs_mini_batch_peak_rss_bytes", result["peak_rss"], where, now))
+
+    def resources(self, samples: dict[str, dict[str, float]]) -> None:
+        for worker, sample in samples.items():
+            self.metrics.cpu.labels(worker=worker).set(sample["cpu"])
+            self.metrics.rss.labels(worker=worker).set(sample["rss"] + sample["children_rss"])
+
+    def rows(self, queue_depth: int) -> list[tuple[Any, ...]]:
+        """Store rows: per-attempt observations, then the series that changed."""
+        self.metrics.queue_depth.set(queue_depth)
+        now = time.time()
+        rows, self._observations = self._observations, []
+        for name, kind, labels, value in self.metrics.snapshot():
+            worker = json.loads(labels).get("worker")
+            rows.append((now, self.step_id, worker, "job", None, None, name, kind, value, None, "", labels, self.trace_id, self.span_id))
+        return rows
+
+    def killed(self, worker: str, phase: str, start: float, reason: str, ids: tuple[str | None, str | None],
+               mb_id: int | None = None, attempt: int | None = None) -> None:
+        """Write the span of an invocation that a kill or crash cut short."""
+        name = "mini_batch" if phase == "run" else phase
+        attributes: dict[str, Any] = {"pipeobs.step_id": self.step_id, "pipeobs.worker": worker}
+        if mb_id is not None:
+            attributes.update({"pipeobs.mini_batch_id": mb_id, "pipeobs.attempt": attempt})
+        record = killed_span(name, ids[0] or self.trace_id, self.span_id, start, reason, attributes, span_id=ids[1])
+        self._sink(worker, record)
+
+    def end(self, ok: bool, reason: str | None, counts: dict[str, Any]) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        self.metrics.job_running.set(0)
+        self.span.set_attributes({f"pipeobs.{k}": v for k, v in counts.items() if v is not None})
+        self.span.set_status(Status(StatusCode.OK) if ok else Status(StatusCode.ERROR, reason or "failed"))
+        self.span.end()
+        self.provider.shutdown()
