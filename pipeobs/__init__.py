@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ConfigError": "pipeobs.errors",
+    "RunData": "pipeobs.loading",
+    "add_pipeobs_context": "pipeobs.context",
+    "load": "pipeobs.loading",
     "EntryScript": "pipeobs.entry",
     "EntryScriptError": "pipeobs.errors",
     "FileDataset": "pipeobs.datasets",

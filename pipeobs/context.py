@@ -41,3 +41,30 @@ def set_worker(info: WorkerInfo) -> None:
 def worker() -> WorkerInfo | None:
     """The worker this process is, or None outside a pipeobs worker."""
     return _worker
+
+
+def add_pipeobs_context(_logger: object, _method_name: str, event_dict: dict[str, object]) -> dict[str, object]:
+    """A structlog processor adding the current step and mini-batch to every event.
+
+    One line in the entry script::
+
+        structlog.configure(processors=[pipeobs.add_pipeobs_context, structlog.processors.JSONRenderer()])
+
+    Adds ``step_id``, ``worker``, ``mini_batch_id``, ``attempt``, ``trace_id`` and ``span_id``
+    (the same values as the store's rows); outside a pipeobs worker it adds nothing.
+    """
+    info = _worker
+    if info is None:
+        return event_dict
+    inv = current_invocation.get()
+    event_dict.setdefault("step_id", info.step_id)
+    event_dict.setdefault("worker", info.label)
+    if inv.phase != IDLE.phase:
+        event_dict.setdefault("phase", inv.phase)
+    if inv.mini_batch_id is not None:
+        event_dict.setdefault("mini_batch_id", inv.mini_batch_id)
+        event_dict.setdefault("attempt", inv.attempt)
+    if inv.trace_id is not None:
+        event_dict.setdefault("trace_id", inv.trace_id)
+        event_dict.setdefault("span_id", inv.span_id)
+    return event_dict

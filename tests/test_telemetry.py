@@ -1,0 +1,218 @@
+"""Spans, metrics and correlation by step_id, with real worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pipeobs
+from tests.conftest import RunJob
+
+CORRELATED = """
+import logging, os
+from azureml.core import Run
+MARK = {mark!r}
+def run(mini_batch):
+    name = os.path.basename(mini_batch[0])
+    print("TOKEN-" + name)
+    logging.getLogger("score").info("LOGGED-" + name)
+    Run.get_context().log("processed", len(mini_batch))
+    if name == "f001.txt" and not os.path.exists(MARK):
+        open(MARK, "w").close()
+        raise RuntimeError("first try fails")
+    return mini_batch
+"""
+
+
+class TestSpans:
+    def test_span_tree_of_a_job(self, run_job: RunJob) -> None:
+        """job (CONSUMER) is the root; init, mini_batch (CONSUMER) and shutdown are its children."""
+        job = run_job(
+            "def init():\n    pass\ndef run(mb):\n    return mb\ndef shutdown():\n    pass\n",
+            files=4,
+            mini_batch_size=2,
+            process_count_per_node=1,
+        )
+
+        spans = job.query("SELECT * FROM spans")
+        by_name: dict[str, list] = {}
+        for span in spans:
+            by_name.setdefault(span["name"], []).append(span)
+        root = by_name["job"][0]
+        assert (root["kind"], root["parent_span_id"], root["status"]) == ("CONSUMER", None, "OK")
+        assert len(by_name["mini_batch"]) == 2 and len(by_name["init"]) == 1 and len(by_name["shutdown"]) == 1
+        for span in by_name["mini_batch"] + by_name["init"] + by_name["shutdown"]:
+            assert span["trace_id"] == root["trace_id"]
+            assert span["parent_span_id"] == root["span_id"]
+        batch = by_name["mini_batch"][0]
+        attributes = json.loads(batch["attributes"])
+        assert batch["kind"] == "CONSUMER"
+        assert attributes["pipeobs.step_id"] == job.result.step_id
+        assert attributes["pipeobs.worker"] == "0/process000"
+        assert (attributes["pipeobs.items.total"], attributes["pipeobs.items.succeeded"], attributes["pipeobs.items.failed"]) == (2, 2, 0)
+        assert attributes["pipeobs.status"] == "RUN_DONE"
+        assert attributes["pipeobs.inputs"].startswith("2 files:")
+        assert attributes["pipeobs.peak_rss_bytes"] > 1_000_000
+
+    def test_failed_attempt_span_has_error_and_user_traceback(self, run_job: RunJob) -> None:
+        """A raising run() gives an ERROR span with an exception event holding the user's traceback."""
+        job = run_job("def run(mb):\n    raise ValueError('bad row')\n", files=1, run_max_try=1, process_count_per_node=1)
+
+        span = job.query("SELECT * FROM spans WHERE name='mini_batch'")[0]
+        events = json.loads(span["events"])
+        assert span["status"] == "ERROR"
+        assert span["status_message"] == "ValueError: bad row"
+        assert events[0]["name"] == "exception"
+        assert 'score.py", line 2, in run' in events[0]["attributes"]["exception.stacktrace"]
+        assert "pipeobs/worker.py" not in events[0]["attributes"]["exception.stacktrace"]
+
+    def test_killed_mini_batch_still_has_an_error_span(self, run_job: RunJob) -> None:
+        """A mini-batch killed by its timeout ends as a span with status ERROR and the reason."""
+        job = run_job(
+            "import time\ndef run(mb):\n    time.sleep(60)\n",
+            files=1,
+            run_max_try=1,
+            run_invocation_timeout=1,
+            process_count_per_node=1,
+        )
+
+        spans = job.query("SELECT * FROM spans WHERE name='mini_batch'")
+        assert len(spans) == 1
+        assert spans[0]["status"] == "ERROR"
+        assert "did not finish in 1 seconds" in spans[0]["status_message"]
+        assert (spans[0]["mini_batch_id"], spans[0]["attempt"]) == (0, 1)
+
+    def test_user_spans_nest_under_mini_batch(self, run_job: RunJob) -> None:
+        """Spans the user opens with the OpenTelemetry API inside run() are children of mini_batch."""
+        job = run_job(
+            """
+            from opentelemetry import trace
+            tracer = trace.get_tracer("user")
+            def run(mini_batch):
+                with tracer.start_as_current_span("preprocess") as span:
+                    span.set_attribute("n", len(mini_batch))
+                    with tracer.start_as_current_span("inner"):
+                        pass
+                return mini_batch
+            """,
+            files=1,
+            process_count_per_node=1,
+        )
+
+        spans = {s["name"]: s for s in job.query("SELECT * FROM spans")}
+        assert spans["preprocess"]["parent_span_id"] == spans["mini_batch"]["span_id"]
+        assert spans["inner"]["parent_span_id"] == spans["preprocess"]["span_id"]
+        assert json.loads(spans["preprocess"]["attributes"])["n"] == 1
+
+
+class TestCorrelation:
+    def test_token_log_metric_and_span_share_ids(self, run_job: RunJob, tmp_path: Path) -> None:
+        """Each run()'s print, logging record and run.log share step, mini-batch, attempt, trace and span ids."""
+        job = run_job(
+            CORRELATED.format(mark=str(tmp_path / "failed-once")),
+            files=8,
+            mini_batch_size=1,
+            process_count_per_node=2,
+        )
+
+        spans = job.query("SELECT * FROM spans WHERE name='mini_batch'")
+        workers = set()
+        retried = False
+        for span in spans:
+            key = (span["mini_batch_id"], span["attempt"])
+            token = job.query("SELECT * FROM log_lines WHERE text LIKE 'TOKEN-%' AND mini_batch_id=? AND attempt=?", *key)
+            logged = job.query("SELECT * FROM log_lines WHERE text LIKE 'LOGGED-%' AND mini_batch_id=? AND attempt=?", *key)
+            metric = job.query("SELECT * FROM metrics WHERE name='processed' AND mini_batch_id=? AND attempt=?", *key)
+            assert len(token) == len(logged) == len(metric) == 1, key
+            for row in (token[0], logged[0], metric[0]):
+                assert (row["step_id"], row["worker"], row["trace_id"], row["span_id"]) == (
+                    span["step_id"], span["worker"], span["trace_id"], span["span_id"]
+                ), key
+            workers.add(span["worker"])
+            retried = retried or span["attempt"] == 2
+        assert retried
+        assert len(workers) == 2
+        assert len(spans) == 9
+
+
+class TestMetrics:
+    def test_builtin_series_are_stored(self, run_job: RunJob) -> None:
+        """Mini-batches and items by status, the duration histogram and retries land in the store."""
+        job = run_job(
+            "def run(mb):\n    if mb[0].endswith('f002.txt'):\n        raise ValueError('x')\n    return mb\n",
+            files=4,
+            mini_batch_size=1,
+            run_max_try=2,
+            process_count_per_node=1,
+        )
+
+        def last(name: str, labels: str = "{}") -> float:
+            rows = job.query("SELECT value FROM metrics WHERE name=? AND labels=? ORDER BY id DESC LIMIT 1", name, labels)
+            return rows[0]["value"]
+
+        assert last("pipeobs_mini_batches_total", '{"status": "succeeded"}') == 3
+        assert last("pipeobs_mini_batches_total", '{"status": "failed"}') == 1
+        assert last("pipeobs_items_total", '{"status": "succeeded"}') == 3
+        assert last("pipeobs_retries_total") == 1
+        assert last("pipeobs_mini_batch_duration_seconds_count") == 5
+        assert last("pipeobs_job_running") == 0
+        observations = job.query("SELECT * FROM metrics WHERE name='pipeobs_mini_batch_peak_rss_bytes' AND kind='observation'")
+        assert len(observations) == 5 and all(o["span_id"] for o in observations)
+
+    def test_worker_restarts_and_timeouts_counted(self, run_job: RunJob) -> None:
+        """A timeout counts as a timeout and a worker restart."""
+        job = run_job(
+            "import time\ndef run(mb):\n    time.sleep(60)\n",
+            files=1,
+            run_max_try=1,
+            run_invocation_timeout=1,
+            process_count_per_node=1,
+        )
+
+        names = {r["name"]: r["value"] for r in job.query("SELECT name, value FROM metrics WHERE kind='counter'")}
+        assert names["pipeobs_timeouts_total"] == 1
+        assert names["pipeobs_worker_restarts_total"] == 1
+
+
+class TestStructlog:
+    def test_structlog_events_get_the_step_context(self, run_job: RunJob) -> None:
+        """One processor gives structlog events the same ids as the mini_batch span."""
+        job = run_job(
+            """
+            import pipeobs, structlog
+            structlog.configure(processors=[pipeobs.add_pipeobs_context, structlog.processors.JSONRenderer()])
+            def run(mini_batch):
+                structlog.get_logger().info("scored", n=len(mini_batch))
+                return mini_batch
+            """,
+            files=1,
+            process_count_per_node=1,
+        )
+
+        line = job.query("SELECT text FROM log_lines WHERE text LIKE '%scored%'")[0]["text"]
+        event = json.loads(line)
+        span = job.query("SELECT * FROM spans WHERE name='mini_batch'")[0]
+        assert event["event"] == "scored"
+        assert (event["step_id"], event["mini_batch_id"], event["attempt"]) == (job.result.step_id, 0, 1)
+        assert (event["trace_id"], event["span_id"], event["worker"]) == (span["trace_id"], span["span_id"], "0/process000")
+
+
+class TestLoad:
+    def test_load_returns_dataframes(self, run_job: RunJob) -> None:
+        """pipeobs.load(run_dir) gives spans, logs, metrics and mini_batches as DataFrames."""
+        job = run_job("def run(mb):\n    print('hi')\n    return mb\n", files=2, mini_batch_size=1)
+
+        data = pipeobs.load(job.run_dir)
+
+        assert set(data.spans["name"]) >= {"job", "mini_batch"}
+        assert (data.logs["text"] == "hi").sum() == 2
+        assert len(data.mini_batches) == 2
+        assert "pipeobs_mini_batches_total" in set(data.metrics["name"])
+
+    def test_load_by_step_id(self, run_job: RunJob, tmp_path: Path) -> None:
+        """A step_id is found under the runs folder."""
+        job = run_job("def run(mb):\n    return mb\n", files=1)
+
+        data = pipeobs.load(job.result.step_id, runs_dir=tmp_path / "runs")
+
+        assert data.run_dir == str(job.run_dir)
