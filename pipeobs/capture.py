@@ -70,6 +70,7 @@ class Line:
     entry_script: bool = False  # written through EntryScript().logger
     continued: bool = False
     time: float | None = None  # log records carry their own time
+    custom_dimensions: dict[str, Any] | None = None  # extra={"custom_dimensions": {...}}
 
 
 @dataclass(slots=True)
@@ -174,6 +175,7 @@ class StreamParser:
             system=record.get("sys", False),
             entry_script=record.get("es", False),
             time=record["t"],
+            custom_dimensions=record.get("cd"),
         )
 
 
@@ -292,16 +294,39 @@ class MarkerHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "pipeobs_sent", False):
+            return  # an AzureLogHandler already sent it, with its custom dimensions
         try:
-            self._capture.write_record(
-                {
-                    "t": record.created,
-                    "lvl": record.levelname,
-                    "name": record.name,
-                    "msg": self.format(record),
-                    "sys": record.name == "pipeobs" or record.name.startswith("pipeobs."),
-                    "es": getattr(record, "pipeobs_entry_script", False),
-                }
-            )
+            self._capture.write_record(_record_payload(record, self.format(record), _custom_dimensions(record)))
         except Exception:  # noqa: BLE001 - logging must never fail the user's code
             self.handleError(record)
+
+
+def _custom_dimensions(record: logging.LogRecord) -> dict[str, Any] | None:
+    dims = getattr(record, "custom_dimensions", None)
+    return dims if isinstance(dims, dict) else None
+
+
+def _record_payload(record: logging.LogRecord, message: str, dims: dict[str, Any] | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "t": record.created,
+        "lvl": record.levelname,
+        "name": record.name,
+        "msg": message,
+        "sys": record.name == "pipeobs" or record.name.startswith("pipeobs."),
+        "es": getattr(record, "pipeobs_entry_script", False),
+    }
+    if dims:
+        payload["cd"] = dims
+    return payload
+
+
+def emit_log_record(record: logging.LogRecord, custom_dimensions: dict[str, Any] | None) -> None:
+    """Send ``record`` to the driver with its custom dimensions, once (for AzureLogHandler)."""
+    if _active is None:
+        raise RuntimeError("emit_log_record needs a pipeobs worker")
+    message = record.getMessage() if record.args and not isinstance(record.args, dict) else str(record.msg)
+    if record.exc_info:
+        message += "\n" + logging.Formatter().formatException(record.exc_info)
+    _active.write_record(_record_payload(record, message, custom_dimensions))
+    record.pipeobs_sent = True

@@ -55,7 +55,10 @@ SETTING_FLAGS = (
     "profiling_module",
     "nice",
 )
-JOB_KEYS = ("entry_script", "inputs", "output", "tabular", "format", "partition_format", "name", "runs_dir", "arguments", "model_dir")
+JOB_KEYS = (
+    "entry_script", "inputs", "output", "tabular", "format", "partition_format", "name", "runs_dir", "arguments",
+    "model_dir", "export", "export_deadline",
+)
 SAME_SETTING = (
     ("run_max_try", "max_retries"),
     ("run_invocation_timeout", "timeout"),
@@ -113,12 +116,18 @@ def build_parser() -> Parser:
     run.add_argument("--name", help="step name (default: the entry script's name)")
     run.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", metavar="DIR", help="where run directories go (default: ./runs)")
     run.add_argument("--model-dir", "--model_dir", dest="model_dir", metavar="DIR", help="where Model.get_model_path(name) finds DIR/<name>")
+    run.add_argument("--export", action="append", dest="export", metavar="NAME", help="exporter plugin: appinsights, otlp (repeatable)")
+    run.add_argument("--export-deadline", "--export_deadline", dest="export_deadline", type=float, metavar="SECONDS",
+                     help="how long delivery may go on after the job before the rest is spooled (default 10)")
     run.add_argument("-c", "--config", metavar="YAML", help="job YAML with the same keys as the flags")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only unfinished mini-batches run")
     for name, options in CONFIG_FLAGS.items():
         run.add_argument(*_flag_names(name), dest=name, default=None, **options)
     for name in SETTING_FLAGS:
         run.add_argument(*_flag_names(name), dest=name, default=None, metavar="VALUE")
+    from pipeobs.explorer.commands import add_subcommands
+
+    add_subcommands(sub)
     demo = sub.add_parser("demo", help="run the digit-identification demo job", allow_abbrev=False)
     demo.add_argument("--dir", default="pipeobs-demo", help="folder for the demo's images and runs")
     demo.add_argument("--images", type=int, default=200, help="how many digit images to score")
@@ -133,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, script_args = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     try:
+        from pipeobs.explorer.commands import dispatch
+
+        code = dispatch(args)
+        if code is not None:
+            return code
         if args.command == "run":
             return command_run(args, script_args)
         if args.command == "demo":
@@ -163,7 +177,13 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
     values = merge_values(load_yaml(args.config) if args.config else {}, given)
     step = build_step(values, script_args)
     with Progress() as progress:
-        result = step.run(values.get("runs_dir") or "runs", on_progress=progress.update, model_dir=values.get("model_dir"))
+        result = step.run(
+            values.get("runs_dir") or "runs",
+            on_progress=progress.update,
+            model_dir=values.get("model_dir"),
+            exporters=_as_list(values.get("export")),
+            export_deadline=float(values.get("export_deadline") or 10.0),
+        )
     print_result(result)
     return 0 if result.ok else 42
 
@@ -235,6 +255,12 @@ def _guess_format(path: str) -> str:
             if names and all(n.endswith(suffix) for n in names if not n.startswith(".")):
                 return fmt
     return "csv"
+
+
+def _as_list(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def _env_pairs(items: Any) -> dict[str, str]:

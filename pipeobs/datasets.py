@@ -26,7 +26,8 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import TYPE_CHECKING, Any
 
 from pipeobs.errors import ConfigError, InputError
@@ -360,7 +361,8 @@ class MiniBatch:
 
     def to_json(self) -> str:
         """One line of JSON, for the ledger and for ``--resume``."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        values = {f: getattr(self, f) for f in _MINI_BATCH_FIELDS}  # asdict() deep-copies: 50 us a call
+        return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> MiniBatch:
@@ -649,6 +651,9 @@ def _read_row_groups(path: str, row_groups: tuple[int, ...] | None) -> pandas.Da
 
 
 # --------------------------------------------------------------------------- context
+
+
+_MINI_BATCH_FIELDS = tuple(f.name for f in dataclass_fields(MiniBatch))
 
 
 @dataclass

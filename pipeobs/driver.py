@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import json
 import os
 import queue
 import secrets
@@ -90,6 +91,13 @@ class MiniBatchState:
     total: int | None = None
     succeeded: int = 0
 
+    def failed_items(self) -> int:
+        if self.status == "done":
+            return (self.total or 0) - self.succeeded
+        if self.status == "failed":
+            return max(self.total or 0, 1)  # a batch that never loaded still failed something
+        return 0
+
 
 class Driver:
     """Runs one :class:`JobPlan` to completion and returns a :class:`JobResult`."""
@@ -102,7 +110,8 @@ class Driver:
         self.on_progress = on_progress
         self.run_dir: RunDir = plan.run_dir
         self.store = Store(self.run_dir.store)
-        self.recorder = Recorder(self.run_dir, self.store, plan.step_id)
+        self.recorder = Recorder(self.run_dir, self.store, plan.step_id, plan.step_name)
+        self.router: Any = None
         self.monitor = ResourceMonitor(self.run_dir.logs / "perf", plan.settings.resource_monitor_interval)
         self.telemetry: Any = None
         self._next_metrics = 0.0
@@ -128,6 +137,8 @@ class Driver:
         self.output_fd: int | None = None
         self.output_size = 0
         self.counts = collections.Counter[str]()
+        self._failed_items = 0
+        self._failed_batches = 0
         self._partition_queue: queue.Queue[Any] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         self._last_flush = 0.0
@@ -146,6 +157,7 @@ class Driver:
     def _start(self) -> None:
         from pipeobs.telemetry.job import JobTelemetry
 
+        self._start_exporters()
         self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.recorder.span)
         self._open_output()
         self._restore_ledger()
@@ -158,6 +170,34 @@ class Driver:
         for node in range(self.config.node_count):
             for _ in range(self.config.effective_process_count()):
                 self._spawn(node)
+
+    def _start_exporters(self) -> None:
+        if not self.plan.exporters:
+            return
+        from pipeobs.export.routing import Router
+
+        self.router = Router(self.run_dir.path, self.plan.exporters, deadline=self.plan.export_deadline)
+        self.recorder.exports = self.router
+        for name, count in self.router.carry_over(self.run_dir.path.parent.parent).items():
+            if count:
+                self.recorder.event("INFO", "export_carry_over", f"{name}: carrying over {count} spooled records of earlier runs.")
+
+    def _close_exporters(self) -> dict[str, dict[str, int]]:
+        if self.router is None:
+            return {}
+        self.recorder.exports = None
+        counts = self.router.close()
+        reasons = self.router.drop_reasons()
+        now = time.time()
+        for name, c in counts.items():
+            self.store.queue("exports", (now, name, "run", c["emitted"], c["carried"], c["delivered"], c["spooled"],
+                                         c["dropped"], json.dumps(reasons.get(name, {}))))
+            self.recorder.event(
+                "INFO" if not c["spooled"] and not c["dropped"] else "WARNING", "export",
+                f"{name}: emitted {c['emitted']}, delivered {c['delivered']}, spooled {c['spooled']}, dropped {c['dropped']}"
+                + (f" (carried over {c['carried']})" if c["carried"] else ""),
+            )
+        return counts
 
     def _listen(self) -> None:
         # An abstract Unix socket: no file to leave behind when the driver is killed.
@@ -367,7 +407,10 @@ class Driver:
             self._on_init_failed(worker, message[1])
         elif kind == "load_failed":
             self._on_load_failed(worker, message[1])
-        elif kind == "bye" and message[1]:
+        elif kind == "bye" and len(message) > 2 and message[2]:
+            path = self.run_dir.sys_node_log(worker.node, worker.name).with_suffix(".profile")
+            path.write_bytes(message[2])
+        if kind == "bye" and message[1]:
             err = message[1]
             self.recorder.user_error(worker.node, worker.name, "Entry script shutdown() failed", err["traceback"])
             self.recorder.event("WARNING", "shutdown_failed", f"Entry script shutdown() failed for {err['type']}: {err['message']}", worker.label)
@@ -515,13 +558,19 @@ class Driver:
         else:
             self._attempt_failed(worker, mb_id, attempt, result)
 
+    def _update(self, state: MiniBatchState, **changes: Any) -> None:
+        """Change a mini-batch's state, keeping the threshold tallies current (no rescans)."""
+        self._failed_items -= state.failed_items()
+        self._failed_batches -= state.last_failed
+        for name, value in changes.items():
+            setattr(state, name, value)
+        self._failed_items += state.failed_items()
+        self._failed_batches += state.last_failed
+
     def _attempt_done(self, worker: Worker, mb_id: int, attempt: int, result: dict[str, Any]) -> None:
         state = self.mini_batches[mb_id]
         state.tries += 1
-        state.status = "done"
-        state.last_failed = False
-        state.total = result["total"]
-        state.succeeded = result["succeeded"]
+        self._update(state, status="done", last_failed=False, total=result["total"], succeeded=result["succeeded"])
         self._record_attempt(worker, mb_id, attempt, result)
         self._append_output(result)
         self.store.queue(
@@ -557,9 +606,7 @@ class Driver:
     def _attempt_failed(self, worker: Worker, mb_id: int, attempt: int, result: dict[str, Any]) -> None:
         state = self.mini_batches[mb_id]
         state.tries += 1
-        state.last_failed = True
-        if state.total is None or result.get("total"):
-            state.total = result.get("total") or state.total
+        self._update(state, last_failed=True, total=result.get("total") or state.total)
         self._record_attempt(worker, mb_id, attempt, result)
         error = result.get("error") or {}
         status = result["status"]
@@ -586,7 +633,7 @@ class Driver:
             self.pending.append((mb_id, attempt + 1))
             self._count("retries")
         else:
-            state.status = "failed"
+            self._update(state, status="failed")
             self.store.queue("done", ("failed", state.tries, state.total, 0, state.total or 0, worker.label, None, mb_id))
             self.recorder.event("ERROR", "mini_batch_failed", f"Mini batch {mb_id} failed after {attempt} tries.", worker.label)
         self._check_thresholds(final=False)
@@ -625,7 +672,7 @@ class Driver:
 
     def _store_metrics(self) -> None:
         for row in self.telemetry.rows(len(self.pending)):
-            self.store.queue("metrics", row)
+            self.recorder.metric_row(row)
 
     def _progress_line(self, now: float) -> str:
         done = sum(1 for s in self.mini_batches.values() if s.status != "pending")
@@ -721,22 +768,10 @@ class Driver:
             self.recorder.progress(f"Progress update stopped for reasons: [{reason}]", "ERROR")
 
     # ----------------------------------------------------------------- thresholds
-    def failed_items(self) -> int:
-        total = 0
-        for s in self.mini_batches.values():
-            if s.status == "done":
-                total += (s.total or 0) - s.succeeded
-            elif s.status == "failed":
-                total += max(s.total or 0, 1)  # a batch that never loaded still failed something
-        return total
-
-    def failed_mini_batches(self) -> int:
-        """Mini-batches whose latest attempt failed (a later success stops counting them)."""
-        return sum(1 for s in self.mini_batches.values() if s.last_failed)
-
     def _check_thresholds(self, final: bool) -> None:
+        """Failed items; mini-batches whose latest attempt failed (a later success stops counting)."""
         message = self.thresholds.exceeded(
-            self.failed_items(), self.failed_mini_batches(), len(self.mini_batches), self.partition_done
+            self._failed_items, self._failed_batches, len(self.mini_batches), self.partition_done
         )
         if message and not final:
             self._stop(f"{message} Stopping processing.")
@@ -794,6 +829,7 @@ class Driver:
             "items.total": result.items_total, "items.failed": result.items_failed, "status": result.status,
         })
         self._store_metrics()
+        result.exports = self._close_exporters()
         if self.partition_done and not self.stop_reason and not self.fatal:
             self.recorder.progress(f"All {len(self.mini_batches)} mini batches have been processed.")
         self.recorder.progress(f"{result.headline()} The error threshold is {self.config.error_threshold}.",
@@ -827,7 +863,7 @@ class Driver:
             mini_batches_failed=sum(1 for s in states if s.status == "failed"),
             items_total=total_items,
             items_succeeded=succeeded_items,
-            items_failed=self.failed_items(),
+            items_failed=self._failed_items,
             duration_seconds=time.monotonic() - self.started,
             reason=self.stop_reason or (str(self.fatal) if self.fatal else None),
             first_error=self.first_error,
@@ -855,10 +891,13 @@ class Driver:
         tries = dict(self.store.conn.execute("SELECT mini_batch_id, MAX(attempt) FROM attempts GROUP BY mini_batch_id").fetchall())
         for rec in self.store.conn.execute("SELECT * FROM mini_batches ORDER BY id"):
             state = MiniBatchState(MiniBatch.from_json(rec["descriptor"]), tries=tries.get(rec["id"], 0) or 0)
-            state.status = rec["status"]
-            state.total = rec["total"] if rec["total"] is not None else state.descriptor.item_count
-            state.succeeded = rec["succeeded"] or 0
-            state.last_failed = rec["status"] == "failed"
+            self._update(
+                state,
+                status=rec["status"],
+                total=rec["total"] if rec["total"] is not None else state.descriptor.item_count,
+                succeeded=rec["succeeded"] or 0,
+                last_failed=rec["status"] == "failed",
+            )
             self.mini_batches[rec["id"]] = state
             if state.status == "pending":
                 attempt = state.tries + 1

@@ -41,6 +41,8 @@ class JobPlan:
     working_dir: str = field(default_factory=os.getcwd)
     gpu_count: int = field(default_factory=gpu_count)
     model_dir: str | None = None
+    exporters: list[str] = field(default_factory=list)
+    export_deadline: float = 10.0
 
     @property
     def tabular(self) -> bool:
@@ -78,6 +80,7 @@ class JobPlan:
             "script_arguments": list(self.script_arguments),
             "output_action": self.config.output_action,
             "partition_keys": self.config.partition_keys,
+            "profiling_module": self.settings.profiling_module,
             "datasets": [d.to_dict() for d in self.datasets] if self.config.partition_keys else [],
             "scratch_dir": str(self.run_dir.scratch(proc.node, proc.name)),
             "worker": {
@@ -117,6 +120,8 @@ class JobPlan:
                     "script_arguments": self.script_arguments,
                     "working_dir": self.working_dir,
                     "model_dir": self.model_dir,
+                    "exporters": self.exporters,
+                    "export_deadline": self.export_deadline,
                     "python": sys.executable,
                 }
             ),
@@ -180,6 +185,7 @@ class JobResult:
     retries: int = 0
     timeouts: int = 0
     worker_restarts: int = 0
+    exports: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -60,8 +60,15 @@ class ParallelRunStep:
         runs_dir: str | os.PathLike[str] = "runs",
         settings: Settings | None = None,
         model_dir: str | os.PathLike[str] | None = None,
+        exporters: Sequence[str] = (),
+        export_deadline: float = 10.0,
     ) -> JobPlan:
         """Create the run directory and its store; the job is ready to run."""
+        if exporters:  # fail on an unknown or unconfigured exporter before anything is created
+            from pipeobs.export.routing import create_exporter
+
+            for name in exporters:
+                create_exporter(name).shutdown()
         step_id = new_step_id(self.name)
         run_dir = RunDir.create(runs_dir, self.name, step_id)
         output_dir = os.path.abspath(self.output) if self.output else str(run_dir.path / "output")
@@ -77,7 +84,10 @@ class ParallelRunStep:
             output_dir=output_dir,
             script_arguments=self.script_arguments,
             model_dir=os.path.abspath(model_dir) if model_dir else None,
+            exporters=list(exporters),
+            export_deadline=export_deadline,
         )
+
         store = Store(run_dir.store)
         store.insert_run({**plan.record(), "started_at": _now()})
         store.close()
@@ -89,12 +99,16 @@ class ParallelRunStep:
         on_progress: ProgressCallback | None = None,
         settings: Settings | None = None,
         model_dir: str | os.PathLike[str] | None = None,
+        exporters: Sequence[str] = (),
+        export_deadline: float = 10.0,
     ) -> JobResult:
         """Run the step to the end (blocking) and return its result; a failed job is a result.
 
         ``model_dir`` is where ``Model.get_model_path(name)`` looks (``<model_dir>/<name>``).
+        ``exporters`` names exporter plugins (``"appinsights"``, ``"otlp"``); what they cannot
+        deliver within ``export_deadline`` seconds after the job is spooled to the run directory.
         """
-        return run_plan(self.plan(runs_dir, settings, model_dir), on_progress)
+        return run_plan(self.plan(runs_dir, settings, model_dir, exporters, export_deadline), on_progress)
 
 
 def run_plan(plan: JobPlan, on_progress: ProgressCallback | None = None) -> JobResult:
@@ -132,6 +146,8 @@ def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
         script_arguments=inputs["script_arguments"],
         working_dir=inputs["working_dir"],
         model_dir=inputs.get("model_dir"),
+        exporters=inputs.get("exporters") or [],
+        export_deadline=inputs.get("export_deadline") or 10.0,
     )
 
 

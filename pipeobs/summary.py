@@ -75,6 +75,13 @@ def summary_text(result: JobResult) -> str:
     if result.output_path:
         lines.append(f"  output:       {result.output_path}")
     lines.append(f"  run dir:      {result.run_dir}")
+    for name, c in result.exports.items():
+        carried = f" (+{c['carried']} carried over)" if c.get("carried") else ""
+        lines.append(
+            f"  export {name}: emitted {c['emitted']}{carried}, delivered {c['delivered']}, "
+            f"spooled {c['spooled']}, dropped {c['dropped']}"
+            + (f"  -> pipeobs export --retry {result.run_dir}" if c["spooled"] else "")
+        )
     lines.append(f"  driver log:   {result.run_dir}/azureml-logs/70_driver_log.txt")
     if result.reason:
         lines.append(f"  reason:       {result.reason}")

@@ -56,6 +56,7 @@ class Worker:
         self.capture.install()
         self._prepare_process()
         self._setup_tracing()
+        self.profiler = _start_profiler(self.setup.get("profiling_module") or "")
         if not self._load():
             return EXIT_LOAD_FAILED
         if not self._init():
@@ -137,7 +138,8 @@ class Worker:
         return True
 
     def _shutdown(self) -> None:
-        self.conn.send(("bye", self._call_hook("shutdown")))
+        error = self._call_hook("shutdown")
+        self.conn.send(("bye", error, _profile_bytes(self.profiler)))
 
     def _call_hook(self, name: str) -> dict[str, Any] | None:
         """Call init() or shutdown() (if defined) in its span; the error it raised, if any."""
@@ -234,6 +236,30 @@ class Worker:
         if self.setup["output_action"] == "append_row":
             accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
         return accepted
+
+
+def _start_profiler(module: str) -> Any:
+    """Azure's ``--profiling_module cProfile|profile``: profile this worker until shutdown."""
+    if module not in ("cProfile", "profile"):
+        return None
+    import cProfile
+    import profile
+
+    profiler = cProfile.Profile() if module == "cProfile" else profile.Profile()
+    if module == "cProfile":
+        profiler.enable()
+    return profiler
+
+
+def _profile_bytes(profiler: Any) -> bytes | None:
+    """The profile in pstats' file format (the driver writes it as ``processNNN.profile``)."""
+    if profiler is None or not hasattr(profiler, "disable"):
+        return None
+    import marshal
+
+    profiler.disable()
+    profiler.create_stats()
+    return marshal.dumps(profiler.stats)
 
 
 def _record_error(span: Any, error: dict[str, Any]) -> None:

@@ -9,11 +9,12 @@ import pipeobs
 from tests.conftest import RunJob
 
 CORRELATED = """
-import logging, os
+import logging, os, time
 from azureml.core import Run
 MARK = {mark!r}
 def run(mini_batch):
     name = os.path.basename(mini_batch[0])
+    time.sleep(0.05)  # so that both workers take mini-batches
     print("TOKEN-" + name)
     logging.getLogger("score").info("LOGGED-" + name)
     Run.get_context().log("processed", len(mini_batch))

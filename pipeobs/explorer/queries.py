@@ -4,6 +4,8 @@ Every function takes a ``sqlite3.Connection`` (rows as ``sqlite3.Row``) and retu
 and lists of JSON-able values, so the CLI renders them and ``--json`` prints them as they are.
 The store may belong to a live run: nothing here assumes the run has ended.
 
+The span tree is in :mod:`pipeobs.explorer.spans`.
+
 Log levels for filtering: a log record has its own level; a captured line without one counts
 as INFO on stdout and WARNING on stderr (so ``--level warning`` keeps stderr output).
 """
@@ -11,6 +13,7 @@ as INFO on stdout and WARNING on stderr (so ``--level warning`` keeps stderr out
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import time
@@ -29,11 +32,13 @@ _LEVEL_SQL = (
 Row = dict[str, Any]
 
 
-def _rows(conn: sqlite3.Connection, sql: str, *args: Any) -> list[Row]:
+def fetch_rows(conn: sqlite3.Connection, sql: str, *args: Any) -> list[Row]:
+    """The rows of a query as plain dicts."""
     return [dict(r) for r in conn.execute(sql, args).fetchall()]
 
 
-def _json(text: str | None, default: Any = None) -> Any:
+def parse_json(text: str | None, default: Any = None) -> Any:
+    """A JSON column as a value; text that is not JSON stays text."""
     if not text:
         return default
     try:
@@ -64,7 +69,7 @@ def run_summary(conn: sqlite3.Connection, now: float | None = None) -> Row:
         items["total"] += r[2] or 0
         items["succeeded"] += r[3] or 0
         items["failed"] += r[4] or 0
-    final = _json(run.get("summary"), {}) or {}
+    final = parse_json(run.get("summary"), {}) or {}
     if isinstance(final, dict) and final.get("items_total") is not None:
         items = {"total": final["items_total"], "succeeded": final["items_succeeded"], "failed": final["items_failed"]}
     return {
@@ -89,7 +94,7 @@ def run_summary(conn: sqlite3.Connection, now: float | None = None) -> Row:
 
 def slowest_mini_batches(conn: sqlite3.Connection, limit: int = 10) -> list[Row]:
     """Successful attempts, longest first."""
-    return _rows(
+    return fetch_rows(
         conn,
         "SELECT mini_batch_id, attempt, worker, start_time, elapsed, run_seconds, process_seconds, total, succeeded "
         "FROM attempts WHERE status = 'RUN_DONE' ORDER BY elapsed DESC, mini_batch_id LIMIT ?",
@@ -99,7 +104,7 @@ def slowest_mini_batches(conn: sqlite3.Connection, limit: int = 10) -> list[Row]
 
 def failures(conn: sqlite3.Connection) -> Row:
     """Failed attempts in time order, the failed mini-batches, and the first error with its traceback."""
-    attempts = _rows(
+    attempts = fetch_rows(
         conn,
         "SELECT mini_batch_id, attempt, worker, pid, start_time, elapsed, status, error_category, error_type, "
         "error_message, error_location, traceback FROM attempts WHERE status != 'RUN_DONE' "
@@ -108,7 +113,7 @@ def failures(conn: sqlite3.Connection) -> Row:
     first = dict(attempts[0]) if attempts else None
     if first is None:  # an init() failure, say: no attempt failed, the job did
         row = conn.execute("SELECT summary FROM runs LIMIT 1").fetchone()
-        final = _json(row[0], {}) if row is not None else {}
+        final = parse_json(row[0], {}) if row is not None else {}
         first = final.get("first_error") if isinstance(final, dict) else None
     for attempt in attempts:
         attempt.pop("traceback", None)
@@ -134,10 +139,10 @@ def retries_and_timeouts(conn: sqlite3.Connection) -> Row:
 def worker_stats(conn: sqlite3.Connection) -> list[Row]:
     """Per worker process: attempts, items, elapsed time, exit code and reason."""
     stats: dict[str, Row] = {}
-    for w in _rows(conn, "SELECT * FROM workers ORDER BY node, started, worker"):
+    for w in fetch_rows(conn, "SELECT * FROM workers ORDER BY node, started, worker"):
         stats[w["worker"]] = {**w, "attempts": 0, "failed_attempts": 0, "items": 0, "items_succeeded": 0,
                               "total_elapsed": 0.0, "mean_elapsed": None, "max_elapsed": None}
-    for a in _rows(
+    for a in fetch_rows(
         conn,
         "SELECT worker, count(*) AS attempts, sum(status != 'RUN_DONE') AS failed_attempts, "
         "sum(coalesce(total, 0)) AS items, sum(coalesce(succeeded, 0)) AS items_succeeded, "
@@ -151,18 +156,35 @@ def worker_stats(conn: sqlite3.Connection) -> list[Row]:
 
 # ----------------------------------------------------------------------------- metrics
 def metric_summaries(conn: sqlite3.Connection, kinds: tuple[str, ...] | None = None) -> list[Row]:
-    """Per metric name: kind, count, last value, and min / max / mean of its numeric values."""
+    """Per metric name: kind, count, last value, and min / max / mean of its numbers (list elements too)."""
     where, args = (f"WHERE kind IN ({','.join('?' * len(kinds))})", kinds) if kinds else ("", ())
-    summaries = _rows(
+    summaries = fetch_rows(
         conn,
-        f"SELECT name, count(*) AS count, min(value) AS min, max(value) AS max, avg(value) AS mean, "
-        f"max(id) AS last_id FROM metrics {where} GROUP BY name ORDER BY name",
+        f"SELECT name, count(*) AS count, count(value) AS n, sum(value) AS total, min(value) AS min, "
+        f"max(value) AS max, max(id) AS last_id FROM metrics {where} GROUP BY name ORDER BY name",
         *args,
     )
+    lists = _list_numbers(conn) if kinds is None or "list" in kinds else {}
     for s in summaries:
         last = conn.execute("SELECT kind, time, value, value_json FROM metrics WHERE id = ?", (s.pop("last_id"),)).fetchone()
-        s.update(kind=last["kind"], last_time=last["time"], last=_value(last))
+        numbers = lists.get(s["name"], [])
+        n, total = s.pop("n") + len(numbers), (s.pop("total") or 0.0) + sum(numbers)
+        if numbers:
+            s["min"] = min(numbers if s["min"] is None else [s["min"], *numbers])
+            s["max"] = max(numbers if s["max"] is None else [s["max"], *numbers])
+        s.update(mean=total / n if n else None, kind=last["kind"], last_time=last["time"], last=_value(last))
     return summaries
+
+
+def _list_numbers(conn: sqlite3.Connection) -> dict[str, list[float]]:
+    numbers: dict[str, list[float]] = {}
+    for name, value_json in conn.execute("SELECT name, value_json FROM metrics WHERE kind = 'list' ORDER BY id"):
+        values = parse_json(value_json, [])
+        numbers.setdefault(name, []).extend(
+            v for v in (values if isinstance(values, list) else [])
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        )
+    return numbers
 
 
 def user_metrics(conn: sqlite3.Connection) -> list[Row]:
@@ -172,7 +194,7 @@ def user_metrics(conn: sqlite3.Connection) -> list[Row]:
 
 def metric_points(conn: sqlite3.Connection, name: str) -> list[Row]:
     """Every point of one metric, in time order, with its labels, worker and mini-batch."""
-    points = _rows(
+    points = fetch_rows(
         conn,
         "SELECT time, kind, value, value_json, labels, worker, mini_batch_id, attempt, trace_id, span_id "
         "FROM metrics WHERE name = ? ORDER BY time, id",
@@ -181,7 +203,7 @@ def metric_points(conn: sqlite3.Connection, name: str) -> list[Row]:
     for p in points:
         p["value"] = _value(p)
         p.pop("value_json")
-        p["labels"] = _json(p["labels"], {})
+        p["labels"] = parse_json(p["labels"], {})
     return points
 
 
@@ -190,7 +212,7 @@ def metric_names(conn: sqlite3.Connection) -> list[str]:
 
 
 def _value(row: Any) -> Any:
-    return row["value"] if row["value"] is not None else _json(row["value_json"])
+    return row["value"] if row["value"] is not None else parse_json(row["value_json"])
 
 
 # ----------------------------------------------------------------------------- logs
@@ -222,29 +244,33 @@ def log_lines(
     level: str | int | None = None,
     grep: str | None = None,
     after_id: int = 0,
+    until_id: int | None = None,
     limit: int | None = None,
 ) -> list[Row]:
-    """Captured lines in the order the driver read them, filtered; ``after_id`` for following."""
+    """Captured lines in the order the driver read them, filtered; ``after_id``/``until_id`` for following."""
     pattern = compile_grep(grep)
-    clauses, args = ["id > ?"], [after_id]
+    clauses: list[str] = ["id > ?"]
+    args: list[Any] = [after_id]
+    if until_id is not None:
+        clauses.append("id <= ?")
+        args.append(until_id)
     if mini_batch is not None:
         clauses.append("mini_batch_id = ?")
         args.append(mini_batch)
     if worker is not None:
-        clauses.append("(worker = ? OR worker LIKE ?)")
-        args += [worker, f"%/{worker}"]
+        clauses.append("(worker = ? OR substr(worker, -length(?) - 1) = ?)")  # or the name after the node
+        args += [worker, worker, f"/{worker}"]
     if level is not None:
         clauses.append(f"({_LEVEL_SQL}) >= ?")
         args.append(level_number(level))
-    sql = (
-        "SELECT id, time, worker, stream, phase, mini_batch_id, attempt, level, logger, text, trace_id, span_id "
-        f"FROM log_lines WHERE {' AND '.join(clauses)} ORDER BY id"
-    )
     lines = []
-    for row in conn.execute(sql, args):
+    for row in conn.execute(f"SELECT * FROM log_lines WHERE {' AND '.join(clauses)} ORDER BY id", args):
         if pattern is not None and not pattern.search(row["text"]):
             continue
         line = dict(row)
+        line.pop("step_id", None)
+        if "attributes" in line:  # structured fields of a log record, where the store has them
+            line["attributes"] = parse_json(line["attributes"])
         line["level"] = line["level"] or ("STDERR" if line["stream"] == "stderr" else "STDOUT")
         lines.append(line)
         if limit is not None and len(lines) >= limit:
@@ -259,99 +285,6 @@ def log_max_id(conn: sqlite3.Connection) -> int:
 def run_status(conn: sqlite3.Connection) -> str:
     row = conn.execute("SELECT status FROM runs LIMIT 1").fetchone()
     return row[0] if row is not None else "unknown"
-
-
-# ----------------------------------------------------------------------------- spans
-def last_known_time(conn: sqlite3.Connection) -> float | None:
-    """The latest time anything in the store mentions (the end of in-progress spans)."""
-    return conn.execute(
-        "SELECT max(t) FROM (SELECT max(coalesce(end_time, start_time)) AS t FROM spans "
-        "UNION ALL SELECT max(time) FROM log_lines UNION ALL SELECT max(time) FROM metrics "
-        "UNION ALL SELECT max(time) FROM events UNION ALL SELECT max(start_time + coalesce(elapsed, 0)) FROM attempts "
-        "UNION ALL SELECT max(coalesce(ended_at, started_at)) FROM runs)"
-    ).fetchone()[0]
-
-
-def spans(conn: sqlite3.Connection) -> list[Row]:
-    """Every span as a dict, in start order; open spans end at the last known time."""
-    last = last_known_time(conn)
-    result = []
-    for row in _rows(conn, "SELECT * FROM spans ORDER BY start_time, rowid"):
-        end = row.pop("end_time")
-        start = row.pop("start_time")
-        in_progress = end is None
-        shown_end = max(start, last if last is not None else start) if in_progress else end
-        result.append({
-            "type": "span", **row, "start": start, "end": end, "duration": max(0.0, shown_end - start),
-            "in_progress": in_progress, "attributes": _json(row["attributes"], {}), "events": _json(row["events"], []),
-        })
-    return result
-
-
-def span_tree(conn: sqlite3.Connection, mini_batch: int | None = None) -> list[Row]:
-    """Spans nested by parent, each with its log lines and span events interleaved in time order.
-
-    A log line goes under the span whose id it carries; else under the ``mini_batch`` span of its
-    mini-batch and attempt (or the ``init``/``shutdown`` span of its worker); else at the top.
-    """
-    all_spans = spans(conn)
-    if mini_batch is not None:
-        _check_mini_batch(conn, mini_batch)
-        all_spans = _with_descendants(all_spans, {s["span_id"] for s in all_spans if s["mini_batch_id"] == mini_batch})
-    by_id = {s["span_id"]: s for s in all_spans}
-    roots: list[Row] = []
-    for span in all_spans:
-        span["children"] = [{"type": "event", **e} for e in span["events"] if isinstance(e, dict)]
-    for span in all_spans:
-        parent = by_id.get(span["parent_span_id"]) if span["parent_span_id"] != span["span_id"] else None
-        (parent["children"] if parent is not None else roots).append(span)
-    fallback = _fallback_spans(all_spans)
-    for line in log_lines(conn, mini_batch=mini_batch):
-        target = (
-            by_id.get(line["span_id"])
-            or fallback.get(("run", line["mini_batch_id"], line["attempt"]))
-            or fallback.get((line["phase"], line["worker"], None))
-        )
-        (target["children"] if target is not None else roots).append({"type": "log", **line})
-    _sort_tree(roots)
-    return roots
-
-
-def _check_mini_batch(conn: sqlite3.Connection, mini_batch: int) -> None:
-    if conn.execute("SELECT 1 FROM mini_batches WHERE id = ?", (mini_batch,)).fetchone() is None:
-        total = conn.execute("SELECT count(*) FROM mini_batches").fetchone()[0]
-        raise ConfigError(f"no mini-batch {mini_batch} in this run (it has {total}: ids 0 to {total - 1})")
-
-
-def _with_descendants(all_spans: list[Row], selected: set[str]) -> list[Row]:
-    children: dict[str | None, list[str]] = {}
-    for s in all_spans:
-        children.setdefault(s["parent_span_id"], []).append(s["span_id"])
-    todo = list(selected)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in selected:
-                selected.add(child)
-                todo.append(child)
-    return [s for s in all_spans if s["span_id"] in selected]
-
-
-def _fallback_spans(all_spans: list[Row]) -> dict[tuple[Any, Any, Any], Row]:
-    found: dict[tuple[Any, Any, Any], Row] = {}
-    for s in all_spans:
-        if s["name"] == "mini_batch" and s["mini_batch_id"] is not None:
-            found.setdefault(("run", s["mini_batch_id"], s["attempt"]), s)
-        elif s["name"] in ("init", "shutdown") and s["worker"]:
-            found.setdefault((s["name"], s["worker"], None), s)
-    return found
-
-
-def _sort_tree(nodes: list[Row]) -> None:
-    order = {"span": 0, "event": 1, "log": 2}
-    nodes.sort(key=lambda n: (n.get("start") if n["type"] == "span" else n.get("time") or 0.0, order[n["type"]], n.get("id") or 0))
-    for node in nodes:
-        if node["type"] == "span":
-            _sort_tree(node["children"])
 
 
 # ----------------------------------------------------------------------------- everything

@@ -12,6 +12,12 @@ from typing import Any
 from pipeobs.errors import RunDirError
 
 STORE_NAME = "pipeobs.db"
+_SCHEMA_PROBES = (  # what the explorer reads; an older store lacks some of it
+    "SELECT step_id FROM runs LIMIT 0",
+    "SELECT span_id FROM log_lines LIMIT 0",
+    "SELECT labels, span_id FROM metrics LIMIT 0",
+    "SELECT span_id FROM spans LIMIT 0",
+)
 
 
 def resolve_run(spec: str, runs_dir: str | Path = "runs") -> Path:
@@ -36,11 +42,16 @@ def connect_readonly(run_dir: str | Path) -> sqlite3.Connection:
     from pipeobs.record.store import connect
 
     path = Path(run_dir) / STORE_NAME
+    if not path.is_file():
+        raise RunDirError(f"no store {path}: not a run directory")
+    conn = connect(path, readonly=True)
     try:
-        conn = connect(path, readonly=True)
-        conn.execute("SELECT 1 FROM runs LIMIT 1")
+        for probe in _SCHEMA_PROBES:
+            conn.execute(probe)
     except sqlite3.Error as exc:
-        raise RunDirError(f"cannot read the store {path}: {exc}") from None
+        conn.close()
+        hint = " (written by an older pipeobs?)" if "no such" in str(exc) else ""
+        raise RunDirError(f"cannot read the store {path}: {exc}{hint}") from None
     return conn
 
 

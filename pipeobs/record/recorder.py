@@ -30,11 +30,14 @@ _USER_FILES = {
 class Recorder:
     """Routes driver events to the store and the log files."""
 
-    def __init__(self, run_dir: RunDir, store: Store, step_id: str) -> None:
+    def __init__(self, run_dir: RunDir, store: Store, step_id: str, step_name: str = "") -> None:
         self.run_dir = run_dir
         self.store = store
         self.step_id = step_id
+        self.step_name = step_name
+        self.exports: Any = None  # a pipeobs.export.routing.Router when exporters are on
         self._files: dict[Path, IO[str]] = {}
+        self._by_worker: dict[tuple[str, int, str], IO[str]] = {}
         self.driver_log = DriverLog(self._open(run_dir.driver_log))
         hour = time.strftime("%Y%m%d%H", time.gmtime())
         self.overview = self._open(run_dir.logs / f"job_progress_overview.{hour}.txt")
@@ -51,11 +54,19 @@ class Recorder:
         """One captured line of a worker (stdout, stderr or a log record)."""
         now = line.time or time.time()
         inv = line.invocation
+        dims = line.custom_dimensions
         self.store.queue(
             "log_lines",
             (now, self.step_id, worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
-             line.level, line.logger, line.text, inv.trace_id, inv.span_id),
+             line.level, line.logger, line.text, inv.trace_id, inv.span_id, json.dumps(dims) if dims else None),
         )
+        if self.exports is not None:
+            self.exports.submit({
+                "type": "log", "time": now, "step_id": self.step_id, "step_name": self.step_name, "worker": worker,
+                "stream": line.stream, "phase": inv.phase, "mini_batch_id": inv.mini_batch_id, "attempt": inv.attempt,
+                "level": line.level, "logger": line.logger, "text": line.text, "trace_id": inv.trace_id,
+                "span_id": inv.span_id, "custom_dimensions": dims or {},
+            })
         self._file_for(node, name, line).write(line.text + ("" if line.continued else "\n"))
         self.driver_log.write(now, worker, inv, line.level or _stream_level(line), line.text)
 
@@ -63,11 +74,22 @@ class Recorder:
         inv = point.invocation
         number = point.value if isinstance(point.value, int | float) and not isinstance(point.value, bool) else None
         encoded = None if number is not None else json.dumps(point.value)
-        self.store.queue(
-            "metrics",
+        self.metric_row(
             (point.time, self.step_id, worker, inv.phase, inv.mini_batch_id, inv.attempt, point.name,
              point.kind, number, encoded, point.description, None, inv.trace_id, inv.span_id),
         )
+
+    def metric_row(self, row: tuple[Any, ...]) -> None:
+        """A row of the metrics table (column order of the store), also handed to exporters."""
+        self.store.queue("metrics", row)
+        if self.exports is not None:
+            (when, step_id, worker, phase, mb, attempt, name, kind, value, value_json, description, labels, trace, span) = row
+            self.exports.submit({
+                "type": "metric", "time": when, "step_id": step_id, "step_name": self.step_name, "worker": worker,
+                "phase": phase, "mini_batch_id": mb, "attempt": attempt, "name": name, "kind": kind, "value": value,
+                "value_json": value_json, "description": description, "labels": json.loads(labels) if labels else {},
+                "trace_id": trace, "span_id": span,
+            })
 
     def span(self, worker: str, record: dict[str, Any]) -> None:
         """A finished span (from a worker, the driver's job span, or one the driver closed)."""
@@ -80,22 +102,32 @@ class Recorder:
              attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"),
              json.dumps(attributes, default=str), json.dumps(record["events"], default=str)),
         )
+        if self.exports is not None:
+            self.exports.submit({
+                **record, "type": "span", "time": record["start"], "step_id": self.step_id, "step_name": self.step_name,
+                "worker": attributes.get("pipeobs.worker", worker), "mini_batch_id": attributes.get("pipeobs.mini_batch_id"),
+                "attempt": attributes.get("pipeobs.attempt"),
+            })
 
     def _file_for(self, node: int, name: str, line: Line) -> IO[str]:
         if line.system:
-            return self._open(self.run_dir.sys_node_log(node, name))
+            return self._worker_file("sys", node, name)
         if line.stream == "log":
-            kind = "entry_script" if line.entry_script else "stdout"
             # Azure: the root logger sinks to the stdout file; EntryScript's logger to its own
-            folder, suffix = _USER_FILES[kind]
-        else:
-            folder, suffix = _USER_FILES[line.stream]
-        return self._open(self.run_dir.user_log(folder, node, name, suffix))
+            return self._worker_file("entry_script" if line.entry_script else "stdout", node, name)
+        return self._worker_file(line.stream, node, name)
 
     def event(self, level: str, kind: str, message: str, worker: str | None = None) -> None:
         """The driver's own narrative: the store's ``events`` and the merged driver log."""
         now = time.time()
         self.store.queue("events", (now, level, kind, worker, message))
+        if self.exports is not None:
+            self.exports.submit({
+                "type": "log", "time": now, "step_id": self.step_id, "step_name": self.step_name,
+                "worker": worker or "driver", "stream": "log", "phase": "driver", "mini_batch_id": None,
+                "attempt": None, "level": level, "logger": "pipeobs.driver", "text": message, "trace_id": None,
+                "span_id": None, "custom_dimensions": {"event": kind},
+            })
         self.driver_log.write(now, worker or "driver", None, level, message)
 
     def progress(self, message: str, level: str = "INFO") -> None:
@@ -104,7 +136,20 @@ class Recorder:
 
     def system(self, node: int, name: str, message: str) -> None:
         """The driver's line about a worker in ``logs/sys/node/<node>/processNNN.txt``."""
-        self._open(self.run_dir.sys_node_log(node, name)).write(f"{utc_stamp(time.time())}|{message}\n")
+        self._worker_file("sys", node, name).write(f"{utc_stamp(time.time())}|{message}\n")
+
+    def _worker_file(self, kind: str, node: int, name: str) -> IO[str]:
+        """The per-worker files, looked up by (kind, node, name): no path building per line."""
+        key = (kind, node, name)
+        handle = self._by_worker.get(key)
+        if handle is None:
+            if kind == "sys":
+                path = self.run_dir.sys_node_log(node, name)
+            else:
+                folder, suffix = _USER_FILES[kind]
+                path = self.run_dir.user_log(folder, node, name, suffix)
+            handle = self._by_worker[key] = self._open(path)
+        return handle
 
     def user_error(self, node: int, name: str, header: str, traceback: str) -> Path:
         """Full tracebacks of the user's code, ``logs/user/error/<node>/processNNN.txt``."""
@@ -131,6 +176,7 @@ class Recorder:
         for handle in self._files.values():
             handle.close()
         self._files.clear()
+        self._by_worker.clear()
 
 
 def _stream_level(line: Line) -> str:

@@ -19,6 +19,8 @@ Schema (documented in the README):
 * ``spans``: OpenTelemetry spans (``job``, ``init``, ``mini_batch``, ``shutdown`` and the user's
   own), ids as hex, times in epoch seconds, ``attributes`` and ``events`` as JSON.
 * ``workers``: every worker process: name, node, pid, start, end, return code, reason.
+* ``exports``: per exporter and run (or ``export --retry``): records emitted, carried over from
+  earlier spools, delivered, spooled (left for later) and dropped, with the drop reasons.
 * ``events``: the driver's narrative (worker restarts, timeouts, threshold stops...).
 """
 
@@ -50,7 +52,7 @@ CREATE INDEX IF NOT EXISTS attempts_mb ON attempts (mini_batch_id, attempt);
 CREATE TABLE IF NOT EXISTS log_lines (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, step_id TEXT NOT NULL, worker TEXT,
     stream TEXT NOT NULL, phase TEXT, mini_batch_id INTEGER, attempt INTEGER,
-    level TEXT, logger TEXT, text TEXT NOT NULL, trace_id TEXT, span_id TEXT
+    level TEXT, logger TEXT, text TEXT NOT NULL, trace_id TEXT, span_id TEXT, attributes TEXT
 );
 CREATE INDEX IF NOT EXISTS log_lines_mb ON log_lines (mini_batch_id, attempt);
 CREATE INDEX IF NOT EXISTS log_lines_worker ON log_lines (worker, time);
@@ -72,6 +74,10 @@ CREATE TABLE IF NOT EXISTS workers (
     worker TEXT PRIMARY KEY, node INTEGER, name TEXT, pid INTEGER, gpu INTEGER,
     started REAL, ended REAL, returncode INTEGER, reason TEXT
 );
+CREATE TABLE IF NOT EXISTS exports (
+    time REAL NOT NULL, exporter TEXT NOT NULL, action TEXT NOT NULL, emitted INTEGER, carried INTEGER,
+    delivered INTEGER, spooled INTEGER, dropped INTEGER, drop_reasons TEXT
+);
 CREATE TABLE IF NOT EXISTS events (
     time REAL NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL, worker TEXT, message TEXT NOT NULL
 );
@@ -80,10 +86,11 @@ CREATE TABLE IF NOT EXISTS events (
 _INSERTS = {
     "attempts": "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "log_lines": "INSERT INTO log_lines (time, step_id, worker, stream, phase, mini_batch_id, "
-    "attempt, level, logger, text, trace_id, span_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+    "attempt, level, logger, text, trace_id, span_id, attributes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "spans": "INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "mini_batches": "INSERT OR IGNORE INTO mini_batches (id, descriptor) VALUES (?,?)",
     "events": "INSERT INTO events VALUES (?,?,?,?,?)",
+    "exports": "INSERT INTO exports VALUES (?,?,?,?,?,?,?,?,?)",
     "metrics": "INSERT INTO metrics (time, step_id, worker, phase, mini_batch_id, attempt, name, kind, "
     "value, value_json, description, labels, trace_id, span_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "workers": "INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?,?,?,?,?)",

@@ -1,0 +1,272 @@
+"""Rich views of the explorer's query results (tables, a span tree).
+
+User data (log text, error messages, metric values) goes into ``Text`` objects, never into
+markup, so square brackets in a user's line print as they are.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+STATUS_STYLES = {"Completed": "green", "Failed": "red", "Running": "yellow", "OK": "green", "ERROR": "red",
+                 "UNSET": "dim", "RUN_DONE": "green"}
+LEVEL_STYLES = {"STDOUT": "", "STDERR": "red", "DEBUG": "dim", "INFO": "", "WARNING": "yellow", "ERROR": "red",
+                "CRITICAL": "bold red"}
+MAX_FAILED_ROWS = 20
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: ``12.3 ms``, ``4.56 s``, ``3m 05s``, ``2h 01m``."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 1000:.1f} ms"
+    if value < 60:
+        return f"{value:.2f} s"
+    minutes, secs = divmod(int(value), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def utc(when: float | None) -> str:
+    if when is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(when))
+
+
+def _text(value: Any, style: str = "") -> Text:
+    if value is None:
+        return Text("-", style="dim")
+    if isinstance(value, float):
+        value = f"{value:.6g}"
+    return Text(str(value), style=style)
+
+
+def _status(status: Any) -> Text:
+    return _text(status, STATUS_STYLES.get(str(status), ""))
+
+
+NUMERIC_COLUMNS = ("mb", "attempt", "attempts", "pid", "failed", "items", "count", "exit")
+SHRINKING_COLUMNS = ("step", "step_id", "start", "reason", "error", "name", "last", "labels", "value")
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    for column in columns:
+        table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left", overflow="fold")
+    return table
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """In a narrow terminal only the text columns (names, reasons, errors) wrap; numbers stay whole."""
+    for column in table.columns:
+        header = str(column.header)
+        if header not in SHRINKING_COLUMNS:
+            widths = [cell.cell_len for cell in column.cells if isinstance(cell, Text)]
+            column.min_width = max([*(len(line) for line in header.split("\n")), *widths])
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------- runs
+def runs_table(console: Console, runs: list[dict[str, Any]], root: Path) -> None:
+    if not runs:
+        console.print(Text(f"no runs below {root}"))
+        return
+    table = _table(f"runs below {root}", "step", "step_id", "status", "start", "duration",
+                   "mini-batches\ndone/failed/total", "items\nok/failed")
+    for r in runs:
+        batches = r.get("mini_batches") or {}
+        items = r.get("items") or {}
+        table.add_row(
+            _text(r.get("step")), _text(r.get("step_id") or r["run_dir"]), _status(r["status"]), _text(utc(r.get("start"))),
+            _text(seconds(r.get("duration"))),
+            _text(f"{batches.get('done', 0)}/{batches.get('failed', 0)}/{batches.get('total', 0)}" if batches else "-"),
+            _text(f"{items.get('succeeded', 0)}/{items.get('failed', 0)}" if items else "-"),
+        )
+    _print_table(console, table)
+
+
+# ----------------------------------------------------------------------------- show
+def show(console: Console, result: dict[str, Any]) -> None:
+    summary_block(console, result["summary"], result.get("run_dir"))
+    slowest_table(console, result["slowest"])
+    failures_block(console, result["failures"])
+    retries_line(console, result["retries"])
+    workers_table(console, result["workers"])
+    if result["metrics"]:
+        metric_table(console, result["metrics"], title="user metrics")
+
+
+def summary_block(console: Console, s: dict[str, Any], run_dir: str | None) -> None:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    b, i = s["mini_batches"], s["items"]
+    rows = [
+        ("step", _text(f"{s['step']} ({s['step_id']})")),
+        ("status", _status(s["status"])),
+        ("started", _text(utc(s["start"]))),
+        ("duration", _text(seconds(s["duration"]) + (" so far" if s["live"] else ""))),
+        ("mini-batches", _text(f"{b['done']} done, {b['failed']} failed, {b['pending']} pending, {b['total']} total")),
+        ("items", _text(f"{i['succeeded']} succeeded, {i['failed']} failed, {i['total']} total")),
+    ]
+    if run_dir:
+        rows.append(("run dir", _text(run_dir)))
+    if s.get("error"):
+        rows.append(("error", _text(s["error"], "red")))
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print(grid)
+
+
+def slowest_table(console: Console, slowest: list[dict[str, Any]]) -> None:
+    if not slowest:
+        return
+    table = _table("slowest mini-batches", "mb", "attempt", "worker", "elapsed", "run()", "items")
+    for a in slowest:
+        table.add_row(_text(a["mini_batch_id"]), _text(a["attempt"]), _text(a["worker"]), _text(seconds(a["elapsed"])),
+                      _text(seconds(a["run_seconds"])), _text(f"{a['succeeded']}/{a['total']}"))
+    _print_table(console, table)
+
+
+def failures_block(console: Console, failures: dict[str, Any]) -> None:
+    first = failures["first_error"]
+    if not failures["count"] and not first:
+        console.print(Text("no failed attempts", style="green"))
+        return
+    if first:
+        where = f"mini-batch {first.get('mini_batch_id')} attempt {first.get('attempt')} on {first.get('worker')}"
+        kind = first.get("error_type") or first.get("type") or first.get("status")
+        message = first.get("error_message") or first.get("message") or ""
+        console.print(Text.assemble(("first error: ", "bold red"), f"{kind}: {message} ({where})"))
+        location = first.get("error_location") or first.get("location")
+        if location:
+            console.print(Text(f"  at {location}"))
+        if first.get("traceback"):
+            console.print(Text(str(first["traceback"]).rstrip(), style="dim"))
+    attempts = failures["attempts"]
+    if attempts:
+        table = _table(f"failed attempts ({failures['count']})", "mb", "attempt", "worker", "status", "error")
+        for a in attempts[:MAX_FAILED_ROWS]:
+            error = f"{a['error_type'] or ''}: {a['error_message'] or ''}".strip(": ")
+            table.add_row(_text(a["mini_batch_id"]), _text(a["attempt"]), _text(a["worker"]), _status(a["status"]),
+                          _text(error))
+        _print_table(console, table)
+        if len(attempts) > MAX_FAILED_ROWS:
+            console.print(Text(f"... and {len(attempts) - MAX_FAILED_ROWS} more (--json for all)", style="dim"))
+    if failures["failed_mini_batches"]:
+        ids = ", ".join(str(i) for i in failures["failed_mini_batches"][:50])
+        console.print(Text(f"failed mini-batches: {ids}", style="red"))
+
+
+def retries_line(console: Console, r: dict[str, Any]) -> None:
+    console.print(Text(
+        f"retries: {r['retries']} attempts ({r['retried_mini_batches']} mini-batches); "
+        f"timeouts: {r['timeouts']}; crashes: {r['crashes']}"
+    ))
+
+
+def workers_table(console: Console, workers: list[dict[str, Any]]) -> None:
+    if not workers:
+        return
+    table = _table("workers", "worker", "pid", "attempts", "failed", "items", "elapsed", "mean", "exit", "reason")
+    for w in workers:
+        table.add_row(
+            _text(w["worker"]), _text(w.get("pid")), _text(w.get("attempts", 0)), _text(w.get("failed_attempts", 0)),
+            _text(w.get("items", 0)), _text(seconds(w.get("total_elapsed"))), _text(seconds(w.get("mean_elapsed"))),
+            _text(w.get("returncode")), _text(w.get("reason")),
+        )
+    _print_table(console, table)
+
+
+# ----------------------------------------------------------------------------- metrics
+def metric_table(console: Console, metrics: list[dict[str, Any]], title: str = "metrics") -> None:
+    if not metrics:
+        console.print(Text("no metrics recorded"))
+        return
+    table = _table(title, "name", "kind", "count", "last", "min", "max", "mean")
+    for m in metrics:
+        table.add_row(_text(m["name"]), _text(m["kind"]), _text(m["count"]), _text(_short(m["last"])),
+                      _text(m["min"]), _text(m["max"]), _text(m["mean"]))
+    _print_table(console, table)
+
+
+def points_table(console: Console, name: str, points: list[dict[str, Any]]) -> None:
+    table = _table(f"{name} ({len(points)} points)", "time", "value", "worker", "mb", "attempt", "labels")
+    for p in points:
+        labels = ", ".join(f"{k}={v}" for k, v in (p["labels"] or {}).items()) if isinstance(p["labels"], dict) else p["labels"]
+        table.add_row(_text(_clock(p["time"])), _text(_short(p["value"])), _text(p["worker"]),
+                      _text(p["mini_batch_id"]), _text(p["attempt"]), _text(labels or None))
+    _print_table(console, table)
+
+
+def _short(value: Any, width: int = 60) -> Any:
+    text = value if isinstance(value, int | float) or value is None else str(value)
+    return text[: width - 1] + "…" if isinstance(text, str) and len(text) > width else text
+
+
+def _clock(when: float) -> str:
+    second = int(when)
+    return time.strftime("%H:%M:%S", time.gmtime(second)) + f".{int((when - second) * 1000):03d}"
+
+
+# ----------------------------------------------------------------------------- trace
+def trace_tree(console: Console, nodes: list[dict[str, Any]], summary: dict[str, Any], mini_batch: int | None) -> None:
+    label = Text.assemble(("run ", "bold"), f"{summary['step_id']} ", _status(summary["status"]))
+    if mini_batch is not None:
+        label.append(f"  mini-batch {mini_batch}")
+    tree = Tree(label)
+    if not nodes:
+        tree.add(Text("no spans or log lines recorded", style="dim"))
+    for node in nodes:
+        _add_node(tree, node)
+    console.print(tree)
+
+
+def _add_node(parent: Tree, node: dict[str, Any]) -> None:
+    if node["type"] == "span":
+        branch = parent.add(_span_label(node))
+        for child in node["children"]:
+            _add_node(branch, child)
+    elif node["type"] == "event":
+        parent.add(Text(f"• {_event_text(node)}", style="magenta"))
+    else:
+        style = LEVEL_STYLES.get(str(node["level"]).upper(), "")
+        parent.add(Text.assemble((f"{_clock(node['time'])} ", "dim"), (f"{node['worker']} ", "cyan"),
+                                 (f"{node['level']} ", style or "dim"), (node["text"], style)))
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    """``exception ValueError: message (at file:line)``; other events as ``name key=value ...``."""
+    attributes = event.get("attributes") or {}
+    if event.get("name") == "exception":
+        text = f"exception {attributes.get('exception.type', '')}: {attributes.get('exception.message', '')}"
+        return text + (f" (at {attributes['code.location']})" if attributes.get("code.location") else "")
+    pairs = " ".join(f"{k}={_short(v, 40)}" for k, v in attributes.items())
+    return f"{event.get('name')} {pairs}".rstrip()
+
+
+def _span_label(span: dict[str, Any]) -> Text:
+    label = Text(span["name"], style="bold")
+    if span.get("mini_batch_id") is not None:
+        label.append(f" mb={span['mini_batch_id']} a={span['attempt']}")
+    label.append(f" {seconds(span['duration'])}", style="cyan")
+    if span["in_progress"]:
+        label.append(" in progress", style="yellow")
+    else:
+        label.append(" ")
+        label.append_text(_status(span["status"]))
+    if span.get("status_message"):
+        label.append(f" {span['status_message']}", style="red")
+    if span.get("worker"):
+        label.append(f"  [{span['worker']}]", style="dim")
+    return label

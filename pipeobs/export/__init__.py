@@ -1,0 +1,1 @@
+"""Routing telemetry to remote backends: the exporter interface, delivery, spool, plugins."""

@@ -1,0 +1,87 @@
+"""Exporter plugins by name (entry points), and the router the driver hands records to."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pipeobs.errors import ConfigError
+from pipeobs.export.base import ENTRY_POINT_GROUP, Exporter, Record
+from pipeobs.export.delivery import Delivery, Spool
+
+log = logging.getLogger(__name__)
+
+SPOOL_DIR = "export-spool"
+PLUGINS = {"appinsights": "pipeobs-appinsights", "otlp": "pipeobs-otlp"}
+
+
+def installed_exporters() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def create_exporter(name: str, options: dict[str, str] | None = None) -> Exporter:
+    """The exporter registered as ``name`` under ``pipeobs.exporters``, configured."""
+    found = installed_exporters()
+    if name not in found:
+        hint = f"pip install {PLUGINS[name]}" if name in PLUGINS else "install the plugin that provides it"
+        have = ", ".join(sorted(found)) or "none"
+        raise ConfigError(f"unknown exporter '{name}' (installed: {have}); {hint}")
+    factory = found[name].load()
+    return factory(dict(options or {}))
+
+
+class Router:
+    """One :class:`Delivery` per exporter; ``submit`` hands a record to each of them."""
+
+    def __init__(self, run_dir: Path, names: list[str], deadline: float = 10.0, max_queue: int = 100_000) -> None:
+        self.run_dir = run_dir
+        self.deadline = deadline
+        self.deliveries: dict[str, Delivery] = {}
+        for name in dict.fromkeys(names):
+            exporter = create_exporter(name)
+            self.deliveries[name] = Delivery(exporter, run_dir / SPOOL_DIR / name, max_queue=max_queue, deadline=deadline)
+
+    def carry_over(self, runs_root: Path) -> dict[str, int]:
+        """Adopt what earlier runs under ``runs_root`` left in their spools ("the next run")."""
+        carried = {}
+        for name, delivery in self.deliveries.items():
+            files = [
+                f
+                for folder in runs_root.glob(f"*/*/{SPOOL_DIR}/{name}")
+                if folder.resolve() != delivery.spool.folder.resolve()
+                for f in Spool(folder).files()
+            ]
+            carried[name] = delivery.carry_over(files) if files else 0
+        return carried
+
+    def submit(self, record: Record) -> None:
+        for delivery in self.deliveries.values():
+            delivery.submit(record)
+
+    def close(self) -> dict[str, dict[str, int]]:
+        """Close every delivery within one shared deadline."""
+        end = time.monotonic() + self.deadline
+        return {name: d.close(max(0.0, end - time.monotonic())) for name, d in self.deliveries.items()}
+
+    def drop_reasons(self) -> dict[str, dict[str, int]]:
+        return {name: dict(d.drop_reasons) for name, d in self.deliveries.items()}
+
+
+def retry_spool(run_dir: Path, deadline: float = 60.0) -> dict[str, dict[str, int]]:
+    """``pipeobs export --retry RUN``: deliver what the run's spools still hold."""
+    folders = sorted(p for p in (run_dir / SPOOL_DIR).glob("*") if p.is_dir())
+    if not folders:
+        return {}
+    results = {}
+    for folder in folders:
+        files = Spool(folder).files()
+        if not files:
+            results[folder.name] = {"emitted": 0, "carried": 0, "delivered": 0, "spooled": 0, "dropped": 0}
+            continue
+        delivery = Delivery(create_exporter(folder.name), folder, deadline=deadline)
+        delivery.adopt_spool()
+        results[folder.name] = delivery.close()
+    return results

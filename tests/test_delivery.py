@@ -1,0 +1,158 @@
+"""Delivery: bounded queue, retries with backoff and Retry-After, spool, accounting, deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from pipeobs.export import delivery as delivery_module
+from pipeobs.export.base import ExportResult, Record
+from pipeobs.export.delivery import Delivery, Spool
+
+
+class FakeExporter:
+    """Answers from a script of results; records what it received."""
+
+    name = "fake"
+
+    def __init__(self, script: list[str] | None = None, hang: threading.Event | None = None) -> None:
+        self.script = list(script or [])
+        self.received: list[Record] = []
+        self.calls: list[float] = []
+        self.hang = hang
+
+    def export(self, records: Sequence[Record]) -> ExportResult:
+        self.calls.append(time.monotonic())
+        if self.hang is not None:
+            self.hang.wait(30)
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "down":
+            return ExportResult.retry_all(len(records), "connection refused")
+        if step == "retry-after":
+            return ExportResult.retry_all(len(records), "429", retry_after=0.4)
+        if step == "partial":  # first record refused for good, second retried, rest accepted
+            self.received.extend(records[2:])
+            return ExportResult(delivered=len(records) - 2, retry=[1], rejected=[(0, "400 bad envelope")])
+        if step == "raise":
+            raise ConnectionError("boom")
+        self.received.extend(records)
+        return ExportResult.ok(len(records))
+
+    def shutdown(self) -> None:
+        pass
+
+
+def records(n: int) -> list[Record]:
+    return [{"type": "log", "text": f"r{i}", "time": float(i)} for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_module, "BACKOFF_BASE", 0.01)
+
+
+class TestDelivery:
+    def test_everything_delivered_and_counted(self, tmp_path: Path) -> None:
+        """All submitted records are delivered; the counts say so."""
+        exporter = FakeExporter()
+        delivery = Delivery(exporter, tmp_path / "spool")
+
+        for record in records(1000):
+            delivery.submit(record)
+        counts = delivery.close()
+
+        assert counts == {"emitted": 1000, "carried": 0, "delivered": 1000, "spooled": 0, "dropped": 0}
+        assert [r["text"] for r in exporter.received] == [f"r{i}" for i in range(1000)]
+
+    def test_outage_then_recovery_loses_nothing(self, tmp_path: Path) -> None:
+        """Refused connections are retried with backoff until the endpoint comes back."""
+        exporter = FakeExporter(["down", "down", "raise", "ok"])
+        delivery = Delivery(exporter, tmp_path / "spool")
+
+        for record in records(10):
+            delivery.submit(record)
+        counts = delivery.close()
+
+        assert counts["delivered"] == 10 and counts["dropped"] == 0
+        assert len(exporter.calls) == 4
+
+    def test_retry_after_is_honoured(self, tmp_path: Path) -> None:
+        """A Retry-After answer delays the next try by at least that long."""
+        exporter = FakeExporter(["retry-after", "ok"])
+        delivery = Delivery(exporter, tmp_path / "spool")
+
+        delivery.submit(records(1)[0])
+        delivery.close()
+
+        assert exporter.calls[1] - exporter.calls[0] >= 0.4
+
+    def test_partial_answer_retries_only_what_failed(self, tmp_path: Path) -> None:
+        """A 206-style answer: refused items are dropped with a reason, retryable ones resent."""
+        exporter = FakeExporter(["partial", "ok"])
+        delivery = Delivery(exporter, tmp_path / "spool")
+
+        for record in records(5):
+            delivery.submit(record)
+        counts = delivery.close()
+
+        assert counts == {"emitted": 5, "carried": 0, "delivered": 4, "spooled": 0, "dropped": 1}
+        assert sorted(r["text"] for r in exporter.received) == ["r1", "r2", "r3", "r4"]
+        assert delivery.drop_reasons == {"400 bad envelope": 1}
+
+    def test_full_queue_spills_to_disk_and_is_delivered(self, tmp_path: Path) -> None:
+        """Beyond max_queue, records go to the spool and are still delivered."""
+        gate = threading.Event()
+        exporter = FakeExporter(hang=gate)
+        delivery = Delivery(exporter, tmp_path / "spool", max_queue=10, batch_size=5)
+
+        for record in records(100):
+            delivery.submit(record)
+        gate.set()
+        counts = delivery.close()
+
+        assert counts["delivered"] == 100 and counts["spooled"] == 0
+        assert sorted(r["text"] for r in exporter.received) == sorted(f"r{i}" for i in range(100))
+
+    def test_hanging_endpoint_never_blocks_past_the_deadline(self, tmp_path: Path) -> None:
+        """A hanging export: close() returns by the deadline and spools everything undelivered."""
+        gate = threading.Event()
+        delivery = Delivery(FakeExporter(hang=gate), tmp_path / "spool", deadline=0.5)
+        for record in records(50):
+            delivery.submit(record)
+
+        started = time.monotonic()
+        counts = delivery.close()
+        took = time.monotonic() - started
+        gate.set()
+
+        assert took < 1.5
+        assert counts["spooled"] == 50 and counts["delivered"] == 0
+        assert Spool(tmp_path / "spool").count() == 50
+
+    def test_spool_is_delivered_by_a_later_delivery(self, tmp_path: Path) -> None:
+        """Spooled records are carried over and delivered next time, with the counts right."""
+        first = Delivery(FakeExporter(["down"] * 1000), tmp_path / "run1", deadline=0.2)
+        for record in records(7):
+            first.submit(record)
+        assert first.close()["spooled"] == 7
+
+        exporter = FakeExporter()
+        second = Delivery(exporter, tmp_path / "run2")
+        second.carry_over(Spool(tmp_path / "run1").files())
+        counts = second.close()
+
+        assert counts == {"emitted": 0, "carried": 7, "delivered": 7, "spooled": 0, "dropped": 0}
+        assert Spool(tmp_path / "run1").files() == []
+
+    def test_submit_after_close_is_an_error(self, tmp_path: Path) -> None:
+        """Use after close raises a clear RuntimeError; close is idempotent."""
+        delivery = Delivery(FakeExporter(), tmp_path / "spool")
+        delivery.close()
+
+        assert delivery.close()["emitted"] == 0
+        with pytest.raises(RuntimeError, match="closed"):
+            delivery.submit({"type": "log"})
