@@ -9,7 +9,7 @@ guessing is needed. Log records travel as marker lines on fd 2 (JSON), keeping t
 logger name and their place among the stderr lines.
 
 Marker format: ``\\x1e<token>\\x1f<kind><payload>\\n`` where ``token`` is random per run, so
-user output cannot forge one. Kinds: ``B`` begin (JSON ``{"k": phase, "mb": id, "a": attempt}``),
+user output cannot forge one. Kinds: ``B`` begin (``<phase> <mini-batch> <attempt> <trace> <span>``),
 ``E`` end, ``L`` log record (JSON), ``M`` metric point (JSON), ``S`` finished span (JSON).
 
 Lines are decoded as UTF-8 with invalid bytes escaped (``\\x..``), and lines longer than
@@ -155,8 +155,7 @@ class StreamParser:
         body = raw[len(self._mark) :]
         kind, payload = body[:1], body[1:]
         if kind == b"B":
-            info = json.loads(payload)
-            self.invocation = Invocation(info["k"], info.get("mb"), info.get("a"), info.get("t"), info.get("s"))
+            self.invocation = _parse_begin(payload)
             return Boundary(self.stream, self.invocation)
         if kind == b"E":
             self.invocation = IDLE
@@ -211,14 +210,7 @@ class WorkerCapture:
         logging.getLogger("pipeobs").setLevel(min(self.level, logging.INFO))
 
     def begin(self, invocation: Invocation) -> None:
-        payload = {
-            "k": invocation.phase,
-            "mb": invocation.mini_batch_id,
-            "a": invocation.attempt,
-            "t": invocation.trace_id,
-            "s": invocation.span_id,
-        }
-        self._both(b"B" + json.dumps(payload, separators=(",", ":")).encode())
+        self._both(b"B" + _format_begin(invocation))
 
     def end(self) -> None:
         self._both(b"E")
@@ -241,6 +233,23 @@ class WorkerCapture:
 
 
 _active: WorkerCapture | None = None
+
+
+def _format_begin(inv: Invocation) -> bytes:
+    """``<phase> <mini_batch_id> <attempt> <trace_id> <span_id>``, ``-`` for none (cheap to parse)."""
+    fields = (inv.phase, inv.mini_batch_id, inv.attempt, inv.trace_id, inv.span_id)
+    return " ".join("-" if f is None else str(f) for f in fields).encode("ascii")
+
+
+def _parse_begin(payload: bytes) -> Invocation:
+    phase, mb, attempt, trace, span = payload.decode("ascii").split(" ")
+    return Invocation(
+        phase,
+        None if mb == "-" else int(mb),
+        None if attempt == "-" else int(attempt),
+        None if trace == "-" else trace,
+        None if span == "-" else span,
+    )
 
 
 def emit_metric(kind: str, name: str, value: Any, description: str = "") -> None:

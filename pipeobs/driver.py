@@ -35,8 +35,12 @@ from pipeobs.record.rundir import RunDir
 from pipeobs.record.store import Store
 
 FLUSH_INTERVAL = 0.2
+CLOCK_INTERVAL = 0.01  # timeouts are checked at most this often (they are seconds long)
+OUTPUT_BUFFER = 4 << 20  # rows are written at each flush, or sooner past this many bytes
 OVERVIEW_INTERVAL = 10.0  # Azure writes a progress line every 2 minutes; a laptop run is shorter
-PREFETCH = 2  # tasks queued per worker, so a worker never waits for the driver
+PREFETCH_MIN = 2  # tasks queued per worker, so a worker never waits for the driver...
+PREFETCH_MAX = 32  # ...and more when mini-batches are short: about PREFETCH_SECONDS of work
+PREFETCH_SECONDS = 0.02
 NO_RESULT_MESSAGE = (
     "There is no succeeded mini batch item returned from run(). Please check 'response: run()' "
     "in https://aka.ms/batch-inference-documentation"
@@ -136,12 +140,15 @@ class Driver:
         self.gpu_free: dict[int, list[int]] = {n: list(range(plan.gpu_count)) for n in range(self.config.node_count)}
         self.output_fd: int | None = None
         self.output_size = 0
+        self._output_buffer = bytearray()
         self.counts = collections.Counter[str]()
         self._failed_items = 0
         self._failed_batches = 0
         self._partition_queue: queue.Queue[Any] = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
         self._last_flush = 0.0
+        self._last_clock_check = 0.0
+        self._mean_elapsed = 0.0
 
     # ----------------------------------------------------------------- lifecycle
     def run(self) -> JobResult:
@@ -214,6 +221,7 @@ class Driver:
         for worker in self.workers.values():
             if worker.state is not WorkerState.DEAD:
                 worker.proc.kill()
+        self._write_output()
         if self.output_fd is not None:
             os.close(self.output_fd)
         self.monitor.close()
@@ -551,6 +559,8 @@ class Driver:
             return  # a result for a task already failed (killed): ignore
         worker.inflight.popleft()
         worker.head_since = time.monotonic()
+        if result.get("elapsed") is not None:  # a moving mean sets the prefetch depth
+            self._mean_elapsed = result["elapsed"] if not self._mean_elapsed else 0.9 * self._mean_elapsed + 0.1 * result["elapsed"]
         worker.run_began.pop((mb_id, attempt), None)
         self.last_progress = time.monotonic()
         if result["status"] == "RUN_DONE":
@@ -598,10 +608,23 @@ class Driver:
             return
         if self.output_size == 0 and self.settings.append_row_dataframe_header and result.get("header"):
             rows = result["header"] + rows
-        view = memoryview(rows)
-        while view:
-            view = view[os.write(self.output_fd, view) :]
+        self._output_buffer += rows
         self.output_size += len(rows)
+        if len(self._output_buffer) > OUTPUT_BUFFER:
+            self._write_output()
+
+    def _write_output(self) -> None:
+        """Rows reach the file before the ledger commit that covers them (exactly-once)."""
+        if self._output_buffer and self.output_fd is not None:
+            view = memoryview(self._output_buffer)
+            while view:
+                view = view[os.write(self.output_fd, view) :]
+            view.release()
+            self._output_buffer.clear()
+
+    def _flush(self) -> None:
+        self._write_output()
+        self.recorder.flush()
 
     def _attempt_failed(self, worker: Worker, mb_id: int, attempt: int, result: dict[str, Any]) -> None:
         state = self.mini_batches[mb_id]
@@ -649,7 +672,9 @@ class Driver:
                 if self.fatal:
                     break
             now = time.monotonic()
-            self._check_clocks(now)
+            if now - self._last_clock_check >= CLOCK_INTERVAL:
+                self._last_clock_check = now
+                self._check_clocks(now)
             if now - self._last_flush >= FLUSH_INTERVAL:
                 self._periodic(now)
 
@@ -665,7 +690,7 @@ class Driver:
         if now >= self._next_overview and self.partition_done:
             self._next_overview = now + OVERVIEW_INTERVAL
             self.recorder.progress(self._progress_line(now))
-        self.recorder.flush()
+        self._flush()
         self._last_flush = now
         if self.on_progress is not None:
             self.on_progress(self)
@@ -697,19 +722,32 @@ class Driver:
         for worker in self.workers.values():
             if worker.state is not WorkerState.READY:
                 continue
-            while self.pending and len(worker.inflight) < PREFETCH:
+            room = self._prefetch() - len(worker.inflight)
+            if room <= 0:
+                continue
+            now = time.monotonic()
+            batch = []
+            while self.pending and len(batch) < room:
                 mb_id, attempt = self.pending.popleft()
-                task = Task(self.mini_batches[mb_id].descriptor, attempt, time.monotonic())
+                task = Task(self.mini_batches[mb_id].descriptor, attempt, now)
                 if not worker.inflight:
-                    worker.head_since = task.dispatched
+                    worker.head_since = now
                 worker.inflight.append(task)
-                assert worker.conn is not None
-                try:
-                    worker.conn.send(("task", task.mini_batch, attempt))
-                except OSError:
-                    break  # the worker is gone: its exit re-queues the task
+                batch.append((task.mini_batch, attempt))
+            assert worker.conn is not None
+            try:
+                worker.conn.send(("tasks", batch))
+            except OSError:
+                pass  # the worker is gone: its exit re-queues the tasks
             if not self.pending:
                 return
+
+    def _prefetch(self) -> int:
+        """How many tasks a worker holds: about PREFETCH_SECONDS of work, within bounds."""
+        mean = self._mean_elapsed
+        if mean <= 0:
+            return PREFETCH_MIN
+        return max(PREFETCH_MIN, min(PREFETCH_MAX, int(PREFETCH_SECONDS / mean)))
 
     def _check_clocks(self, now: float) -> None:
         cfg, settings = self.config, self.settings
@@ -838,7 +876,7 @@ class Driver:
             self.recorder.progress(result.reason, "ERROR")
         self.store.update_run(status=result.status, ended_at=time.time(), error=result.reason, summary=result.to_json())
         self.recorder.event("INFO" if result.ok else "ERROR", "end", result.headline())
-        self.recorder.flush()
+        self._flush()
         from pipeobs.record.reports import write_reports
 
         write_reports(self, result)

@@ -65,8 +65,8 @@ class Worker:
             message = self.conn.recv()
             if message[0] == "stop":
                 break
-            _, mini_batch, attempt = message
-            self.conn.send(("result", mini_batch.id, attempt, self.run_task(mini_batch, attempt)))
+            for mini_batch, attempt in message[1]:
+                self.conn.send(("result", mini_batch.id, attempt, self.run_task(mini_batch, attempt)))
         self._shutdown()
         return 0
 
@@ -87,10 +87,15 @@ class Worker:
         from opentelemetry import trace
 
         from pipeobs.capture import emit_span
-        from pipeobs.telemetry.spans import CallbackSpanExporter, context_from_traceparent, make_tracer_provider
+        from pipeobs.telemetry.spans import (
+            CallbackSpanExporter,
+            context_from_traceparent,
+            make_tracer_provider,
+            wire_record,
+        )
 
         provider = make_tracer_provider(
-            self.setup["worker"]["step_name"], self.base_attributes, CallbackSpanExporter(emit_span)
+            self.setup["worker"]["step_name"], self.base_attributes, CallbackSpanExporter(emit_span, wire_record)
         )
         trace.set_tracer_provider(provider)  # the user's spans in run() nest under mini_batch
         self.tracer = provider.get_tracer("pipeobs")
@@ -295,23 +300,38 @@ def _close_mini_batch_span(span: Any, result: dict[str, Any]) -> None:
     span.end()
 
 
+_proc_fds: dict[str, int | None] = {}
+
+
+def _proc_fd(name: str, flags: int) -> int | None:
+    """An fd on /proc/self/<name>, opened once (procfs regenerates the content on each read)."""
+    if name not in _proc_fds:
+        try:
+            _proc_fds[name] = os.open(f"/proc/self/{name}", flags)
+        except OSError:
+            _proc_fds[name] = None
+    return _proc_fds[name]
+
+
 def _reset_peak_rss() -> None:
     """Linux: writing 5 to clear_refs resets the peak RSS, so VmHWM is this mini-batch's peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
+    fd = _proc_fd("clear_refs", os.O_WRONLY)
+    if fd is not None:
+        try:
+            os.write(fd, b"5")
+        except OSError:
+            pass
 
 
 def _peak_rss() -> int | None:
-    try:
-        with open("/proc/self/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    fd = _proc_fd("status", os.O_RDONLY)
+    if fd is not None:
+        try:
+            status = os.pread(fd, 8192, 0)
+            start = status.index(b"VmHWM:")
+            return int(status[start + 6 : status.index(b"\n", start)].split()[0]) * 1024
+        except (OSError, ValueError):
+            pass
     try:
         import resource
 

@@ -11,7 +11,7 @@ MARK = marker_prefix(TOKEN)
 
 
 def begin(mb: int, attempt: int = 1) -> bytes:
-    return MARK + b"B" + json.dumps({"k": "run", "mb": mb, "a": attempt}).encode() + b"\n"
+    return MARK + b"B" + f"run {mb} {attempt} - -".encode() + b"\n"
 
 
 def lines(items: list[Line | Boundary]) -> list[tuple[str, int | None]]:

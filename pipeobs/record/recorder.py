@@ -19,6 +19,7 @@ from pipeobs.capture import Line, MetricPoint
 from pipeobs.record.driverlog import DriverLog, utc_stamp
 from pipeobs.record.rundir import RunDir
 from pipeobs.record.store import Store
+from pipeobs.telemetry.spans import full_record
 
 _USER_FILES = {
     "stdout": ("stdout", ".stdout.txt"),
@@ -92,21 +93,27 @@ class Recorder:
             })
 
     def span(self, worker: str, record: dict[str, Any]) -> None:
-        """A finished span (from a worker, the driver's job span, or one the driver closed)."""
-        attributes = record["attributes"]
+        """A finished span: a worker's wire record, the driver's job span, or one the driver closed."""
+        if "attributes_json" in record:  # from a worker: stored as sent
+            where = (record["worker"] or worker, record["mini_batch_id"], record["attempt"])
+            encoded = (record["attributes_json"], record["events_json"])
+        else:
+            attributes = record["attributes"]
+            where = (
+                attributes.get("pipeobs.worker", None if worker == "driver" else worker),
+                attributes.get("pipeobs.mini_batch_id"),
+                attributes.get("pipeobs.attempt"),
+            )
+            encoded = (json.dumps(attributes, default=str), json.dumps(record["events"], default=str))
         self.store.queue(
             "spans",
             (record["span_id"], record["trace_id"], record["parent_span_id"], record["name"], record["kind"],
-             record["start"], record["end"], record["status"], record["status_message"], self.step_id,
-             attributes.get("pipeobs.worker", None if worker == "driver" else worker),
-             attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"),
-             json.dumps(attributes, default=str), json.dumps(record["events"], default=str)),
+             record["start"], record["end"], record["status"], record["status_message"], self.step_id, *where, *encoded),
         )
         if self.exports is not None:
             self.exports.submit({
-                **record, "type": "span", "time": record["start"], "step_id": self.step_id, "step_name": self.step_name,
-                "worker": attributes.get("pipeobs.worker", worker), "mini_batch_id": attributes.get("pipeobs.mini_batch_id"),
-                "attempt": attributes.get("pipeobs.attempt"),
+                **full_record(record), "type": "span", "time": record["start"], "step_id": self.step_id,
+                "step_name": self.step_name, "worker": where[0] or worker, "mini_batch_id": where[1], "attempt": where[2],
             })
 
     def _file_for(self, node: int, name: str, line: Line) -> IO[str]:

@@ -35,20 +35,22 @@ class JobTelemetry:
         self.metrics = JobMetrics()
         self.metrics.job_running.set(1)
         self._observations: list[tuple[Any, ...]] = []
+        self._children: dict[tuple[int, str], Any] = {}
 
     def attempt(self, worker: str, mb_id: int, attempt: int, result: dict[str, Any], final: str | None) -> None:
         """One finished attempt; ``final`` is "succeeded"/"failed" when the mini-batch is finished."""
         m = self.metrics
         status = result["status"]
-        m.attempts.labels(status=status).inc()
+        self._child(m.attempts, status).inc()
         if final is not None:
-            m.mini_batches.labels(status=final).inc()
+            self._child(m.mini_batches, final).inc()
         total, succeeded = result.get("total", 0) or 0, result.get("succeeded", 0) or 0
         if status == "RUN_DONE":
-            m.items.labels(status="succeeded").inc(succeeded)
-            m.items.labels(status="failed").inc(total - succeeded)
+            self._child(m.items, "succeeded").inc(succeeded)
+            if total > succeeded:
+                self._child(m.items, "failed").inc(total - succeeded)
         elif final == "failed":
-            m.items.labels(status="failed").inc(max(total, 1))
+            self._child(m.items, "failed").inc(max(total, 1))
         where = {
             "worker": worker, "mini_batch_id": mb_id, "attempt": attempt, "labels": {"status": status},
             "trace_id": result.get("trace_id"), "span_id": result.get("span_id"),
@@ -60,6 +62,14 @@ class JobTelemetry:
         if result.get("peak_rss"):
             m.peak_rss.labels(worker=worker).set(result["peak_rss"])
             self._observations.append(observation_row(self.step_id, "pipeobs_mini_batch_peak_rss_bytes", result["peak_rss"], where, now))
+
+    def _child(self, metric: Any, status: str) -> Any:
+        """``metric.labels(status=...)``, cached: the lookup costs more than the increment."""
+        key = (id(metric), status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(status=status)
+        return child
 
     def resources(self, samples: dict[str, dict[str, float]]) -> None:
         for worker, sample in samples.items():

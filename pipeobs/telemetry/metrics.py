@@ -63,10 +63,16 @@ class JobMetrics:
         return generate_latest(self.registry)
 
 
+_LABELS_JSON: dict[str, str] = {}
+
+
 def observation_row(step_id: str, name: str, value: float, where: dict[str, Any], now: float) -> tuple[Any, ...]:
-    """A metrics-table row for a per-attempt observation."""
+    """A metrics-table row for a per-attempt observation (labels: ``{"status": ...}``)."""
+    status = where.get("labels", {}).get("status", "")
+    labels = _LABELS_JSON.get(status)
+    if labels is None:
+        labels = _LABELS_JSON[status] = json.dumps(where.get("labels", {}), sort_keys=True)
     return (
         now, step_id, where.get("worker"), "run", where.get("mini_batch_id"), where.get("attempt"), name,
-        "observation", value, None, "", json.dumps(where.get("labels", {}), sort_keys=True),
-        where.get("trace_id"), where.get("span_id"),
+        "observation", value, None, "", labels, where.get("trace_id"), where.get("span_id"),
     )

@@ -16,6 +16,7 @@ seconds), status, status message, attributes and events.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -43,6 +44,31 @@ def span_record(span: Any) -> dict[str, Any]:
             {"name": e.name, "time": e.timestamp / 1e9, "attributes": dict(e.attributes or {})} for e in span.events
         ],
     }
+
+
+def wire_record(span: Any) -> dict[str, Any]:
+    """The record a worker sends: attributes and events pre-encoded, ids of the mini-batch on top.
+
+    The driver stores the JSON strings as they are (no decode and re-encode per span).
+    """
+    record = span_record(span)
+    attributes = record.pop("attributes")
+    record["attributes_json"] = json.dumps(attributes, default=str)
+    record["events_json"] = json.dumps(record.pop("events"), default=str)
+    record["worker"] = attributes.get("pipeobs.worker")
+    record["mini_batch_id"] = attributes.get("pipeobs.mini_batch_id")
+    record["attempt"] = attributes.get("pipeobs.attempt")
+    return record
+
+
+def full_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A span record with ``attributes`` and ``events`` as objects (decoding a wire record)."""
+    if "attributes_json" not in record:
+        return record
+    full = {k: v for k, v in record.items() if k not in ("attributes_json", "events_json")}
+    full["attributes"] = json.loads(record["attributes_json"])
+    full["events"] = json.loads(record["events_json"])
+    return full
 
 
 def killed_span(
@@ -86,14 +112,15 @@ def make_tracer_provider(service_name: str, attributes: dict[str, Any], exporter
 class CallbackSpanExporter:
     """A SpanExporter handing each span's record to a callback (the worker's fd 2, the driver's store)."""
 
-    def __init__(self, callback: Any) -> None:
+    def __init__(self, callback: Any, encode: Any = span_record) -> None:
         self._callback = callback
+        self._encode = encode
 
     def export(self, spans: Sequence[Any]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         for span in spans:
-            self._callback(span_record(span))
+            self._callback(self._encode(span))
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
