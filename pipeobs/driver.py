@@ -183,11 +183,40 @@ class Driver:
             return
         from pipeobs.export.routing import Router
 
+        self._account_killed_exports()
         self.router = Router(self.run_dir.path, self.plan.exporters, deadline=self.plan.export_deadline)
         self.recorder.exports = self.router
         for name, count in self.router.carry_over(self.run_dir.path.parent.parent).items():
             if count:
                 self.recorder.event("INFO", "export_carry_over", f"{name}: carrying over {count} spooled records of earlier runs.")
+
+    def _account_killed_exports(self) -> None:
+        """On resume: what a killed driver held in memory for its exporters is counted as dropped.
+
+        The driver checkpoints each exporter's counts once a second; whatever was emitted but
+        neither delivered, spooled nor dropped at the last checkpoint was in memory when the
+        driver died. It is recorded as dropped (action ``lost``) and said in the driver log.
+        """
+        rows = self.store.conn.execute(
+            "SELECT exporter, emitted, carried, delivered, spooled, dropped FROM exports WHERE action='checkpoint' "
+            "AND rowid IN (SELECT MAX(rowid) FROM exports WHERE action='checkpoint' GROUP BY exporter)"
+        ).fetchall()
+        for row in rows:
+            lost = row["emitted"] + row["carried"] - row["delivered"] - row["spooled"] - row["dropped"]
+            if lost > 0:
+                self.store.queue("exports", (time.time(), row["exporter"], "lost", 0, 0, 0, 0, lost, json.dumps({"driver killed": lost})))
+                self.recorder.event(
+                    "WARNING", "export_lost",
+                    f"{row['exporter']}: the previous driver was killed holding up to {lost} undelivered records; "
+                    "they are counted as dropped (all of them are in this run's store).",
+                )
+
+    def _checkpoint_exports(self) -> None:
+        if self.router is None:
+            return
+        now = time.time()
+        for name, c in self.router.counts().items():
+            self.store.queue("exports", (now, name, "checkpoint", c["emitted"], c["carried"], c["delivered"], c["spooled"], c["dropped"], "{}"))
 
     def _close_exporters(self) -> dict[str, dict[str, int]]:
         if self.router is None:
@@ -687,6 +716,7 @@ class Driver:
         if now >= self._next_metrics:
             self._next_metrics = now + 1.0
             self._store_metrics()
+            self._checkpoint_exports()
         if now >= self._next_overview and self.partition_done:
             self._next_overview = now + OVERVIEW_INTERVAL
             self.recorder.progress(self._progress_line(now))

@@ -151,6 +151,11 @@ class Delivery:
             self.counts["spooled"] += count
             self._wake.notify()
 
+    def snapshot(self) -> dict[str, int]:
+        """The counts now (records in the queue or in flight are in none of the outcomes yet)."""
+        with self._lock:
+            return dict(self.counts)
+
     # ------------------------------------------------------------------ sender thread
     def _run(self) -> None:
         attempt = 0

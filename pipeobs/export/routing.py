@@ -54,8 +54,11 @@ class Router:
                 if folder.resolve() != delivery.spool.folder.resolve()
                 for f in Spool(folder).files()
             ]
-            carried[name] = delivery.carry_over(files) if files else 0
+            carried[name] = (delivery.carry_over(files) if files else 0) + delivery.adopt_spool()
         return carried
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {name: d.snapshot() for name, d in self.deliveries.items()}
 
     def submit(self, record: Record) -> None:
         for delivery in self.deliveries.values():
