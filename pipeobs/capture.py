@@ -305,10 +305,20 @@ class MarkerHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "pipeobs_sent", False):
             return  # an AzureLogHandler already sent it, with its custom dimensions
+        if _forwarded_later(record):
+            record.pipeobs_deferred = True  # a forwarding handler further on sends it, with its dimensions
+            return
         try:
             self._capture.write_record(_record_payload(record, self.format(record), _custom_dimensions(record)))
         except Exception:  # noqa: BLE001 - logging must never fail the user's code
             self.handleError(record)
+
+
+def _forwarded_later(record: logging.LogRecord) -> bool:
+    """Whether a handler that forwards to pipeobs (AzureLogHandler) also sits on the root logger."""
+    return any(
+        getattr(h, "forwards_to_pipeobs", False) and record.levelno >= h.level for h in logging.getLogger().handlers
+    )
 
 
 def _custom_dimensions(record: logging.LogRecord) -> dict[str, Any] | None:
