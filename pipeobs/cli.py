@@ -125,9 +125,11 @@ def build_parser() -> Parser:
         run.add_argument(*_flag_names(name), dest=name, default=None, **options)
     for name in SETTING_FLAGS:
         run.add_argument(*_flag_names(name), dest=name, default=None, metavar="VALUE")
+    from pipeobs.collector import add_subcommand as add_collect
     from pipeobs.explorer.commands import add_subcommands
 
     add_subcommands(sub)
+    add_collect(sub)
     demo = sub.add_parser("demo", help="run the digit-identification demo job", allow_abbrev=False)
     demo.add_argument("--dir", default="pipeobs-demo", help="folder for the demo's images and runs")
     demo.add_argument("--images", type=int, default=200, help="how many digit images to score")
@@ -142,9 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, script_args = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     try:
+        from pipeobs.collector import dispatch as dispatch_collect
         from pipeobs.explorer.commands import dispatch
 
         code = dispatch(args)
+        if code is None:
+            code = dispatch_collect(args)
         if code is not None:
             return code
         if args.command == "run":
