@@ -82,3 +82,33 @@ class TestExportInARun:
 
         assert proc.returncode == 2
         assert "error: the jsonl exporter needs a file" in proc.stderr
+
+
+class TestAzureLogHandlerInARun:
+    def test_records_from_pool_children_arrive_with_custom_dimensions(self, run_job: RunJob) -> None:
+        """AzureLogHandler in a worker and its forked pool children: every record reaches the driver once."""
+        job = run_job(
+            """
+            import logging, multiprocessing
+            from pipeobs_appinsights import AzureLogHandler
+            log = logging.getLogger("scoring")
+            log.addHandler(AzureLogHandler())
+            def work(i):
+                log.warning("from child %d", i, extra={"custom_dimensions": {"child": i}})
+                return i
+            def run(mini_batch):
+                with multiprocessing.get_context("fork").Pool(2) as pool:
+                    pool.map(work, range(4))
+                log.error("parent done", {"run_id": "abc"})
+                return mini_batch
+            """,
+            files=1,
+            process_count_per_node=1,
+        )
+
+        children = job.query("SELECT * FROM log_lines WHERE text LIKE 'from child%' ORDER BY text")
+        parent = job.query("SELECT * FROM log_lines WHERE text = 'parent done'")
+        assert [r["text"] for r in children] == [f"from child {i}" for i in range(4)]
+        assert [json.loads(r["attributes"])["child"] for r in children] == [0, 1, 2, 3]
+        assert all(r["mini_batch_id"] == 0 and r["span_id"] for r in children)
+        assert len(parent) == 1 and json.loads(parent[0]["attributes"])["run_id"] == "abc"
