@@ -156,3 +156,20 @@ class TestDelivery:
         assert delivery.close()["emitted"] == 0
         with pytest.raises(RuntimeError, match="closed"):
             delivery.submit({"type": "log"})
+
+
+class TestRouterCarryOver:
+    def test_carried_records_are_counted_once(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Spools of earlier runs and of this run's killed driver are each counted once."""
+        from pipeobs.export import routing
+
+        monkeypatch.setattr(routing, "create_exporter", lambda name, options=None: FakeExporter())
+        Spool(tmp_path / "runs/step/old/export-spool/fake").write(records(3))
+        Spool(tmp_path / "runs/step/new/export-spool/fake").write(records(2))
+        router = routing.Router(tmp_path / "runs/step/new", ["fake"])
+
+        carried = router.carry_over(tmp_path / "runs")
+        counts = router.close()
+
+        assert carried == {"fake": 5}
+        assert counts["fake"] == {"emitted": 0, "carried": 5, "delivered": 5, "spooled": 0, "dropped": 0}

@@ -54,7 +54,8 @@ class Router:
                 if folder.resolve() != delivery.spool.folder.resolve()
                 for f in Spool(folder).files()
             ]
-            carried[name] = (delivery.carry_over(files) if files else 0) + delivery.adopt_spool()
+            own = delivery.adopt_spool()  # first: what a killed driver of this run left (before moving others in)
+            carried[name] = own + (delivery.carry_over(files) if files else 0)
         return carried
 
     def counts(self) -> dict[str, dict[str, int]]:
