@@ -83,7 +83,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
     def _all_flags(self) -> list[str]:
-        flags = []
+        flags: list[str] = []
         for action in self._actions:
             flags.extend(action.option_strings)
             if isinstance(action, argparse._SubParsersAction):

@@ -415,7 +415,7 @@ class Driver:
                 if inv is not None and item.stream == "stdout":
                     if inv.span_id is not None:
                         worker.open_spans.setdefault(inv.span_id, (inv, time.time()))
-                    if inv.phase == "run":
+                    if inv.phase == "run" and inv.mini_batch_id is not None and inv.attempt is not None:
                         worker.run_began[(inv.mini_batch_id, inv.attempt)] = time.monotonic()
                 continue
             if isinstance(item, SpanData):
@@ -613,7 +613,7 @@ class Driver:
         self._record_attempt(worker, mb_id, attempt, result)
         self._append_output(result)
         self.store.queue(
-            "done", ("done", state.tries, state.total, state.succeeded, state.total - state.succeeded,
+            "done", ("done", state.tries, state.total, state.succeeded, (state.total or 0) - state.succeeded,
                      worker.label, self.output_size, mb_id),
         )
         self.store.update_run(output_size=self.output_size)
@@ -756,7 +756,7 @@ class Driver:
             if room <= 0:
                 continue
             now = time.monotonic()
-            batch = []
+            batch: list[tuple[Any, int]] = []
             while self.pending and len(batch) < room:
                 mb_id, attempt = self.pending.popleft()
                 task = Task(self.mini_batches[mb_id].descriptor, attempt, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TABLES = ("runs", "mini_batches", "attempts", "spans", "logs", "metrics", "workers", "events")
@@ -36,7 +37,7 @@ def load(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs")
         raise ImportError("pipeobs.load needs pandas: pip install 'pipeobs[tabular]'") from None
     from pipeobs.explorer.runs import open_run, resolve_run
 
-    run_dir = resolve_run(str(run), runs_dir)
+    run_dir = resolve_run(str(run), Path(runs_dir))
     with open_run(run_dir) as conn:
         frames = {name: pd.read_sql_query(f"SELECT * FROM {_SOURCES.get(name, name)}", conn) for name in TABLES}
     return RunData(run_dir=str(run_dir), **frames)

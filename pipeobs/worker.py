@@ -244,15 +244,17 @@ class Worker:
 
 
 def _start_profiler(module: str) -> Any:
-    """Azure's ``--profiling_module cProfile|profile``: profile this worker until shutdown."""
+    """Azure's ``--profiling_module cProfile|profile``: profile this worker until shutdown.
+
+    Both names use cProfile (the pure-Python ``profile`` cannot be switched on around a loop);
+    the file format is the same.
+    """
     if module not in ("cProfile", "profile"):
         return None
     import cProfile
-    import profile
 
-    profiler = cProfile.Profile() if module == "cProfile" else profile.Profile()
-    if module == "cProfile":
-        profiler.enable()
+    profiler = cProfile.Profile()
+    profiler.enable()
     return profiler
 
 

@@ -54,7 +54,7 @@ def render_columns(_logger: Any, _method: str, event_dict: EventDict) -> str:
     return f"{event_dict['time']} {event_dict['worker']} {event_dict['invocation']} {event_dict['level']} {event_dict['event']}"
 
 
-PROCESSORS = [add_utc_time, add_invocation, render_columns]
+PROCESSORS: list[Any] = [add_utc_time, add_invocation, render_columns]
 
 
 class BufferedFileLogger:

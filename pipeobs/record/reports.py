@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeobs.driver import Driver
@@ -133,11 +133,10 @@ def summary_csv(driver: Driver, by: str) -> str:
     writer.writerow((*head, *SUMMARY_COLUMNS))
     for r in rows:
         values = [v if not isinstance(v, float) else f"{v:.6f}" for v in tuple(r)[1:]]
+        ident: tuple[Any, ...] = (r[0],)
         if by == "worker":
             w = workers.get(r[0])
-            ident = (r[0], w["node"] if w else "", w["pid"] if w else "", w["returncode"] if w else "", (w["reason"] or "") if w else "")
-        else:
-            ident = (r[0],)
+            ident += (w["node"], w["pid"], w["returncode"], w["reason"] or "") if w else ("", "", "", "")
         writer.writerow((*ident, *values))
     return out.getvalue()
 
