@@ -194,7 +194,8 @@ class WorkerCapture:
         for stream in (sys.stdout, sys.stderr):
             reconfigure = getattr(stream, "reconfigure", None)
             if reconfigure is not None:
-                reconfigure(line_buffering=True, errors="backslashreplace")
+                # write_through=False: with PYTHONUNBUFFERED a print is 4 writes, this keeps it at 1
+                reconfigure(line_buffering=True, write_through=False, errors="backslashreplace")
         root = logging.getLogger()
         for handler in list(root.handlers):
             root.removeHandler(handler)

@@ -162,6 +162,13 @@ class Driver:
             self._close()
 
     def _start(self) -> None:
+        # Workers first: they import Python and the entry script while the driver sets up the rest.
+        self._listen()
+        spawned = [
+            self._spawn(node, announce=False)
+            for node in range(self.config.node_count)
+            for _ in range(self.config.effective_process_count())
+        ]
         from pipeobs.telemetry.job import JobTelemetry
 
         self._start_exporters()
@@ -170,13 +177,11 @@ class Driver:
         self._restore_ledger()
         self.recorder.event("INFO", "start", f"Start job {self.plan.step_id} ({self.plan.describe()}).")
         self.recorder.progress("Start scheduling.")
-        self._listen()
+        for worker in spawned:
+            self._announce(worker)
         os.set_blocking(self._wake_r, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         threading.Thread(target=self._partition, name="pipeobs-partition", daemon=True).start()
-        for node in range(self.config.node_count):
-            for _ in range(self.config.effective_process_count()):
-                self._spawn(node)
 
     def _start_exporters(self) -> None:
         if not self.plan.exporters:
@@ -326,7 +331,7 @@ class Driver:
             self.fatal = PipeobsError("the inputs hold no data: no mini-batch was created")
 
     # ----------------------------------------------------------------- workers
-    def _spawn(self, node: int) -> Worker | None:
+    def _spawn(self, node: int, announce: bool = True) -> Worker:
         index = self.next_index[node]
         self.next_index[node] += 1
         name = f"process{index:03d}"
@@ -346,9 +351,14 @@ class Driver:
         if proc.pidfd is not None:
             self.selector.register(proc.pidfd, selectors.EVENT_READ, lambda _fd, w=worker: self._on_exit(w))
         self.workers[label] = worker
-        self.store.queue("workers", (label, node, name, proc.pid, gpu, time.time(), None, None, None))
-        self.recorder.event("INFO", "worker_start", f"Started {label} (pid {proc.pid}).", label)
+        proc.started = time.time()
+        self.store.queue("workers", (label, node, name, proc.pid, gpu, proc.started, None, None, None))
+        if announce:
+            self._announce(worker)
         return worker
+
+    def _announce(self, worker: Worker) -> None:
+        self.recorder.event("INFO", "worker_start", f"Started {worker.label} (pid {worker.proc.pid}).", worker.label)
 
     def _on_accept(self, _fd: Any) -> None:
         try:

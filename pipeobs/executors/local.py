@@ -7,6 +7,7 @@ written before a kill or a crash stays readable until EOF.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -42,6 +43,20 @@ class WorkerProcess:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size: a burst of output does not stall the worker
+
+
+def _grow_pipe(fd: int) -> None:
+    """Enlarge the pipe (64 KiB by default) so the driver can fall behind a burst briefly."""
+    setter = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setter is None:
+        return
+    try:
+        fcntl.fcntl(fd, setter, PIPE_SIZE)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
 
 
 class LocalExecutor:
@@ -84,6 +99,7 @@ class LocalExecutor:
         streams = {out_r: "stdout", err_r: "stderr"}
         for fd in streams:
             os.set_blocking(fd, False)
+            _grow_pipe(fd)
         pidfd = None
         if hasattr(os, "pidfd_open"):
             try:

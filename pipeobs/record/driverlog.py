@@ -12,8 +12,6 @@ from __future__ import annotations
 import time
 from typing import IO, Any
 
-import structlog
-
 from pipeobs.capture import Invocation
 
 EventDict = dict[str, Any]
@@ -73,6 +71,8 @@ class DriverLog:
     """The merged log of one run."""
 
     def __init__(self, handle: IO[str]) -> None:
+        import structlog
+
         self._log = structlog.wrap_logger(
             BufferedFileLogger(handle), processors=PROCESSORS, cache_logger_on_first_use=True
         )

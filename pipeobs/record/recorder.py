@@ -9,17 +9,22 @@ writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pipeobs.capture import Line, MetricPoint
-from pipeobs.record.driverlog import DriverLog, utc_stamp
+from pipeobs.record.driverlog import utc_stamp
 from pipeobs.record.rundir import RunDir
 from pipeobs.record.store import Store
 from pipeobs.telemetry.spans import full_record
+
+if TYPE_CHECKING:
+    from pipeobs.record.driverlog import DriverLog
 
 _USER_FILES = {
     "stdout": ("stdout", ".stdout.txt"),
@@ -39,9 +44,18 @@ class Recorder:
         self.exports: Any = None  # a pipeobs.export.routing.Router when exporters are on
         self._files: dict[Path, IO[str]] = {}
         self._by_worker: dict[tuple[str, int, str], IO[str]] = {}
-        self.driver_log = DriverLog(self._open(run_dir.driver_log))
+        self._driver_log: DriverLog | None = None
         hour = time.strftime("%Y%m%d%H", time.gmtime())
         self.overview = self._open(run_dir.logs / f"job_progress_overview.{hour}.txt")
+
+    @property
+    def driver_log(self) -> DriverLog:
+        """Created on first use: the driver starts its workers before it imports structlog."""
+        if self._driver_log is None:
+            from pipeobs.record.driverlog import DriverLog
+
+            self._driver_log = DriverLog(self._open(self.run_dir.driver_log))
+        return self._driver_log
 
     def _open(self, path: Path) -> IO[str]:
         handle = self._files.get(path)
@@ -166,12 +180,19 @@ class Recorder:
 
     def write_text(self, relative: str, text: str) -> Path:
         """A whole small file under the run directory (job_result.txt, readme.txt...)."""
+        with self.open_text(relative) as handle:
+            handle.write(text)
+        return self.run_dir.path / relative
+
+    @contextlib.contextmanager
+    def open_text(self, relative: str) -> Iterator[IO[str]]:
+        """A file under the run directory written through a temporary name (never half-written)."""
         path = self.run_dir.path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            yield handle
         os.replace(tmp, path)
-        return path
 
     def flush(self) -> None:
         self.store.flush()

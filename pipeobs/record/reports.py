@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeobs.driver import Driver
@@ -43,7 +42,8 @@ def write_reports(driver: Driver, result: JobResult) -> None:
     recorder.write_text("logs/readme.txt", README)
     recorder.write_text("logs/job_result.txt", job_result_text(result))
     recorder.write_text("logs/job_error.txt", job_error_text(driver))
-    recorder.write_text("logs/sys/job_report/processed_mini-batches.csv", processed_csv(driver))
+    with recorder.open_text("logs/sys/job_report/processed_mini-batches.csv") as handle:
+        write_processed_csv(driver, handle)
     recorder.write_text("logs/sys/job_report/process_summary.csv", summary_csv(driver, "worker"))
     recorder.write_text("logs/sys/job_report/node_summary.csv", summary_csv(driver, "node"))
 
@@ -89,8 +89,8 @@ def job_error_text(driver: Driver) -> str:
     return out.getvalue()
 
 
-def processed_csv(driver: Driver) -> str:
-    out = io.StringIO()
+def write_processed_csv(driver: Driver, out: IO[str]) -> None:
+    """One row per attempt, streamed from the store (a long run has millions)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(PROCESSED_COLUMNS)
     query = (
@@ -106,10 +106,9 @@ def processed_csv(driver: Driver) -> str:
                 r["mini_batch_id"], r["attempt"], r["worker"], start, r["total"], r["succeeded"],
                 r["failed"], _num(r["elapsed"]), _num(r["process_seconds"]), _num(r["run_seconds"]),
                 r["status"], r["error_category"] or "", r["error_message"] or "",
-                json.dumps(json.loads(r["descriptor"])) if r["descriptor"] else "",
+                r["descriptor"] or "",
             )
         )
-    return out.getvalue()
 
 
 SUMMARY_COLUMNS = (
