@@ -17,15 +17,17 @@ from pipeobs.capture import Invocation
 EventDict = dict[str, Any]
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted: most lines share it
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted: most lines share it
 
 
 def utc_stamp(when: float) -> str:
     """ISO 8601 UTC with milliseconds."""
+    global _last_second
     second = int(when)
-    if second != _second[0]:
-        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int((when - second) * 1000):03d}Z"
+    cached = _last_second  # one read and one write of a tuple: safe across threads
+    if second != cached[0]:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((when - second) * 1000):03d}Z"
 
 
 def invocation_label(inv: Invocation | None) -> str:

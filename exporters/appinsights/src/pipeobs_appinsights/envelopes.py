@@ -302,9 +302,21 @@ def flatten_properties(mapping: Mapping[str, Any], prefix: str = "") -> dict[str
     return out
 
 
+_JSON_FLOATS = {float("nan"): "NaN", float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
 def _scalar_text(value: Any) -> str:
     if isinstance(value, str):
         return value
+    kind = type(value)
+    if kind is int:  # the common cases without json.dumps (2 us a call, 8 calls a record)
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is float:
+        return repr(value) if value == value and value not in _JSON_FLOATS else json.dumps(value)
     item = getattr(value, "item", None)  # numpy scalars
     if callable(item) and not isinstance(value, bool | int | float):
         try:
@@ -329,10 +341,18 @@ def _text(value: Any, default: str, limit: int) -> str:
     return (text if text.strip() else default)[:limit]
 
 
+_last_second: tuple[Any, str] = (None, "")  # the last whole second formatted: a batch mostly shares it
+
+
 def format_time(epoch: float | None) -> str:
     """ISO 8601 UTC with microseconds and ``Z``: ``2026-11-26T10:55:53.424230Z``."""
+    global _last_second
     moment = datetime.now(UTC) if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    second = moment.replace(microsecond=0)
+    cached = _last_second  # one read and one write of a tuple: safe across threads
+    if second != cached[0]:
+        cached = _last_second = (second, second.strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{moment.microsecond:06d}Z"
 
 
 def format_duration(seconds: float) -> str:
