@@ -371,7 +371,7 @@ class Driver:
             deliver_challenge(conn, self.authkey)
             answer_challenge(conn, self.authkey)
             _, label, _pid = conn.recv()
-        except (OSError, EOFError, ValueError, Exception):  # noqa: BLE001 - a stranger or a dying worker
+        except Exception:  # noqa: BLE001 - a stranger (bad auth key) or a worker dying during the handshake
             conn.close()
             return
         worker = self.workers.get(label)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import logging
 
-from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, StreamParser, marker_prefix
+from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, StreamParser, _encode_log, marker_prefix
 
 TOKEN = "0123456789abcdef"
 MARK = marker_prefix(TOKEN)
@@ -79,12 +79,17 @@ class TestStreamParser:
         assert lines(items) == [("tail", None)]
 
     def test_log_record_marker(self) -> None:
-        """A log marker becomes a Line with level, logger and time."""
+        """A log marker becomes a Line with level, logger, time, flags and escaped text intact."""
         parser = StreamParser("stderr", TOKEN)
-        record = {"t": 1.5, "lvl": "WARNING", "name": "my.mod", "msg": "careful\nmultiline", "sys": False}
+        record = logging.LogRecord("my.mod\tx", logging.WARNING, __file__, 1, "careful\nmulti\\line\ttab", None, None)
+        record.created = 1.5
+        body = _encode_log(record, record.getMessage(), {"k": [1, 2]})
 
-        items = list(parser.feed(begin(2) + MARK + b"L" + json.dumps(record).encode() + b"\n"))
+        items = list(parser.feed(begin(2) + MARK + b"L" + body + b"\n"))
 
         log = [i for i in items if isinstance(i, Line)][0]
-        assert (log.stream, log.level, log.logger, log.text, log.time) == ("log", "WARNING", "my.mod", "careful\nmultiline", 1.5)
+        assert (log.stream, log.level, log.logger, log.time) == ("log", "WARNING", "my.mod\tx", 1.5)
+        assert log.text == "careful\nmulti\\line\ttab"
+        assert log.custom_dimensions == {"k": [1, 2]}
+        assert (log.system, log.entry_script) == (False, False)
         assert log.invocation == Invocation("run", 2, 1)

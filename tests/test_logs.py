@@ -245,3 +245,26 @@ class TestAzuremlCompatibility:
         assert run.id.startswith("OfflineRun")
         assert run.get_metrics() == {"accuracy": 0.9}
         assert "Attempted to log scalar metric accuracy:\n0.9" in capsys.readouterr().out  # type: ignore[attr-defined]
+
+
+class TestExceptionRecords:
+    def test_logger_exception_keeps_the_traceback(self, run_job: RunJob) -> None:
+        """logger.exception() inside run() is stored at ERROR with its traceback, under the mini-batch."""
+        job = run_job(
+            """
+            import logging
+            def run(mini_batch):
+                try:
+                    1 / 0
+                except ZeroDivisionError:
+                    logging.getLogger("user").exception("failed %s", "here")
+                return mini_batch
+            """,
+            files=1,
+            process_count_per_node=1,
+        )
+
+        row = job.query("SELECT * FROM log_lines WHERE level='ERROR'")[0]
+        assert row["text"].startswith("failed here\nTraceback (most recent call last):")
+        assert row["text"].endswith("ZeroDivisionError: division by zero")
+        assert (row["mini_batch_id"], row["logger"]) == (0, "user")

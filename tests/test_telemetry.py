@@ -111,7 +111,7 @@ class TestCorrelation:
         """Each run()'s print, logging record and run.log share step, mini-batch, attempt, trace and span ids."""
         job = run_job(
             CORRELATED.format(mark=str(tmp_path / "failed-once")),
-            files=8,
+            files=12,
             mini_batch_size=1,
             process_count_per_node=2,
         )
@@ -133,7 +133,7 @@ class TestCorrelation:
             retried = retried or span["attempt"] == 2
         assert retried
         assert len(workers) == 2
-        assert len(spans) == 9
+        assert len(spans) == 13  # 12 mini-batches, one of them tried twice
 
 
 class TestMetrics:

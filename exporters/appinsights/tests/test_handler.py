@@ -76,6 +76,11 @@ class StubCapture:
     def write_record(self, record: dict[str, Any], kind: bytes = b"L") -> None:
         self.payloads.append(record)
 
+    def write_marker(self, kind: bytes, body: bytes) -> None:
+        """Log markers, decoded by pipeobs's own parser into the fields the tests look at."""
+        line = capture._decode_log(capture.IDLE, body)
+        self.payloads.append({"msg": line.text, "lvl": line.level, "name": line.logger, "cd": line.custom_dimensions})
+
 
 @pytest.fixture
 def in_worker(monkeypatch: pytest.MonkeyPatch) -> StubCapture:
