@@ -3,7 +3,7 @@
 pipeobs: one job per kind, 2 workers, one mini-batch whose ``run()`` times a loop of K
 ``print("line", i)`` or ``logging.getLogger("bench").info("line %d", i)`` with
 ``time.perf_counter()`` and returns the seconds per line as its result row. Inside a worker,
-stdout is a line-buffered pipe read by the driver, and a record is a JSON marker line on fd 2.
+stdout is a line-buffered pipe read by the driver, and a record is a tab-separated marker line on fd 2.
 Peers: the same loop in a plain process (``bench.child``), after the same warm-up, into a file.
 """
 
@@ -268,8 +268,8 @@ def bench_linecost(sizes: dict[str, Any]) -> Section:
         section.add(f"pipeobs logging record, burst of {BURST_LOG:,}", burst["log"], "µs/record", "", "worker-side cost alone (same)")
         section.add(f"pipeobs print(), burst of {BURST_PRINT:,}, PYTHONUNBUFFERED=1", unbuffered_print, "µs/line",
                     f"{ratio(unbuffered_print, burst['print'])} default",
-                    "as many shells and container images set it: the worker keeps write_through, so each print() "
-                    "is one write syscall per argument, separator and newline")
+                    "as many shells and container images set it; the worker turns write_through off, so a "
+                    "print() stays one write syscall per line")
     for name, value in peers.items():
         if value is None:
             section.skip(name, "not installed")

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sklearn")
-pytest.importorskip("PIL")
-
-from pipeobs.demo import make_images, run_demo  # noqa: E402
-from pipeobs.errors import PipeobsError  # noqa: E402
+from pipeobs.demo import make_images, run_demo
+from pipeobs.errors import PipeobsError
 
 LINE = re.compile(r"^digit_(\d+)_(\d)\.png: (\d)$")
 
