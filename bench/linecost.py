@@ -52,7 +52,7 @@ def run(mini_batch):
 """
 BURST_PIPE = 1 << 20  # F_SETPIPE_SZ for the burst runs: Linux's default pipe-max-size
 BURST_PRINT = 20_000  # ~12-byte lines: ~260 KB with the warm-up, well inside 1 MiB
-BURST_LOG = 5_000  # ~115-byte JSON marker lines: ~630 KB
+BURST_LOG = 5_000  # ~60-byte marker lines: well inside the 1 MiB pipe
 PRINT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
