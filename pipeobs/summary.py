@@ -15,9 +15,10 @@ PLAIN_INTERVAL = 10.0
 class Progress:
     """A rich progress bar with ETA on a terminal; a plain line every few seconds otherwise."""
 
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
+    def __init__(self, stream: Any = None, interval: float = PLAIN_INTERVAL) -> None:
+        self.stream = stream or sys.stdout
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval
         self._bar: Any = None
         self._task: Any = None
         self._last_plain = 0.0
@@ -46,7 +47,7 @@ class Progress:
             self._bar.update(self._task, completed=done, total=total, description=driver.plan.step_name)
             return
         now = time.monotonic()
-        if now - self._last_plain >= PLAIN_INTERVAL and done != self._last_done:
+        if now - self._last_plain >= self.interval and done != self._last_done:
             self._last_plain, self._last_done = now, done
             elapsed = now - driver.started
             rate = done / elapsed if elapsed > 0 else 0.0
