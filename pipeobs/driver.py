@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import json
 import os
 import queue
 import secrets
@@ -115,7 +114,7 @@ class Driver:
         self.run_dir: RunDir = plan.run_dir
         self.store = Store(self.run_dir.store)
         self.recorder = Recorder(self.run_dir, self.store, plan.step_id, plan.step_name)
-        self.router: Any = None
+        self.exports: Any = None  # a RunExports when exporters are on
         self.monitor = ResourceMonitor(self.run_dir.logs / "perf", plan.settings.resource_monitor_interval)
         self.telemetry: Any = None
         self._next_metrics = 0.0
@@ -184,61 +183,10 @@ class Driver:
         threading.Thread(target=self._partition, name="pipeobs-partition", daemon=True).start()
 
     def _start_exporters(self) -> None:
-        if not self.plan.exporters:
-            return
-        from pipeobs.export.routing import Router
+        if self.plan.exporters:
+            from pipeobs.export.run import RunExports
 
-        self._account_killed_exports()
-        self.router = Router(self.run_dir.path, self.plan.exporters, deadline=self.plan.export_deadline)
-        self.recorder.exports = self.router
-        for name, count in self.router.carry_over(self.run_dir.path.parent.parent).items():
-            if count:
-                self.recorder.event("INFO", "export_carry_over", f"{name}: carrying over {count} spooled records of earlier runs.")
-
-    def _account_killed_exports(self) -> None:
-        """On resume: what a killed driver held in memory for its exporters is counted as dropped.
-
-        The driver checkpoints each exporter's counts once a second; whatever was emitted but
-        neither delivered, spooled nor dropped at the last checkpoint was in memory when the
-        driver died. It is recorded as dropped (action ``lost``) and said in the driver log.
-        """
-        rows = self.store.conn.execute(
-            "SELECT exporter, emitted, carried, delivered, spooled, dropped FROM exports WHERE action='checkpoint' "
-            "AND rowid IN (SELECT MAX(rowid) FROM exports WHERE action='checkpoint' GROUP BY exporter)"
-        ).fetchall()
-        for row in rows:
-            lost = row["emitted"] + row["carried"] - row["delivered"] - row["spooled"] - row["dropped"]
-            if lost > 0:
-                self.store.queue("exports", (time.time(), row["exporter"], "lost", 0, 0, 0, 0, lost, json.dumps({"driver killed": lost})))
-                self.recorder.event(
-                    "WARNING", "export_lost",
-                    f"{row['exporter']}: the previous driver was killed holding up to {lost} undelivered records; "
-                    "they are counted as dropped (all of them are in this run's store).",
-                )
-
-    def _checkpoint_exports(self) -> None:
-        if self.router is None:
-            return
-        now = time.time()
-        for name, c in self.router.counts().items():
-            self.store.queue("exports", (now, name, "checkpoint", c["emitted"], c["carried"], c["delivered"], c["spooled"], c["dropped"], "{}"))
-
-    def _close_exporters(self) -> dict[str, dict[str, int]]:
-        if self.router is None:
-            return {}
-        self.recorder.exports = None
-        counts = self.router.close()
-        reasons = self.router.drop_reasons()
-        now = time.time()
-        for name, c in counts.items():
-            self.store.queue("exports", (now, name, "run", c["emitted"], c["carried"], c["delivered"], c["spooled"],
-                                         c["dropped"], json.dumps(reasons.get(name, {}))))
-            self.recorder.event(
-                "INFO" if not c["spooled"] and not c["dropped"] else "WARNING", "export",
-                f"{name}: emitted {c['emitted']}, delivered {c['delivered']}, spooled {c['spooled']}, dropped {c['dropped']}"
-                + (f" (carried over {c['carried']})" if c["carried"] else ""),
-            )
-        return counts
+            self.exports = RunExports(self.recorder, self.plan.exporters, self.plan.export_deadline)
 
     def _listen(self) -> None:
         # An abstract Unix socket: no file to leave behind when the driver is killed.
@@ -726,7 +674,8 @@ class Driver:
         if now >= self._next_metrics:
             self._next_metrics = now + 1.0
             self._store_metrics()
-            self._checkpoint_exports()
+            if self.exports is not None:
+                self.exports.checkpoint()
         if now >= self._next_overview and self.partition_done:
             self._next_overview = now + OVERVIEW_INTERVAL
             self.recorder.progress(self._progress_line(now))
@@ -907,7 +856,7 @@ class Driver:
             "items.total": result.items_total, "items.failed": result.items_failed, "status": result.status,
         })
         self._store_metrics()
-        result.exports = self._close_exporters()
+        result.exports = self.exports.close() if self.exports is not None else {}
         if self.partition_done and not self.stop_reason and not self.fatal:
             self.recorder.progress(f"All {len(self.mini_batches)} mini batches have been processed.")
         self.recorder.progress(f"{result.headline()} The error threshold is {self.config.error_threshold}.",
