@@ -15,9 +15,7 @@ import os
 import time
 from typing import Any
 
-from pipeobs import context
-
-MODEL_DIR_VARIABLES = ("PIPEOBS_MODEL_DIR", "AZUREML_MODEL_DIR")
+from pipeobs import context, env
 
 
 class ModelNotFoundError(Exception):
@@ -29,7 +27,7 @@ class Model:
 
     @staticmethod
     def get_model_path(model_name: str, version: int | None = None, _workspace: Any = None) -> str:
-        root = next((os.environ[v] for v in MODEL_DIR_VARIABLES if os.environ.get(v)), None)
+        root = env.first(env.MODEL_DIR, env.AZURE_MODEL_DIR)
         if root is None:
             raise ModelNotFoundError(
                 f"Model.get_model_path('{model_name}'): no model directory; run with "

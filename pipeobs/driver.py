@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
+from pipeobs import env as variables
 from pipeobs.capture import Boundary, Invocation, MetricPoint, SpanData, StreamParser
 from pipeobs.errors import EntryScriptError, JobFailed, PipeobsError
 from pipeobs.executors.local import LocalExecutor, WorkerProcess
@@ -286,7 +287,7 @@ class Driver:
         env = dict(self.plan.worker_env)
         gpu = self.gpu_free[node].pop(0) if self.gpu_free[node] else None
         if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            env[variables.CUDA_DEVICES] = str(gpu)
         scratch = self.run_dir.scratch(node, name)
         scratch.mkdir(parents=True, exist_ok=True)
         proc = self.executor.start(name, node, env, str(scratch))

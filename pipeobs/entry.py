@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
 
-from pipeobs import context
+from pipeobs import context, env
 from pipeobs.capture import level_number
 from pipeobs.errors import EntryScriptError
 
@@ -159,7 +159,7 @@ class EntryScript(metaclass=_Singleton):
     @property
     def output_dir(self) -> str:
         info = self._info
-        path = info.output_dir if info else os.environ.get("AZUREML_BI_OUTPUT_PATH", "output")
+        path = info.output_dir if info else os.environ.get(env.OUTPUT_PATH, "output")
         os.makedirs(path, exist_ok=True)
         return path
 

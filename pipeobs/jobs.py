@@ -9,19 +9,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeobs import env as variables
 from pipeobs.config import ParallelRunConfig, Settings
 from pipeobs.record.rundir import RunDir
-
-GPU_COUNT_VARIABLES = ("PIPEOBS_GPU_COUNT", "AZ_BATCHAI_GPU_COUNT_FOUND")
 
 
 def gpu_count() -> int:
     """GPUs per node for ``CUDA_VISIBLE_DEVICES`` assignment (Azure reads the same variable)."""
-    for name in GPU_COUNT_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value.isdigit():
-            return int(value)
-    return 0
+    value = variables.first(variables.GPU_COUNT, variables.AZURE_GPU_COUNT)
+    return int(value) if value and value.isdigit() else 0
 
 
 @dataclass
@@ -61,12 +57,12 @@ class JobPlan:
     @property
     def worker_env(self) -> dict[str, str]:
         env = dict(self.config.environment_variables)
-        env["AZUREML_BI_OUTPUT_PATH"] = self.output_dir
+        env[variables.OUTPUT_PATH] = self.output_dir
         package_parent = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
-        env.pop("CUDA_VISIBLE_DEVICES", None)
+        env.pop(variables.CUDA_DEVICES, None)
         if self.model_dir:
-            env["PIPEOBS_MODEL_DIR"] = env["AZUREML_MODEL_DIR"] = self.model_dir
+            env[variables.MODEL_DIR] = env[variables.AZURE_MODEL_DIR] = self.model_dir
         return env
 
     def worker_setup(self, proc: Any, token: str, traceparent: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import time
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
-from pipeobs import context
+from pipeobs import context, env
 from pipeobs.capture import Invocation, WorkerCapture
 from pipeobs.entry import describe_error, load_entry_script
 
@@ -373,14 +373,14 @@ def _exit_with_parent() -> None:
 def main() -> int:
     faulthandler.enable()  # a segfault leaves a Python traceback in the worker's stderr
     _exit_with_parent()
-    address = os.environ["PIPEOBS_HUB"]  # "@name" (abstract Unix socket) or "host:port"
+    address = os.environ[env.HUB]  # "@name" (abstract Unix socket) or "host:port"
     family = "AF_UNIX" if address.startswith(("@", "/")) else "AF_INET"
     target: Any = "\0" + address[1:] if address.startswith("@") else address
     if family == "AF_INET":
         host, port = address.rsplit(":", 1)
         target = (host, int(port))
-    conn = Client(target, family=family, authkey=bytes.fromhex(os.environ["PIPEOBS_AUTHKEY"]))
-    conn.send(("hello", os.environ["PIPEOBS_WORKER"], os.getpid()))
+    conn = Client(target, family=family, authkey=bytes.fromhex(os.environ[env.AUTHKEY]))
+    conn.send(("hello", os.environ[env.WORKER], os.getpid()))
     setup = conn.recv()
     code = Worker(conn, setup).serve()
     sys.stdout.flush()

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from pipeobs import env as variables
+
 
 @dataclass
 class WorkerProcess:
@@ -72,10 +74,12 @@ class LocalExecutor:
         full_env = dict(os.environ)
         full_env.update(env)
         full_env.update(
-            PIPEOBS_HUB=self.hub_address,
-            PIPEOBS_AUTHKEY=self.authkey.hex(),
-            PIPEOBS_WORKER=f"{node}/{name}",
-            PYTHONFAULTHANDLER="1",
+            {
+                variables.HUB: self.hub_address,
+                variables.AUTHKEY: self.authkey.hex(),
+                variables.WORKER: f"{node}/{name}",
+                "PYTHONFAULTHANDLER": "1",
+            }
         )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()

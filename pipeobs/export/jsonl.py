@@ -9,10 +9,11 @@ import json
 import os
 from collections.abc import Sequence
 
+from pipeobs import env
 from pipeobs.errors import ConfigError
 from pipeobs.export.base import ExportResult, Record
 
-PATH_VARIABLE = "PIPEOBS_EXPORT_JSONL"
+PATH_VARIABLE = env.EXPORT_JSONL
 
 
 class JsonlExporter:
