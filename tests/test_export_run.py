@@ -112,3 +112,20 @@ class TestAzureLogHandlerInARun:
         assert [json.loads(r["attributes"])["child"] for r in children] == [0, 1, 2, 3]
         assert all(r["mini_batch_id"] == 0 and r["span_id"] for r in children)
         assert len(parent) == 1 and json.loads(parent[0]["attributes"])["run_id"] == "abc"
+
+
+def test_yaml_export_key_turns_exporters_on(tmp_path: Path) -> None:
+    """The job YAML's `export` key turns exporters on, like --export."""
+    write_script(tmp_path, "def run(mb):\n    return mb\n")
+    write_files(tmp_path, 2)
+    (tmp_path / "job.yaml").write_text("entry_script: score.py\ninputs: [data]\nexport: [jsonl]\nexport_deadline: 5\n")
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeobs", "run", "-c", "job.yaml"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "PIPEOBS_EXPORT_JSONL": str(tmp_path / "out.jsonl")},
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert "export jsonl: emitted" in proc.stdout
+    assert (tmp_path / "out.jsonl").read_text().count('"type": "span"') == 2  # job, one mini_batch
