@@ -584,7 +584,6 @@ class Driver:
                      worker.label, self.output_size, mb_id),
         )
         self.store.update_run(output_size=self.output_size)
-        self.counts["mini_batches_done"] += 1
         self.telemetry.attempt(worker.label, mb_id, attempt, result, "succeeded")
         self._check_thresholds(final=False)
 
@@ -759,7 +758,6 @@ class Driver:
             if worker.kill_reason is not None or worker.state is WorkerState.DEAD:
                 continue
             if worker.state in (WorkerState.STARTING, WorkerState.INIT) and now - worker.since > budget:
-                self._count("init_timeouts")
                 self._kill(worker, "INIT_TIMEOUT", f"init() did not finish in {budget:g} seconds.")
             elif worker.inflight:
                 self._check_task_clock(worker, now)
