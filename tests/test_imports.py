@@ -12,8 +12,8 @@ HEAVY = ("pandas", "pyarrow", "numpy", "grpc", "google.protobuf", "ray", "reques
 
 class TestImports:
     def test_import_pipeobs_pulls_in_no_heavy_module(self) -> None:
-        """A bare import (done by every worker) loads none of the optional dependencies."""
-        code = "import sys, pipeobs, pipeobs.worker; print(' '.join(sorted(sys.modules)))"
+        """Importing pipeobs, its worker and its worker API (done by every worker) loads no optional dependency."""
+        code = "import sys, pipeobs, pipeobs.worker, pipeobs.worker_api; print(' '.join(sorted(sys.modules)))"
 
         loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
 

@@ -10,8 +10,8 @@
 
 It takes every opencensus option (:data:`OPENCENSUS_OPTIONS`); where they go:
 
-* Inside a pipeobs worker, a record is handed to the worker's capture
-  (``pipeobs.capture.emit_log_record``) and travels to the driver with its custom dimensions,
+* Inside a pipeobs worker, a record is handed to the worker
+  (:func:`pipeobs.worker_api.send_log_record`) and travels to the driver with its custom dimensions,
   in order with the mini-batch's other output; the driver's exporters send it, so nothing is
   sent from the worker and nothing is lost when the worker is killed. Telemetry processors run
   here first: one returning ``False`` drops the record, and the properties they set travel as
@@ -48,8 +48,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pipeobs.capture as capture
-import pipeobs.context as context
+from pipeobs import worker_api
 from pipeobs.errors import ConfigError
 from pipeobs_appinsights.envelopes import flatten_properties, log_envelopes
 from pipeobs_appinsights.exporter import AppInsightsExporter, TelemetryProcessor, apply_telemetry_processors
@@ -99,7 +98,7 @@ class SamplingFilter(logging.Filter):
 class AzureLogHandler(logging.Handler):
     """Sends log records to Application Insights through pipeobs; opencensus's options and processors."""
 
-    forwards_to_pipeobs = True  # lets pipeobs's root capture handler recognise a forwarding handler
+    forwards_to_pipeobs = True  # on the root logger, pipeobs's capture handler leaves records to this one
 
     def __init__(
         self,
@@ -129,7 +128,7 @@ class AzureLogHandler(logging.Handler):
         self._state_lock = threading.Lock()
         self._warned: set[str] = set()
         self.dropped = 0  # records lost before reaching Delivery (after close, or no destination)
-        if not _inside_worker():
+        if not worker_api.in_worker():
             self._exporter = self._build_exporter()  # fail now, as opencensus does, on a bad key
         _handlers.add(self)
 
@@ -153,7 +152,7 @@ class AzureLogHandler(logging.Handler):
             return
         try:
             dimensions = custom_dimensions_of(record)
-            if _inside_worker():
+            if worker_api.in_worker():
                 self._forward(record, dimensions)
             else:
                 self._submit(record, dimensions)
@@ -193,7 +192,7 @@ class AzureLogHandler(logging.Handler):
     def _forward(self, record: logging.LogRecord, dimensions: dict[str, Any]) -> None:
         if self._closed:
             return
-        if self._captured_before(record):
+        if worker_api.captured_before(record, self):
             self._warn_once(
                 "order",
                 "AzureLogHandler sits after pipeobs's root capture handler, which already sent the record; "
@@ -205,25 +204,7 @@ class AzureLogHandler(logging.Handler):
             if processed is None:
                 return
             dimensions = processed
-        emit_log_record = getattr(capture, "emit_log_record", None)
-        if emit_log_record is None:
-            self._warn_once("forward", "this pipeobs has no capture.emit_log_record; custom dimensions are lost")
-            return
-        emit_log_record(record, dimensions)
-
-    def _captured_before(self, record: logging.LogRecord) -> bool:
-        """Whether pipeobs's root capture handler already sent ``record`` (it defers to this handler)."""
-        if getattr(record, "pipeobs_deferred", False):
-            return False
-        node: logging.Logger | None = logging.getLogger(record.name)
-        while node is not None:
-            for handler in node.handlers:
-                if handler is self:
-                    return False
-                if isinstance(handler, capture.MarkerHandler) and record.levelno >= handler.level:
-                    return True
-            node = node.parent if node.propagate else None
-        return False
+        worker_api.send_log_record(record, dimensions)
 
     def _process_locally(self, record: logging.LogRecord, dimensions: dict[str, Any]) -> dict[str, Any] | None:
         """Run the processors on the envelope the driver would send: None if dropped, else the new dimensions."""
@@ -306,10 +287,6 @@ class AzureLogHandler(logging.Handler):
         self._state_lock = threading.Lock()
 
 
-def _inside_worker() -> bool:
-    return context.worker() is not None and capture._active is not None
-
-
 def custom_dimensions_of(record: logging.LogRecord) -> dict[str, Any]:
     """opencensus's default properties, a lone dict argument, then ``extra={"custom_dimensions": ...}``."""
     dimensions: dict[str, Any] = {
@@ -330,12 +307,12 @@ def custom_dimensions_of(record: logging.LogRecord) -> dict[str, Any]:
 def log_record_of(record: logging.LogRecord, message: str, dimensions: Mapping[str, Any]) -> dict[str, Any]:
     """A pipeobs ``log`` record for a LogRecord emitted outside a run (role: the script, as opencensus names it)."""
     trace_id, span_id = _trace_ids(record)
-    worker = context.worker()
+    here = worker_api.current_context()
     return {
         "type": "log",
-        "step_id": worker.step_id if worker else None,
-        "step_name": worker.step_name if worker else (os.path.basename(sys.argv[0]) or "Python Application"),
-        "worker": worker.label if worker else platform.node(),
+        "step_id": here["step_id"] if here else None,
+        "step_name": here["step_name"] if here else (os.path.basename(sys.argv[0]) or "Python Application"),
+        "worker": here["worker"] if here else platform.node(),
         "time": record.created,
         "trace_id": trace_id,
         "span_id": span_id,
