@@ -29,6 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pipeobs.records import IDLE, Invocation, Line, Metric, Span
+
+__all__ = ["IDLE", "Boundary", "Invocation", "Line", "StreamParser", "WorkerCapture", "emit_log_record", "emit_metric", "emit_span"]
+
 MAX_LINE = 64 * 1024
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50}
 
@@ -44,56 +48,6 @@ def marker_prefix(token: str) -> bytes:
     return b"\x1e" + token.encode("ascii") + b"\x1f"
 
 
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """What a worker is running: ``init``, ``run`` (a mini-batch attempt) or ``shutdown``."""
-
-    phase: str
-    mini_batch_id: int | None = None
-    attempt: int | None = None
-    trace_id: str | None = None
-    span_id: str | None = None  # the invocation's span: lines and metrics carry it
-
-
-IDLE = Invocation("worker")
-
-
-@dataclass(slots=True)
-class Line:
-    """One captured line (or a piece of a very long one) with its attribution."""
-
-    stream: str  # "stdout" | "stderr" | "log"
-    invocation: Invocation
-    text: str
-    level: str | None = None
-    logger: str | None = None
-    system: bool = False  # pipeobs's own record: goes to the system log, never to user logs
-    entry_script: bool = False  # written through EntryScript().logger
-    continued: bool = False
-    time: float | None = None  # log records carry their own time
-    custom_dimensions: dict[str, Any] | None = None  # extra={"custom_dimensions": {...}}
-
-
-@dataclass(slots=True)
-class MetricPoint:
-    """A ``Run.log``-family value (or a tag) sent by the entry script."""
-
-    invocation: Invocation
-    kind: str  # scalar | list | row | table | tag
-    name: str
-    value: Any
-    description: str
-    time: float
-
-
-@dataclass(slots=True)
-class SpanData:
-    """A finished span from a worker (see :mod:`pipeobs.telemetry.spans`)."""
-
-    invocation: Invocation
-    record: dict[str, Any]
-
-
 @dataclass(slots=True)
 class Boundary:
     """A begin (``invocation`` set) or end (``invocation`` is None) marker."""
@@ -102,24 +56,32 @@ class Boundary:
     invocation: Invocation | None
 
 
+Item = Line | Boundary | Metric | Span  # what a parser yields
+
+
 class StreamParser:
     """Splits one worker stream into lines and boundaries; used by the driver."""
 
-    def __init__(self, stream: str, token: str) -> None:
+    def __init__(self, stream: str, token: str, worker: str = "") -> None:
         self.stream = stream
+        self.worker = worker
         self._mark = marker_prefix(token)
         self._buffer = bytearray()
+        self._now = 0.0
         self.invocation = IDLE
 
-    def feed(self, data: bytes) -> Iterator[Line | Boundary | MetricPoint | SpanData]:
+    def feed(self, data: bytes) -> Iterator[Item]:
+        """The lines, markers and records completed by ``data``; lines carry the time it was read."""
+        self._now = time.time()
         self._buffer += data
         yield from self._drain(final=False)
 
-    def close(self) -> Iterator[Line | Boundary | MetricPoint | SpanData]:
+    def close(self) -> Iterator[Item]:
         """End of stream: flush a last partial line."""
+        self._now = time.time()
         yield from self._drain(final=True)
 
-    def _drain(self, final: bool) -> Iterator[Line | Boundary | MetricPoint | SpanData]:
+    def _drain(self, final: bool) -> Iterator[Item]:
         buf = self._buffer
         pos = 0
         while pos < len(buf):
@@ -150,9 +112,9 @@ class StreamParser:
 
     def _line(self, raw: bytes, continued: bool = False) -> Line:
         text = raw.decode("utf-8", "backslashreplace").rstrip("\r")
-        return Line(self.stream, self.invocation, text, continued=continued)
+        return Line(self.stream, self.invocation, text, continued=continued, time=self._now, worker=self.worker)
 
-    def _marker(self, raw: bytes) -> Line | Boundary | MetricPoint | SpanData:
+    def _marker(self, raw: bytes) -> Item:
         body = raw[len(self._mark) :]
         kind, payload = body[:1], body[1:]
         if kind == b"B":
@@ -162,11 +124,13 @@ class StreamParser:
             self.invocation = IDLE
             return Boundary(self.stream, None)
         if kind == b"L":
-            return _decode_log(self.invocation, payload)
+            line = _decode_log(self.invocation, payload)
+            line.worker = self.worker
+            return line
         record = json.loads(payload)
         if kind == b"M":
-            return MetricPoint(self.invocation, record["k"], record["n"], record["v"], record["d"], record["t"])
-        return SpanData(self.invocation, record)
+            return Metric(self.invocation, record["k"], record["n"], record["v"], record["d"], record["t"], self.worker)
+        return Span(record, self.worker)
 
 
 class WorkerCapture:

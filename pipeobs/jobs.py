@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeobs import env as variables
 from pipeobs.config import ParallelRunConfig, Settings
+from pipeobs.protocol import Setup
 from pipeobs.record.rundir import RunDir
 
 
@@ -65,31 +66,31 @@ class JobPlan:
             env[variables.MODEL_DIR] = env[variables.AZURE_MODEL_DIR] = self.model_dir
         return env
 
-    def worker_setup(self, proc: Any, token: str, traceparent: str) -> dict[str, Any]:
+    def worker_setup(self, node: int, name: str, token: str, traceparent: str) -> Setup:
         """The setup message a worker receives after it connects (picklable)."""
-        return {
-            "token": token,
-            "traceparent": traceparent,
-            "logging_level": self.config.logging_level,
-            "entry_script": self.entry_script,
-            "source_dir": self.source_dir,
-            "script_arguments": list(self.script_arguments),
-            "output_action": self.config.output_action,
-            "partition_keys": self.config.partition_keys,
-            "profiling_module": self.settings.profiling_module,
-            "datasets": [d.to_dict() for d in self.datasets] if self.config.partition_keys else [],
-            "scratch_dir": str(self.run_dir.scratch(proc.node, proc.name)),
-            "worker": {
+        return Setup(
+            token=token,
+            traceparent=traceparent,
+            entry_script=self.entry_script,
+            source_dir=self.source_dir,
+            script_arguments=list(self.script_arguments),
+            output_action=self.config.output_action,
+            partition_keys=self.config.partition_keys,
+            profiling_module=self.settings.profiling_module,
+            datasets=[d.to_dict() for d in self.datasets] if self.config.partition_keys else [],
+            scratch_dir=str(self.run_dir.scratch(node, name)),
+            logging_level=self.config.logging_level,
+            worker={
                 "step_id": self.step_id,
                 "step_name": self.step_name,
-                "node": proc.node,
-                "name": proc.name,
+                "node": node,
+                "name": name,
                 "run_dir": str(self.run_dir.path),
                 "output_dir": self.output_dir,
                 "working_dir": self.working_dir,
                 "logging_level": str(self.config.logging_level),
             },
-        }
+        )
 
     def describe(self) -> str:
         cfg = self.config
@@ -197,3 +198,13 @@ class JobResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """What a progress display needs of a running job (handed to ``on_progress`` callbacks)."""
+
+    step_name: str
+    done: int  # mini-batches finished (done or failed)
+    total: int | None  # None while partitioning goes on
+    started: float  # time.monotonic() at the start

@@ -17,11 +17,11 @@ from pipeobs.config import (
 )
 from pipeobs.entry import check_entry_script
 from pipeobs.errors import ConfigError, InputError, RunDirError
-from pipeobs.jobs import JobPlan, JobResult
+from pipeobs.jobs import JobPlan, JobResult, ProgressView
 from pipeobs.record.rundir import RunDir, new_step_id
 from pipeobs.record.store import Store
 
-ProgressCallback = Callable[[Any], None]
+ProgressCallback = Callable[[ProgressView], None]
 
 
 class ParallelRunStep:

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any
 
-from pipeobs.jobs import JobResult
+from pipeobs.jobs import JobResult, ProgressView
 from pipeobs.record.reports import first_error_text
 
 PLAIN_INTERVAL = 10.0
@@ -39,17 +39,15 @@ class Progress:
             self._task = self._bar.add_task("running", total=None)
         return self
 
-    def update(self, driver: Any) -> None:
-        states = driver.mini_batches.values()
-        done = sum(1 for s in states if s.status != "pending")
-        total = len(driver.mini_batches) if driver.partition_done else None
+    def update(self, view: ProgressView) -> None:
+        done, total = view.done, view.total
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total, description=driver.plan.step_name)
+            self._bar.update(self._task, completed=done, total=total, description=view.step_name)
             return
         now = time.monotonic()
         if now - self._last_plain >= self.interval and done != self._last_done:
             self._last_plain, self._last_done = now, done
-            elapsed = now - driver.started
+            elapsed = now - view.started
             rate = done / elapsed if elapsed > 0 else 0.0
             eta = f", ETA {(total - done) / rate:.0f} s" if total and rate > 0 else ""
             print(

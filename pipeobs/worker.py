@@ -21,6 +21,20 @@ from typing import Any
 from pipeobs import context, env
 from pipeobs.capture import Invocation, WorkerCapture
 from pipeobs.entry import describe_error, load_entry_script
+from pipeobs.protocol import (
+    Bye,
+    Hello,
+    InitFailed,
+    LoadFailed,
+    Message,
+    Ready,
+    Result,
+    Setup,
+    Stop,
+    Tasks,
+    decode,
+    encode,
+)
 
 EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
@@ -38,50 +52,56 @@ class WrongReturnType(TypeError):
     """run() returned something that is not a list, tuple or DataFrame (Azure's message)."""
 
 
-class Worker:
-    """One worker process serving the driver over ``conn``."""
+class WorkerLoop:
+    """The life of one worker process, serving the driver over ``conn``."""
 
-    def __init__(self, conn: Connection, setup: dict[str, Any]) -> None:
+    def __init__(self, conn: Connection, setup: Setup) -> None:
         self.conn = conn
         self.setup = setup
-        self.capture = WorkerCapture(setup["token"], setup["logging_level"])
+        self.capture = WorkerCapture(setup.token, setup.logging_level)
         self.module: Any = None
         self.datasets: list[Any] = []
         self.tracer: Any = None
         self.parent_context: Any = None
-        info = setup["worker"]
+        info = setup.worker
         self.base_attributes = {"pipeobs.step_id": info["step_id"], "pipeobs.worker": f"{info['node']}/{info['name']}"}
+
+    def send(self, message: Message) -> None:
+        self.conn.send(encode(message))
 
     def serve(self) -> int:
         self.capture.install()
         self._prepare_process()
         self._setup_tracing()
-        self.profiler = _start_profiler(self.setup.get("profiling_module") or "")
+        self.profiler = _start_profiler(self.setup.profiling_module or "")
         if not self._load():
             return EXIT_LOAD_FAILED
         if not self._init():
             return EXIT_INIT_FAILED
         while True:
-            message = self.conn.recv()
-            if message[0] == "stop":
+            message = decode(self.conn.recv())
+            if type(message) is Tasks:
+                for mini_batch, attempt in message.items:
+                    self.send(Result(mini_batch.id, attempt, self.run_task(mini_batch, attempt)))
+            elif type(message) is Stop:
                 break
-            for mini_batch, attempt in message[1]:
-                self.conn.send(("result", mini_batch.id, attempt, self.run_task(mini_batch, attempt)))
+            else:
+                raise RuntimeError(f"unexpected message from the driver: {message!r:.80}")
         self._shutdown()
         return 0
 
     def _prepare_process(self) -> None:
         setup = self.setup
-        context.set_worker(context.WorkerInfo(**setup["worker"]))
-        sys.argv = [setup["entry_script"], *setup["script_arguments"]]
+        context.set_worker(context.WorkerInfo(**setup.worker))
+        sys.argv = [setup.entry_script, *setup.script_arguments]
         shims = os.path.join(os.path.dirname(__file__), "_shims")
         sys.path.append(shims)  # appended: a real azureml installation is never shadowed
-        os.makedirs(setup["scratch_dir"], exist_ok=True)
-        os.chdir(setup["scratch_dir"])  # as on Azure: each worker runs in a private folder
-        if setup["datasets"]:
+        os.makedirs(setup.scratch_dir, exist_ok=True)
+        os.chdir(setup.scratch_dir)  # as on Azure: each worker runs in a private folder
+        if setup.datasets:
             from pipeobs.datasets import Dataset
 
-            self.datasets = [Dataset.from_dict(d) for d in setup["datasets"]]
+            self.datasets = [Dataset.from_dict(d) for d in setup.datasets]
 
     def _setup_tracing(self) -> None:
         from opentelemetry import trace
@@ -95,11 +115,11 @@ class Worker:
         )
 
         provider = make_tracer_provider(
-            self.setup["worker"]["step_name"], self.base_attributes, CallbackSpanExporter(emit_span, wire_record)
+            self.setup.worker["step_name"], self.base_attributes, CallbackSpanExporter(emit_span, wire_record)
         )
         trace.set_tracer_provider(provider)  # the user's spans in run() nest under mini_batch
         self.tracer = provider.get_tracer("pipeobs")
-        self.parent_context = context_from_traceparent(self.setup["traceparent"])
+        self.parent_context = context_from_traceparent(self.setup.traceparent)
 
     def _start_span(self, name: str, attributes: dict[str, Any]) -> tuple[Any, Invocation]:
         from opentelemetry.trace import SpanKind
@@ -127,9 +147,9 @@ class Worker:
 
     def _load(self) -> bool:
         try:
-            self.module = load_entry_script(self.setup["entry_script"])
+            self.module = load_entry_script(self.setup.entry_script)
         except BaseException as exc:  # noqa: BLE001 - user code: report, never crash silently
-            self.conn.send(("load_failed", describe_error(exc, self.setup["source_dir"])))
+            self.send(LoadFailed(describe_error(exc, self.setup.source_dir)))
             return False
         return True
 
@@ -137,14 +157,14 @@ class Worker:
         started = time.perf_counter()
         error = self._call_hook("init")
         if error is not None:
-            self.conn.send(("init_failed", error))
+            self.send(InitFailed(error))
             return False
-        self.conn.send(("ready", time.perf_counter() - started))
+        self.send(Ready(time.perf_counter() - started))
         return True
 
     def _shutdown(self) -> None:
         error = self._call_hook("shutdown")
-        self.conn.send(("bye", error, _profile_bytes(self.profiler)))
+        self.send(Bye(error, _profile_bytes(self.profiler)))
 
     def _call_hook(self, name: str) -> dict[str, Any] | None:
         """Call init() or shutdown() (if defined) in its span; the error it raised, if any."""
@@ -156,7 +176,7 @@ class Worker:
         try:
             self._invoke(span, invocation, hook)
         except BaseException as exc:  # noqa: BLE001 - user code
-            error = describe_error(exc, self.setup["source_dir"])
+            error = describe_error(exc, self.setup.source_dir)
             _record_error(span, error)
         finally:
             span.end()
@@ -195,7 +215,7 @@ class Worker:
 
             data = load_mini_batch(mini_batch)
         except Exception as exc:  # noqa: BLE001 - bad input data is the user's error
-            result.update(status="LOAD_ERROR", error=describe_error(exc, self.setup["source_dir"]), run_seconds=0.0)
+            result.update(status="LOAD_ERROR", error=describe_error(exc, self.setup.source_dir), run_seconds=0.0)
             return
         result["total"] = len(data)
         run_started = time.perf_counter()
@@ -205,12 +225,12 @@ class Worker:
             result.update(self._accept(returned, len(data)))
             result["status"] = "RUN_DONE"
         except BaseException as exc:  # noqa: BLE001 - user code
-            result.update(status="RUN_EXCEPTION", error=describe_error(exc, self.setup["source_dir"]))
+            result.update(status="RUN_EXCEPTION", error=describe_error(exc, self.setup.source_dir))
         result["run_seconds"] = time.perf_counter() - run_started
 
     def _call_run(self, mini_batch: Any, data: Any) -> Any:
         run = self.module.run
-        if not self.setup["partition_keys"]:
+        if not self.setup.partition_keys:
             return run(data)
         from pipeobs.datasets import mini_batch_context
 
@@ -238,7 +258,7 @@ class Worker:
                 count,
                 total,
             )
-        if self.setup["output_action"] == "append_row":
+        if self.setup.output_action == "append_row":
             accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
         return accepted
 
@@ -380,9 +400,11 @@ def main() -> int:
         host, port = address.rsplit(":", 1)
         target = (host, int(port))
     conn = Client(target, family=family, authkey=bytes.fromhex(os.environ[env.AUTHKEY]))
-    conn.send(("hello", os.environ[env.WORKER], os.getpid()))
-    setup = conn.recv()
-    code = Worker(conn, setup).serve()
+    conn.send(encode(Hello(os.environ[env.WORKER], os.getpid())))
+    setup = decode(conn.recv())
+    if type(setup) is not Setup:
+        raise RuntimeError(f"expected the driver's setup, got {setup!r:.80}")
+    code = WorkerLoop(conn, setup).serve()
     sys.stdout.flush()
     sys.stderr.flush()
     conn.close()

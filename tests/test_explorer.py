@@ -16,7 +16,7 @@ from pipeobs.explorer import queries, spans
 from pipeobs.explorer.chrome import chrome_trace
 from pipeobs.explorer.commands import add_subcommands, dispatch, follow_logs, format_log_line
 from pipeobs.explorer.runs import list_runs, open_run, resolve_run
-from pipeobs.record.store import Store
+from pipeobs.record.store import Store, WorkerRow
 
 T0 = 1_800_000_000.0
 STEP_ID = "step-a_20270115_080000_abcdef"
@@ -26,53 +26,64 @@ W0, W1, W2 = "0/process000", "0/process001", "0/process002"
 
 def _span(span_id: str, parent: str | None, name: str, start: float, end: float | None, worker: str | None,
           mb: int | None = None, attempt: int | None = None, status: str = "OK", message: str | None = None,
-          attributes: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None) -> tuple[Any, ...]:
-    return (span_id, TRACE, parent, name, "CONSUMER" if name in ("job", "mini_batch") else "INTERNAL", T0 + start,
-            None if end is None else T0 + end, status, message, STEP_ID, worker, mb, attempt,
-            json.dumps(attributes or {}), json.dumps(events or []))
+          attributes: dict[str, Any] | None = None, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "span_id": span_id, "trace_id": TRACE, "parent_span_id": parent, "name": name,
+        "kind": "CONSUMER" if name in ("job", "mini_batch") else "INTERNAL", "start_time": T0 + start,
+        "end_time": None if end is None else T0 + end, "status": status, "status_message": message,
+        "worker": worker, "mini_batch_id": mb, "attempt": attempt, "attributes": json.dumps(attributes or {}),
+        "events": json.dumps(events or []),
+    }
 
 
 def _attempt(mb: int, attempt: int, worker: str, pid: int, start: float, elapsed: float, status: str = "RUN_DONE",
-             items: int = 2, error: tuple[str, str, str] | None = None) -> tuple[Any, ...]:
+             items: int = 2, error: tuple[str, str, str] | None = None) -> dict[str, Any]:
     succeeded = items if status == "RUN_DONE" else 0
     kind, message, location = error or (None, None, None)
     traceback = f"Traceback (most recent call last):\n  {location}\n{kind}: {message}" if error else None
-    return (mb, attempt, worker, pid, T0 + start, elapsed, elapsed / 2, elapsed * 0.9, items, succeeded,
-            items - succeeded, status, "user" if error else None, kind, message, location, traceback)
+    return {
+        "mini_batch_id": mb, "attempt": attempt, "worker": worker, "pid": pid, "start_time": T0 + start,
+        "elapsed": elapsed, "process_seconds": elapsed / 2, "run_seconds": elapsed * 0.9, "total": items,
+        "succeeded": succeeded, "failed": items - succeeded, "status": status, "error_category": "user" if error else None,
+        "error_type": kind, "error_message": message, "error_location": location, "traceback": traceback,
+    }
 
 
 def _line(at: float, worker: str, stream: str, text: str, mb: int | None = None, attempt: int | None = None,
-          level: str | None = None, span_id: str | None = None, phase: str = "run") -> tuple[Any, ...]:
-    return (T0 + at, STEP_ID, worker, stream, phase, mb, attempt, level, "score" if level else None, text,
-            TRACE if span_id else None, span_id)
+          level: str | None = None, span_id: str | None = None, phase: str = "run") -> dict[str, Any]:
+    return {
+        "time": T0 + at, "worker": worker, "stream": stream, "phase": phase, "mini_batch_id": mb, "attempt": attempt,
+        "level": level, "logger": "score" if level else None, "text": text, "trace_id": TRACE if span_id else None,
+        "span_id": span_id,
+    }
 
 
 def _metric(at: float, worker: str | None, name: str, kind: str, value: float | None, value_json: str | None = None,
-            labels: dict[str, Any] | None = None, mb: int | None = None) -> tuple[Any, ...]:
-    return (T0 + at, STEP_ID, worker, "run" if mb is not None else "job", mb, 1 if mb is not None else None, name,
-            kind, value, value_json, "", json.dumps(labels or {}), None, None)
+            labels: dict[str, Any] | None = None, mb: int | None = None) -> dict[str, Any]:
+    return {
+        "time": T0 + at, "worker": worker, "phase": "run" if mb is not None else "job", "mini_batch_id": mb,
+        "attempt": 1 if mb is not None else None, "name": name, "kind": kind, "value": value, "value_json": value_json,
+        "description": "", "labels": json.dumps(labels or {}),
+    }
 
 
-def queue(store: Store, table: str, row: tuple[Any, ...]) -> None:
-    """Queue a row, padding columns that other features add to the schema (all nullable) with None."""
-    from pipeobs.record.store import _INSERTS
-
-    width = _INSERTS[table].count("?") if table in _INSERTS else len(row)
-    store.queue(table, row + (None,) * (width - len(row)))
+def queue(store: Store, table: str, row: dict[str, Any]) -> None:
+    """Queue a row by column name (the store fills the step_id and leaves other columns NULL)."""
+    store.insert(table, row)
 
 
 def build_store(root: Path, status: str = "Running", with_spans: bool = True, job_span: bool = True) -> Path:
     """A run of 4 mini-batches on 3 workers: a retry after a timeout, a failed one, one in progress."""
     run_dir = root / "runs" / "step-a" / STEP_ID
     run_dir.mkdir(parents=True)
-    store = Store(run_dir / "pipeobs.db")
+    store = Store(run_dir / "pipeobs.db", STEP_ID)
     store.insert_run({"step_id": STEP_ID, "step_name": "step-a", "status": status, "started_at": T0,
                       "ended_at": None if status == "Running" else T0 + 10, "entry_script": "score.py"})
     for mb in range(4):
-        queue(store, "mini_batches", (mb, json.dumps({"id": mb, "item_count": 2})))
-    queue(store, "done", ("done", 1, 2, 2, 0, W0, 10, 0))
-    queue(store, "done", ("done", 2, 2, 2, 0, W0, 20, 1))
-    queue(store, "done", ("failed", 2, 2, 0, 2, W2, None, 2))
+        store.add_mini_batch(mb, json.dumps({"id": mb, "item_count": 2}))
+    store.finish_mini_batch(0, status="done", attempts=1, total=2, succeeded=2, worker=W0, output_end=10)
+    store.finish_mini_batch(1, status="done", attempts=2, total=2, succeeded=2, worker=W0, output_end=20)
+    store.finish_mini_batch(2, status="failed", attempts=2, total=2, succeeded=0, worker=W2, output_end=None)
     for row in (
         _attempt(0, 1, W0, 100, 1.0, 1.0),
         _attempt(1, 1, W1, 101, 1.0, 3.0, "RUN_TIMEOUT", error=("RUN_TIMEOUT", "did not finish in 3 seconds.", "")),
@@ -81,12 +92,13 @@ def build_store(root: Path, status: str = "Running", with_spans: bool = True, jo
         _attempt(2, 2, W2, 102, 6.0, 0.25, "RUN_EXCEPTION", error=("ValueError", "bad pixel again", "score.py:12 in run")),
     ):
         queue(store, "attempts", row)
-    for row in (
-        (W0, 0, "process000", 100, None, T0 + 0.05, T0 + 10, 0, None),
-        (W1, 0, "process001", 101, None, T0 + 0.05, T0 + 4.1, -9, "killed: mini batch 1 did not finish in 3 seconds."),
-        (W2, 0, "process002", 102, None, T0 + 4.2, None, None, None),
+    for worker in (
+        WorkerRow(W0, 0, "process000", 100, started=T0 + 0.05, ended=T0 + 10, returncode=0),
+        WorkerRow(W1, 0, "process001", 101, started=T0 + 0.05, ended=T0 + 4.1, returncode=-9,
+                  reason="killed: mini batch 1 did not finish in 3 seconds."),
+        WorkerRow(W2, 0, "process002", 102, started=T0 + 4.2),
     ):
-        queue(store, "workers", row)
+        store.put_worker(worker)
     if with_spans:
         for row in (
             _span("j", None, "job", 0.0, None if status == "Running" else 10.0, "driver"),
@@ -101,7 +113,7 @@ def build_store(root: Path, status: str = "Running", with_spans: bool = True, jo
                   attributes={"weird": float("nan")}),
             _span("m3", "j", "mini_batch", 8.0, None, W2, 3, 1, "UNSET"),
         ):
-            if job_span or row[0] != "j":
+            if job_span or row["span_id"] != "j":
                 queue(store, "spans", row)
     for row in (
         _line(0.2, W0, "stdout", "init called", phase="init"),
@@ -151,7 +163,7 @@ def set_status(run_dir: Path, status: str) -> None:
 
 
 def add_line(run_dir: Path, text: str) -> None:
-    store = Store(run_dir / "pipeobs.db")
+    store = Store(run_dir / "pipeobs.db", STEP_ID)
     queue(store, "log_lines", _line(9.8, W2, "stdout", text, 3, 1))
     store.close()
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import io
 import time
-from types import SimpleNamespace
 
+from pipeobs.jobs import ProgressView
 from pipeobs.summary import Progress
 
 
-def fake_driver(done: int, total: int) -> SimpleNamespace:
-    states = {i: SimpleNamespace(status="done" if i < done else "pending") for i in range(total)}
-    return SimpleNamespace(
-        mini_batches=states, partition_done=True, started=time.monotonic() - 2.0, plan=SimpleNamespace(step_name="score")
-    )
+def fake_driver(done: int, total: int) -> ProgressView:
+    return ProgressView("score", done, total, time.monotonic() - 2.0)
 
 
 class TerminalStream(io.StringIO):

@@ -26,17 +26,6 @@ STORE_NAME = "pipeobs.db"
 STEP_ID = "collected"
 STEP_NAME = "collector"
 
-SPAN_COLUMNS = ("span_id", "trace_id", "parent_span_id", "name", "kind", "start_time", "end_time", "status",
-                "status_message", "step_id", "worker", "mini_batch_id", "attempt", "attributes", "events")
-LOG_COLUMNS = ("time", "step_id", "worker", "stream", "phase", "mini_batch_id", "attempt", "level", "logger",
-               "text", "trace_id", "span_id", "attributes")
-METRIC_COLUMNS = ("time", "step_id", "worker", "phase", "mini_batch_id", "attempt", "name", "kind", "value",
-                  "value_json", "description", "labels", "trace_id", "span_id")
-_COLUMNS = {"spans": SPAN_COLUMNS, "log_lines": LOG_COLUMNS, "metrics": METRIC_COLUMNS}
-_JSON_COLUMNS = {"attributes", "events", "labels", "value_json"}
-_SPAN_DEFAULTS: dict[str, Any] = {"attributes": {}, "events": []}  # NOT NULL in the spans table
-
-
 @dataclass
 class Rows:
     """Store rows decoded from one request, as dicts keyed by column (``step_id`` is added on write)."""
@@ -104,7 +93,7 @@ class CollectedRun:
 
         self.check()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(self.path)
+        store = Store(self.path, STEP_ID)
         try:
             if store.run_row() is None:
                 store.insert_run({
@@ -128,7 +117,7 @@ class CollectedRun:
             try:
                 for table in ("spans", "log_lines", "metrics"):
                     for row in getattr(rows, table):
-                        store.queue(table, _as_tuple(table, row))
+                        store.insert(table, row)
                 store.flush()
             except BaseException:
                 # drop what this request queued: the client is told it failed and will send again
@@ -160,14 +149,3 @@ class CollectedRun:
                 self._store.close()
                 self._store = None
             self.state = RunState.CLOSED
-
-
-def _as_tuple(table: str, row: dict[str, Any]) -> tuple[Any, ...]:
-    values = []
-    for column in _COLUMNS[table]:
-        default = _SPAN_DEFAULTS.get(column) if table == "spans" else None
-        value = STEP_ID if column == "step_id" else row.get(column, default)
-        if column in _JSON_COLUMNS and value is not None and not isinstance(value, str):
-            value = json.dumps(value, default=str, sort_keys=column == "labels")
-        values.append(value)
-    return tuple(values)

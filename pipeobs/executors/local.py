@@ -1,34 +1,47 @@
-"""Worker processes on this machine, with the driver holding their stdout/stderr pipes.
+"""Worker processes on this machine: the local node supervisor.
 
 Each worker is ``python -m pipeobs.worker`` in its own session (process group), so a kill also
-ends the children its ``run()`` started. Its fds 1 and 2 are pipes read by the driver: output
-written before a kill or a crash stays readable until EOF.
+ends the children its ``run()`` started. Its fds 1 and 2 are pipes whose read ends this
+executor holds: output written before a kill or a crash stays readable until EOF. The worker
+connects back to a hub (an abstract Unix socket: no file to leave behind when the driver is
+killed) for the protocol messages. One ``selectors`` loop watches the hub, every channel, every
+pipe and every exit (a pidfd), and reports to the driver from :meth:`LocalExecutor.poll`.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
+import selectors
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from typing import Any
 
 from pipeobs import env as variables
+from pipeobs.capture import StreamParser
+from pipeobs.executors.base import Executor, ExecutorEvents, WorkerSpec
+from pipeobs.protocol import Hello, Message, decode, encode
+
+PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size: a burst of output does not stall the worker
+READ_SIZE = 1 << 16
 
 
 @dataclass
-class WorkerProcess:
-    """A started worker: its process, the read ends of its output pipes, its exit watcher."""
+class LocalProcess:
+    """A started worker: its process, the read ends of its output pipes, its exit watcher, its channel."""
 
-    name: str
-    node: int
+    label: str
     popen: subprocess.Popen[bytes]
-    streams: dict[int, str]  # fd -> "stdout" | "stderr"
+    parsers: dict[int, StreamParser]  # read end fd -> the parser of that stream
     pidfd: int | None = None
-    gpu: int | None = None
-    started: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
+    conn: Connection | None = None
+    callbacks: dict[int, Callable[[int], None]] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -41,13 +54,241 @@ class WorkerProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def close_pidfd(self) -> None:
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-            self.pidfd = None
+
+class LocalExecutor(Executor):
+    """Starts worker processes here; the hub address and auth key travel in their environment."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.authkey = secrets.token_bytes(32)
+        self.processes: dict[str, LocalProcess] = {}
+        self._events: ExecutorEvents | None = None
+        self._token = ""
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        name = f"pipeobs-hub-{os.getpid()}-{secrets.token_hex(8)}"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind("\0" + name)
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.hub_address = "@" + name
+        self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
+        self._closed = False
+
+    @property
+    def events(self) -> ExecutorEvents:
+        if self._events is None:
+            raise RuntimeError("LocalExecutor.open() was not called")
+        return self._events
+
+    def open(self, events: ExecutorEvents, token: str) -> None:
+        self._events = events
+        self._token = token
+
+    # ------------------------------------------------------------------ spawning
+    def spawn(self, spec: WorkerSpec) -> int:
+        label = spec.label
+        full_env = {**os.environ, **spec.env, variables.HUB: self.hub_address, variables.AUTHKEY: self.authkey.hex(),
+                    variables.WORKER: label, "PYTHONFAULTHANDLER": "1"}
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "pipeobs.worker"],
+                stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=full_env, cwd=spec.cwd,
+                start_new_session=True,
+            )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)  # only the worker (and its children) hold the write ends
+            os.close(err_w)
+        parsers = {out_r: StreamParser("stdout", self._token, label), err_r: StreamParser("stderr", self._token, label)}
+        proc = LocalProcess(label, popen, parsers, _pidfd(popen.pid))
+        for fd in parsers:
+            os.set_blocking(fd, False)
+            _grow_pipe(fd)
+            self._watch(proc, fd, self._reader(proc, fd))
+        if proc.pidfd is not None:
+            self._watch(proc, proc.pidfd, lambda _fd: self._exited(proc))
+        self.processes[label] = proc
+        return popen.pid
+
+    def _watch(self, proc: LocalProcess, fd: int, callback: Callable[[int], None]) -> None:
+        proc.callbacks[fd] = callback
+        self.selector.register(fd, selectors.EVENT_READ, callback)
+
+    def _unwatch(self, proc: LocalProcess, fd: int) -> None:
+        if proc.callbacks.pop(fd, None) is not None:
+            self.selector.unregister(fd)
+
+    # ------------------------------------------------------------------ the hub and channels
+    def _on_accept(self, _fd: Any) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(True)
+        conn = Connection(sock.detach())
+        try:
+            deliver_challenge(conn, self.authkey)
+            answer_challenge(conn, self.authkey)
+            hello = decode(conn.recv())
+        except Exception:  # noqa: BLE001 - a stranger (bad auth key) or a worker dying during the handshake
+            conn.close()
+            return
+        proc = self.processes.get(hello.worker) if isinstance(hello, Hello) else None
+        if proc is None or proc.conn is not None or not isinstance(hello, Hello):
+            conn.close()
+            return
+        proc.conn = conn
+        self._watch(proc, conn.fileno(), lambda _fd: self._on_message(proc))
+        self.events.worker_connected(proc.label, hello.pid)
+
+    def _on_message(self, proc: LocalProcess) -> None:
+        conn = proc.conn
+        assert conn is not None
+        deliver = self.events.worker_message
+        while True:  # every message already here: one wake-up serves a batch of results
+            try:
+                message = decode(conn.recv())
+            except (EOFError, OSError):
+                self._exited(proc)
+                return
+            deliver(proc.label, message)
+            if proc.conn is None or not conn.poll(0):
+                return
+
+    def send(self, worker: str, message: Message) -> bool:
+        proc = self.processes.get(worker)
+        if proc is None or proc.conn is None:
+            return False
+        try:
+            proc.conn.send(encode(message))
+        except OSError:
+            return False  # the worker is gone: its exit is reported
+        return True
+
+    # ------------------------------------------------------------------ streams
+    def _reader(self, proc: LocalProcess, fd: int) -> Callable[[int], None]:
+        def read(_fd: int) -> None:
+            self._read_stream(proc, fd, until_eof=False)
+
+        return read
+
+    def _read_stream(self, proc: LocalProcess, fd: int, until_eof: bool) -> None:
+        parser = proc.parsers.get(fd)
+        if parser is None:
+            return
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_stream(proc, fd)
+                return
+            self.events.worker_output(proc.label, list(parser.feed(data)))
+            if not until_eof and len(data) < READ_SIZE:
+                return  # drained: what the pipe held fitted in one read
+
+    def _close_stream(self, proc: LocalProcess, fd: int) -> None:
+        parser = proc.parsers.pop(fd)
+        self.events.worker_output(proc.label, list(parser.close()))
+        self._unwatch(proc, fd)
+        os.close(fd)
+
+    # ------------------------------------------------------------------ exits
+    def _exited(self, proc: LocalProcess) -> None:
+        """Deliver everything the worker sent and wrote, kill its group, then report the exit."""
+        if self.processes.get(proc.label) is not proc:
+            return  # already reported
+        del self.processes[proc.label]
+        self._drain_channel(proc)
+        for fd in list(proc.parsers):
+            self._read_stream(proc, fd, until_eof=False)
+        returncode = _wait(proc)
+        proc.kill()  # the group: children the worker left behind
+        for fd in list(proc.callbacks):
+            if fd not in proc.parsers:
+                self._unwatch(proc, fd)
+        if proc.conn is not None:
+            proc.conn.close()
+            proc.conn = None
+        if proc.pidfd is not None:
+            os.close(proc.pidfd)
+            proc.pidfd = None
+        for fd in list(proc.parsers):  # whatever is left after the group was killed
+            self._read_stream(proc, fd, until_eof=True)
+        self.events.worker_exited(proc.label, returncode)
+
+    def _drain_channel(self, proc: LocalProcess) -> None:
+        conn = proc.conn
+        if conn is None:
+            return
+        try:
+            while conn.poll(0):
+                self.events.worker_message(proc.label, decode(conn.recv()))
+        except (EOFError, OSError):
+            pass
+
+    def kill(self, worker: str) -> None:
+        proc = self.processes.get(worker)
+        if proc is None:
+            return
+        proc.kill()
+        if proc.pidfd is None:
+            self._exited(proc)
+
+    # ------------------------------------------------------------------ the loop
+    def poll(self, timeout: float) -> bool:
+        events = self.selector.select(timeout)
+        for key, _ in events:
+            key.data(key.fd)
+        for proc in list(self.processes.values()):  # no pidfd (old kernels): poll
+            if proc.pidfd is None and proc.popen.poll() is not None:
+                self._exited(proc)
+        return bool(events)
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"w")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is already pending
+
+    def _on_wake(self, _fd: int) -> None:
+        try:
+            os.read(self._wake_r, 65536)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for proc in self.processes.values():
+            proc.kill()
+        self.selector.close()
+        self.listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
 
-PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size: a burst of output does not stall the worker
+def _pidfd(pid: int) -> int | None:
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
 
 
 def _grow_pipe(fd: int) -> None:
@@ -61,53 +302,9 @@ def _grow_pipe(fd: int) -> None:
         pass  # above /proc/sys/fs/pipe-max-size for this user: keep the default
 
 
-class LocalExecutor:
-    """Starts worker processes; the hub address and auth key travel in their environment."""
-
-    name = "local"
-
-    def __init__(self, hub_address: str, authkey: bytes) -> None:
-        self.hub_address = hub_address
-        self.authkey = authkey
-
-    def start(self, name: str, node: int, env: dict[str, str], cwd: str) -> WorkerProcess:
-        full_env = dict(os.environ)
-        full_env.update(env)
-        full_env.update(
-            {
-                variables.HUB: self.hub_address,
-                variables.AUTHKEY: self.authkey.hex(),
-                variables.WORKER: f"{node}/{name}",
-                "PYTHONFAULTHANDLER": "1",
-            }
-        )
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        try:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "pipeobs.worker"],
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                env=full_env,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(out_w)  # only the worker (and its children) hold the write ends
-            os.close(err_w)
-        streams = {out_r: "stdout", err_r: "stderr"}
-        for fd in streams:
-            os.set_blocking(fd, False)
-            _grow_pipe(fd)
-        pidfd = None
-        if hasattr(os, "pidfd_open"):
-            try:
-                pidfd = os.pidfd_open(popen.pid)
-            except OSError:
-                pidfd = None
-        return WorkerProcess(name, node, popen, streams, pidfd)
+def _wait(proc: LocalProcess) -> int:
+    try:
+        return proc.popen.wait(timeout=5)
+    except Exception:  # noqa: BLE001 - a process that will not die: kill it
+        proc.kill()
+        return proc.popen.wait()

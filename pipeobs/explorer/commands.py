@@ -205,13 +205,12 @@ def command_export(args: argparse.Namespace) -> int:
 def _retry_exports(run_dir: Path, args: argparse.Namespace) -> int:
     """Deliver the spools; record and print per exporter what was delivered and what is left."""
     from pipeobs.export.routing import retry_spool
-    from pipeobs.export.run import exports_row
     from pipeobs.record.store import Store
 
     results = retry_spool(run_dir, deadline=args.deadline)
     store = Store(run_dir / "pipeobs.db")
     for name, c in results.items():
-        store.queue("exports", exports_row(name, "retry", c))
+        store.add_export_counts(name, "retry", c)
     store.close()
     if args.json:
         return _print_json(results)

@@ -10,9 +10,10 @@ file is flushed with the store, not per line.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
-from pipeobs.capture import Invocation
+from pipeobs.records import Event, Invocation, Line
 
 EventDict = dict[str, Any]
 
@@ -81,3 +82,27 @@ class DriverLog:
 
     def write(self, when: float, worker: str, inv: Invocation | None, level: str, text: str) -> None:
         self._log.msg(text, time=when, worker=worker, invocation=inv, level=level)
+
+
+class DriverLogSink:
+    """The record pipeline's sink for ``70_driver_log.txt``: every line and driver event, in order.
+
+    The log is created on the first record: the driver starts its workers before it imports structlog.
+    """
+
+    def __init__(self, open_handle: Callable[[], IO[str]]) -> None:
+        self._open_handle = open_handle
+        self._log: DriverLog | None = None
+
+    @property
+    def log(self) -> DriverLog:
+        if self._log is None:
+            self._log = DriverLog(self._open_handle())
+        return self._log
+
+    def add_line(self, line: Line) -> None:
+        level = line.level or ("STDERR" if line.stream == "stderr" else "STDOUT")
+        self.log.write(line.time or time.time(), line.worker, line.invocation, level, line.text)
+
+    def add_event(self, event: Event) -> None:
+        self.log.write(event.time, event.worker or "driver", None, event.level, event.message)

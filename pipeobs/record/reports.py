@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeobs.driver import Driver
     from pipeobs.jobs import JobResult
+    from pipeobs.record.files import RunFiles
+    from pipeobs.record.store import Store
 
 README = """\
 Layout of this run directory (pipeobs; the same places as Azure ML ParallelRunStep):
@@ -27,7 +29,8 @@ logs/user/entry_script_log/<node>/processNNN.log.txt   EntryScript().logger reco
 logs/user/error/<node>/processNNN.txt            full tracebacks of init()/run()/shutdown() errors
 logs/perf/<node>/                                resource samples (CPU %, RSS) per process
 pipeobs.db                                       the SQLite store (tables: runs, mini_batches,
-                                                 attempts, log_lines, workers, events)
+                                                 attempts, log_lines, metrics, spans, workers,
+                                                 exports, events)
 """
 
 PROCESSED_COLUMNS = (
@@ -37,15 +40,15 @@ PROCESSED_COLUMNS = (
 )
 
 
-def write_reports(driver: Driver, result: JobResult) -> None:
-    recorder = driver.recorder
-    recorder.write_text("logs/readme.txt", README)
-    recorder.write_text("logs/job_result.txt", job_result_text(result))
-    recorder.write_text("logs/job_error.txt", job_error_text(driver))
-    with recorder.open_text("logs/sys/job_report/processed_mini-batches.csv") as handle:
-        write_processed_csv(driver, handle)
-    recorder.write_text("logs/sys/job_report/process_summary.csv", summary_csv(driver, "worker"))
-    recorder.write_text("logs/sys/job_report/node_summary.csv", summary_csv(driver, "node"))
+def write_reports(files: RunFiles, store: Store, result: JobResult) -> None:
+    """The end-of-run files, from the result and the store (flushed before)."""
+    files.write_text("logs/readme.txt", README)
+    files.write_text("logs/job_result.txt", job_result_text(result))
+    files.write_text("logs/job_error.txt", job_error_text(store))
+    with files.open_text("logs/sys/job_report/processed_mini-batches.csv") as handle:
+        write_processed_csv(store, handle)
+    files.write_text("logs/sys/job_report/process_summary.csv", summary_csv(store, "worker"))
+    files.write_text("logs/sys/job_report/node_summary.csv", summary_csv(store, "node"))
 
 
 def job_result_text(result: JobResult) -> str:
@@ -72,11 +75,8 @@ def first_error_text(error: dict[str, object]) -> str:
     return f"First error{batch} on {error.get('worker')}: {error.get('type')}: {error.get('message')}{where}"
 
 
-def job_error_text(driver: Driver) -> str:
-    rows = driver.store.conn.execute(
-        "SELECT mini_batch_id, attempt, worker, status, error_type, error_message, error_location "
-        "FROM attempts WHERE status != 'RUN_DONE' ORDER BY start_time"
-    ).fetchall()
+def job_error_text(store: Store) -> str:
+    rows = store.failed_attempts()
     if not rows:
         return "No errors.\n"
     out = io.StringIO()
@@ -89,17 +89,11 @@ def job_error_text(driver: Driver) -> str:
     return out.getvalue()
 
 
-def write_processed_csv(driver: Driver, out: IO[str]) -> None:
+def write_processed_csv(store: Store, out: IO[str]) -> None:
     """One row per attempt, streamed from the store (a long run has millions)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(PROCESSED_COLUMNS)
-    query = (
-        "SELECT a.*, m.descriptor FROM attempts a LEFT JOIN mini_batches m ON m.id = a.mini_batch_id "
-        "ORDER BY a.mini_batch_id, a.attempt"
-    )
-    import time
-
-    for r in driver.store.conn.execute(query):
+    for r in store.attempts_for_report():
         start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["start_time"])) if r["start_time"] else ""
         writer.writerow(
             (
@@ -117,15 +111,10 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summary_csv(driver: Driver, by: str) -> str:
+def summary_csv(store: Store, by: str) -> str:
     """``process_summary.csv`` (by worker, with pid and exit) or ``node_summary.csv`` (by node)."""
-    key = "a.worker" if by == "worker" else "w.node"
-    rows = driver.store.conn.execute(
-        f"SELECT {key} AS k, COUNT(*), SUM(a.status='RUN_DONE'), SUM(a.status!='RUN_DONE'), SUM(a.total), "
-        "SUM(a.succeeded), SUM(a.failed), SUM(a.elapsed), SUM(a.process_seconds), SUM(a.run_seconds) "
-        f"FROM attempts a LEFT JOIN workers w ON w.worker = a.worker GROUP BY {key} ORDER BY {key}"
-    ).fetchall()
-    workers = {r["worker"]: r for r in driver.store.conn.execute("SELECT * FROM workers")}
+    rows = store.attempt_totals(by)
+    workers = store.workers()
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     head = ("Process", "Node", "Pid", "Return Code", "Exit Reason") if by == "worker" else ("Node",)

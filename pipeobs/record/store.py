@@ -1,7 +1,7 @@
 """The embedded store: one SQLite file per run directory, written only by the driver.
 
 WAL mode, so readers (the explorer, ``pipeobs.load``) read while the run is live. The driver
-queues rows and writes them in one transaction per flush (``executemany``); the ledger part
+queues rows through named methods and writes them in one transaction per flush (``executemany``); the ledger part
 (mini-batch status and the committed output size) rides in the same transaction, which is what
 makes output rows exactly-once across a driver kill.
 
@@ -26,9 +26,15 @@ Schema (documented in the README):
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeobs.records import Event, Line, Metric, Span
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -83,22 +89,31 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-_INSERTS = {
-    "attempts": "INSERT INTO attempts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    "log_lines": "INSERT INTO log_lines (time, step_id, worker, stream, phase, mini_batch_id, "
-    "attempt, level, logger, text, trace_id, span_id, attributes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    "spans": "INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    "mini_batches": "INSERT OR IGNORE INTO mini_batches (id, descriptor) VALUES (?,?)",
-    "events": "INSERT INTO events VALUES (?,?,?,?,?)",
-    "exports": "INSERT INTO exports VALUES (?,?,?,?,?,?,?,?,?)",
-    "metrics": "INSERT INTO metrics (time, step_id, worker, phase, mini_batch_id, attempt, name, kind, "
-    "value, value_json, description, labels, trace_id, span_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-    "workers": "INSERT OR REPLACE INTO workers VALUES (?,?,?,?,?,?,?,?,?)",
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "attempts": ("mini_batch_id", "attempt", "worker", "pid", "start_time", "elapsed", "process_seconds",
+                 "run_seconds", "total", "succeeded", "failed", "status", "error_category", "error_type",
+                 "error_message", "error_location", "traceback"),
+    "log_lines": ("time", "step_id", "worker", "stream", "phase", "mini_batch_id", "attempt", "level", "logger",
+                  "text", "trace_id", "span_id", "attributes"),
+    "spans": ("span_id", "trace_id", "parent_span_id", "name", "kind", "start_time", "end_time", "status",
+              "status_message", "step_id", "worker", "mini_batch_id", "attempt", "attributes", "events"),
+    "mini_batches": ("id", "descriptor"),
+    "events": ("time", "level", "kind", "worker", "message"),
+    "exports": ("time", "exporter", "action", "emitted", "carried", "delivered", "spooled", "dropped", "drop_reasons"),
+    "metrics": ("time", "step_id", "worker", "phase", "mini_batch_id", "attempt", "name", "kind", "value",
+                "value_json", "description", "labels", "trace_id", "span_id"),
+    "workers": ("worker", "node", "name", "pid", "gpu", "started", "ended", "returncode", "reason"),
 }
-_UPDATES = {
-    "done": "UPDATE mini_batches SET status=?, attempts=?, total=?, succeeded=?, failed=?, "
-    "worker=?, output_end=? WHERE id=?",
+_VERB = {"spans": "INSERT OR REPLACE", "workers": "INSERT OR REPLACE", "mini_batches": "INSERT OR IGNORE"}
+_SQL = {
+    table: f"{_VERB.get(table, 'INSERT')} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    for table, cols in COLUMNS.items()
 }
+_SQL["ledger"] = (
+    "UPDATE mini_batches SET status=?, attempts=?, total=?, succeeded=?, failed=?, worker=?, output_end=? WHERE id=?"
+)
+_JSON_COLUMNS = {"attributes", "events", "labels", "value_json", "drop_reasons"}
+_NOT_NULL_JSON = {"attributes": "{}", "events": "[]"}
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
@@ -113,35 +128,159 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-class Store:
-    """The driver's single writer: rows are queued and written in one transaction per flush."""
+@dataclass(slots=True)
+class WorkerRow:
+    """A row of ``workers``: written when a worker starts, and again when it exits."""
 
-    def __init__(self, path: str | Path) -> None:
+    worker: str
+    node: int
+    name: str
+    pid: int
+    gpu: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    returncode: int | None = None
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    """A mini-batch as the ledger recorded it (what a resumed run starts from)."""
+
+    id: int
+    descriptor: str
+    status: str
+    total: int | None
+    succeeded: int
+    tries: int
+
+
+class Store:
+    """The single writer of a run's store: named methods queue rows; ``flush`` writes them in one transaction.
+
+    The store alone knows its tables' columns and SQL. It is also a sink of the record pipeline
+    (``add_line``, ``add_metric``, ``add_span``, ``add_event``).
+    """
+
+    def __init__(self, path: str | Path, step_id: str = "") -> None:
         self.path = Path(path)
+        self.step_id = step_id
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
-        self._queued: dict[str, list[tuple[Any, ...]]] = {k: [] for k in (*_INSERTS, *_UPDATES)}
+        self._queued: dict[str, list[tuple[Any, ...]]] = {k: [] for k in _SQL}
+        self._lines = self._queued["log_lines"]
+        self._metrics = self._queued["metrics"]
         self._run_updates: dict[str, Any] = {}
-        self.pending_rows = 0
+        self._labels: dict[str, str] = {}
 
-    def queue(self, table: str, row: tuple[Any, ...]) -> None:
-        self._queued[table].append(row)
-        self.pending_rows += 1
+    @property
+    def pending_rows(self) -> int:
+        return sum(len(rows) for rows in self._queued.values())
+
+    # ------------------------------------------------------------------ the record pipeline
+    def add_line(self, line: Line) -> None:
+        inv = line.invocation
+        dims = line.custom_dimensions
+        self._lines.append(
+            (line.time, self.step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
+             line.level, line.logger, line.text, inv.trace_id, inv.span_id, json.dumps(dims) if dims else None)
+        )
+
+    def add_metric(self, metric: Metric) -> None:
+        inv = metric.invocation
+        value = metric.value
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        self._metrics.append(
+            (metric.time, self.step_id, metric.worker, inv.phase, inv.mini_batch_id, inv.attempt, metric.name,
+             metric.kind, number, None if number is not None else json.dumps(value), metric.description,
+             metric.labels, inv.trace_id, inv.span_id)
+        )
+
+    def add_span(self, span: Span) -> None:
+        record = span.record
+        if "attributes_json" in record:  # from a worker: stored as sent
+            where = (record["worker"] or span.worker, record["mini_batch_id"], record["attempt"])
+            encoded = (record["attributes_json"], record["events_json"])
+        else:
+            attributes = record["attributes"]
+            where = span_where(span)
+            encoded = (json.dumps(attributes, default=str), json.dumps(record["events"], default=str))
+        self._queued["spans"].append(
+            (record["span_id"], record["trace_id"], record["parent_span_id"], record["name"], record["kind"],
+             record["start"], record["end"], record["status"], record["status_message"], self.step_id, *where, *encoded)
+        )
+
+    def add_event(self, event: Event) -> None:
+        self._queued["events"].append((event.time, event.level, event.kind, event.worker, event.message))
+
+    # ------------------------------------------------------------------ the ledger and the job
+    def add_mini_batch(self, mini_batch_id: int, descriptor: str) -> None:
+        self._queued["mini_batches"].append((mini_batch_id, descriptor))
+
+    def finish_mini_batch(self, mini_batch_id: int, *, status: str, attempts: int, total: int | None,
+                          succeeded: int, worker: str, output_end: int | None) -> None:
+        """The ledger's verdict on a mini-batch; commits with the output size (exactly-once rows)."""
+        failed = (total or 0) - succeeded
+        self._queued["ledger"].append((status, attempts, total, succeeded, failed, worker, output_end, mini_batch_id))
+
+    def add_attempt(self, mini_batch_id: int, attempt: int, worker: str, pid: int | None, outcome: dict[str, Any]) -> None:
+        """One attempt, from the worker's result (or the driver's account of a killed one)."""
+        error = outcome.get("error") or {}
+        total = outcome.get("total", 0)
+        succeeded = outcome.get("succeeded", 0)
+        self._queued["attempts"].append(
+            (mini_batch_id, attempt, worker, pid, outcome.get("start_time"), outcome.get("elapsed"),
+             outcome.get("process_seconds"), outcome.get("run_seconds"), total, succeeded, total - succeeded,
+             outcome["status"], "User" if error else None, error.get("type"), error.get("message"),
+             error.get("location"), error.get("traceback"))
+        )
+
+    def put_worker(self, row: WorkerRow) -> None:
+        self._queued["workers"].append(
+            (row.worker, row.node, row.name, row.pid, row.gpu, row.started, row.ended, row.returncode, row.reason)
+        )
+
+    def add_export_counts(self, exporter: str, action: str, counts: dict[str, int],
+                          reasons: dict[str, int] | None = None) -> None:
+        """A row of ``exports``: ``checkpoint``, ``run``, ``retry`` or ``lost``."""
+        self._queued["exports"].append(
+            (time.time(), exporter, action, counts["emitted"], counts["carried"], counts["delivered"],
+             counts["spooled"], counts["dropped"], json.dumps(reasons or {}))
+        )
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        """A row given by column name (missing columns are NULL; dicts and lists are stored as JSON)."""
+        values = []
+        for column in COLUMNS[table]:
+            value = row.get(column)
+            if column == "step_id" and value is None:
+                value = self.step_id
+            if column in _JSON_COLUMNS and value is not None and not isinstance(value, str):
+                value = json.dumps(value, default=str, sort_keys=column == "labels")
+            if value is None and table == "spans":
+                value = _NOT_NULL_JSON.get(column)
+            values.append(value)
+        self._queued[table].append(tuple(values))
 
     def update_run(self, **values: Any) -> None:
         """Set run columns at the next flush (``output_size`` commits with the ledger)."""
         self._run_updates.update(values)
 
+    def insert_run(self, row: dict[str, Any]) -> None:
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.conn.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", tuple(row.values()))
+
     def flush(self) -> None:
-        if not self.pending_rows and not self._run_updates:
+        """Write everything queued in one transaction."""
+        if not self._run_updates and not any(self._queued.values()):
             return
         conn = self.conn
         conn.execute("BEGIN")
         try:
             for table, rows in self._queued.items():
                 if rows:
-                    sql = _INSERTS.get(table) or _UPDATES[table]
-                    conn.executemany(sql, rows)
+                    conn.executemany(_SQL[table], rows)
                     rows.clear()
             if self._run_updates:
                 columns = ", ".join(f"{k}=?" for k in self._run_updates)
@@ -151,16 +290,62 @@ class Store:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.pending_rows = 0
 
-    def insert_run(self, row: dict[str, Any]) -> None:
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        self.conn.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", tuple(row.values()))
-
-    def run_row(self) -> sqlite3.Row:
+    # ------------------------------------------------------------------ reads of the writer
+    def run_row(self) -> sqlite3.Row | None:
         return self.conn.execute("SELECT * FROM runs").fetchone()
+
+    def restore_ledger(self) -> list[LedgerRow]:
+        """Every mini-batch the ledger holds, with the number of attempts that ended."""
+        tries = dict(self.conn.execute("SELECT mini_batch_id, MAX(attempt) FROM attempts GROUP BY mini_batch_id"))
+        return [
+            LedgerRow(r["id"], r["descriptor"], r["status"], r["total"], r["succeeded"] or 0, tries.get(r["id"]) or 0)
+            for r in self.conn.execute("SELECT * FROM mini_batches ORDER BY id")
+        ]
+
+    def failed_attempts(self) -> list[sqlite3.Row]:
+        """Attempts that did not succeed, in time order (``job_error.txt``)."""
+        return self.conn.execute(
+            "SELECT mini_batch_id, attempt, worker, status, error_type, error_message, error_location "
+            "FROM attempts WHERE status != 'RUN_DONE' ORDER BY start_time"
+        ).fetchall()
+
+    def attempts_for_report(self) -> Iterator[sqlite3.Row]:
+        """Every attempt with its mini-batch's descriptor, streamed (``processed_mini-batches.csv``)."""
+        return self.conn.execute(
+            "SELECT a.*, m.descriptor FROM attempts a LEFT JOIN mini_batches m ON m.id = a.mini_batch_id "
+            "ORDER BY a.mini_batch_id, a.attempt"
+        )
+
+    def attempt_totals(self, by: str) -> list[sqlite3.Row]:
+        """Attempt counts and sums per ``worker`` or per ``node`` (the job report's summaries)."""
+        key = {"worker": "a.worker", "node": "w.node"}[by]
+        return self.conn.execute(
+            f"SELECT {key} AS k, COUNT(*), SUM(a.status='RUN_DONE'), SUM(a.status!='RUN_DONE'), SUM(a.total), "
+            "SUM(a.succeeded), SUM(a.failed), SUM(a.elapsed), SUM(a.process_seconds), SUM(a.run_seconds) "
+            f"FROM attempts a LEFT JOIN workers w ON w.worker = a.worker GROUP BY {key} ORDER BY {key}"
+        ).fetchall()
+
+    def workers(self) -> dict[str, sqlite3.Row]:
+        return {r["worker"]: r for r in self.conn.execute("SELECT * FROM workers")}
+
+    def last_export_checkpoints(self) -> list[sqlite3.Row]:
+        """Each exporter's last ``checkpoint`` row (what a killed driver had accounted for)."""
+        return self.conn.execute(
+            "SELECT exporter, emitted, carried, delivered, spooled, dropped FROM exports WHERE action='checkpoint' "
+            "AND rowid IN (SELECT MAX(rowid) FROM exports WHERE action='checkpoint' GROUP BY exporter)"
+        ).fetchall()
 
     def close(self) -> None:
         self.flush()
         self.conn.close()
+
+
+def span_where(span: Span) -> tuple[str | None, int | None, int | None]:
+    """(worker, mini_batch_id, attempt) of a span built in the driver (job span or a killed one)."""
+    attributes = span.record["attributes"]
+    return (
+        attributes.get("pipeobs.worker", None if span.worker == "driver" else span.worker),
+        attributes.get("pipeobs.mini_batch_id"),
+        attributes.get("pipeobs.attempt"),
+    )

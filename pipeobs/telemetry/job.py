@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
-from pipeobs.telemetry.metrics import JobMetrics, observation_row
+from pipeobs.record.pipeline import Pipeline
+from pipeobs.records import Invocation, Metric, Span
+from pipeobs.telemetry.metrics import JobMetrics, status_labels
 from pipeobs.telemetry.spans import CallbackSpanExporter, killed_span, make_tracer_provider, traceparent_of
-
-SpanSink = Callable[[str, dict[str, Any]], None]
 
 
 class JobTelemetry:
     """Opens the job span, counts what happens, and closes the span with the job's outcome."""
 
-    def __init__(self, step_id: str, step_name: str, sink: SpanSink) -> None:
+    def __init__(self, step_id: str, step_name: str, pipeline: Pipeline) -> None:
         from opentelemetry.trace import SpanKind
 
         self.step_id = step_id
-        self._sink = sink
+        self._pipeline = pipeline
         self.provider = make_tracer_provider(
-            step_name, {"pipeobs.step_id": step_id}, CallbackSpanExporter(lambda r: sink("driver", r))
+            step_name, {"pipeobs.step_id": step_id}, CallbackSpanExporter(lambda r: pipeline.span(Span(r, "driver")))
         )
         tracer = self.provider.get_tracer("pipeobs")
         self.span = tracer.start_span(
@@ -32,9 +31,9 @@ class JobTelemetry:
         ctx = self.span.get_span_context()
         self.trace_id = f"{ctx.trace_id:032x}"
         self.span_id = f"{ctx.span_id:016x}"
+        self._job = Invocation("job", None, None, self.trace_id, self.span_id)
         self.metrics = JobMetrics()
         self.metrics.job_running.set(1)
-        self._observations: list[tuple[Any, ...]] = []
         self._children: dict[tuple[int, str], Any] = {}
 
     def attempt(self, worker: str, mb_id: int, attempt: int, result: dict[str, Any], final: str | None) -> None:
@@ -51,17 +50,16 @@ class JobTelemetry:
                 self._child(m.items, "failed").inc(total - succeeded)
         elif final == "failed":
             self._child(m.items, "failed").inc(max(total, 1))
-        where = {
-            "worker": worker, "mini_batch_id": mb_id, "attempt": attempt, "labels": {"status": status},
-            "trace_id": result.get("trace_id"), "span_id": result.get("span_id"),
-        }
+        inv = Invocation("run", mb_id, attempt, result.get("trace_id"), result.get("span_id"))
         now = time.time()
+        labels = status_labels(status)
+        emit = self._pipeline.metric
         if result.get("elapsed") is not None:
             m.duration.observe(result["elapsed"])
-            self._observations.append(observation_row(self.step_id, "pipeobs_mini_batch_duration_seconds", result["elapsed"], where, now))
+            emit(Metric(inv, "observation", "pipeobs_mini_batch_duration_seconds", result["elapsed"], "", now, worker, labels))
         if result.get("peak_rss"):
             m.peak_rss.labels(worker=worker).set(result["peak_rss"])
-            self._observations.append(observation_row(self.step_id, "pipeobs_mini_batch_peak_rss_bytes", result["peak_rss"], where, now))
+            emit(Metric(inv, "observation", "pipeobs_mini_batch_peak_rss_bytes", result["peak_rss"], "", now, worker, labels))
 
     def _child(self, metric: Any, status: str) -> Any:
         """``metric.labels(status=...)``, cached: the lookup costs more than the increment."""
@@ -76,15 +74,13 @@ class JobTelemetry:
             self.metrics.cpu.labels(worker=worker).set(sample["cpu"])
             self.metrics.rss.labels(worker=worker).set(sample["rss"] + sample["children_rss"])
 
-    def rows(self, queue_depth: int) -> list[tuple[Any, ...]]:
-        """Store rows: per-attempt observations, then the series that changed."""
+    def publish(self, queue_depth: int) -> None:
+        """The built-in series that changed since the last call, as metric records."""
         self.metrics.queue_depth.set(queue_depth)
         now = time.time()
-        rows, self._observations = self._observations, []
         for name, kind, labels, value in self.metrics.snapshot():
             worker = json.loads(labels).get("worker")
-            rows.append((now, self.step_id, worker, "job", None, None, name, kind, value, None, "", labels, self.trace_id, self.span_id))
-        return rows
+            self._pipeline.metric(Metric(self._job, kind, name, value, "", now, worker, labels))
 
     def killed(self, worker: str, phase: str, start: float, reason: str, ids: tuple[str | None, str | None],
                mb_id: int | None = None, attempt: int | None = None) -> None:
@@ -94,7 +90,7 @@ class JobTelemetry:
         if mb_id is not None:
             attributes.update({"pipeobs.mini_batch_id": mb_id, "pipeobs.attempt": attempt})
         record = killed_span(name, ids[0] or self.trace_id, self.span_id, start, reason, attributes, span_id=ids[1])
-        self._sink(worker, record)
+        self._pipeline.span(Span(record, worker))
 
     def end(self, ok: bool, reason: str | None, counts: dict[str, Any]) -> None:
         from opentelemetry.trace import Status, StatusCode

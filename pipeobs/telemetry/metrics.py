@@ -1,7 +1,7 @@
 """The job's built-in metrics, with Prometheus names, kept in a prometheus-client registry.
 
-The driver updates them as attempts finish; :meth:`JobMetrics.snapshot` turns the registry into
-store rows (changed series only), so ``pipeobs metrics`` and the explorer read one time series
+The driver updates them as attempts finish; :meth:`JobMetrics.snapshot` lists the series that
+changed, which the job telemetry sends down the record pipeline as metric records, so ``pipeobs metrics`` and the explorer read one time series
 per name. Per-attempt observations (duration, peak RSS) are also stored as points carrying the
 mini-batch, attempt, worker and span they came from.
 """
@@ -9,7 +9,6 @@ mini-batch, attempt, worker and span they came from.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -56,23 +55,13 @@ class JobMetrics:
                 rows.append((sample.name, kind, labels, float(sample.value)))
         return rows
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of the registry (for scrapes and exports)."""
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)
-
 
 _LABELS_JSON: dict[str, str] = {}
 
 
-def observation_row(step_id: str, name: str, value: float, where: dict[str, Any], now: float) -> tuple[Any, ...]:
-    """A metrics-table row for a per-attempt observation (labels: ``{"status": ...}``)."""
-    status = where.get("labels", {}).get("status", "")
+def status_labels(status: str) -> str:
+    """``{"status": ...}`` as the store's labels JSON (cached: one per attempt status)."""
     labels = _LABELS_JSON.get(status)
     if labels is None:
-        labels = _LABELS_JSON[status] = json.dumps(where.get("labels", {}), sort_keys=True)
-    return (
-        now, step_id, where.get("worker"), "run", where.get("mini_batch_id"), where.get("attempt"), name,
-        "observation", value, None, "", labels, where.get("trace_id"), where.get("span_id"),
-    )
+        labels = _LABELS_JSON[status] = json.dumps({"status": status}, sort_keys=True)
+    return labels

@@ -1,0 +1,252 @@
+"""Everything the driver writes about a run: records into the pipeline, rows into the store, files.
+
+:class:`RunJournal` owns the run directory's writers (the store, the logs tree, the driver log,
+the exporters: the sinks of one :class:`~pipeobs.record.pipeline.Pipeline`), the job telemetry
+and the resource monitor. The driver tells it what happened (a worker started or exited, an
+attempt ended, the job stopped) and it records that in every place it belongs, so the driver's
+loop holds decisions and the journal holds their paperwork.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import TYPE_CHECKING, Any
+
+from pipeobs.jobs import JobPlan, JobResult
+from pipeobs.record.driverlog import DriverLogSink
+from pipeobs.record.files import RunFiles
+from pipeobs.record.perf import ResourceMonitor
+from pipeobs.record.pipeline import Pipeline
+from pipeobs.record.store import LedgerRow, Store, WorkerRow
+from pipeobs.records import Event
+
+if TYPE_CHECKING:
+    from pipeobs.driver.ledger import MiniBatchState, Verdict
+    from pipeobs.driver.workers import WorkerSlot
+
+OVERVIEW_INTERVAL = 10.0  # Azure writes a progress line every 2 minutes; a laptop run is shorter
+
+
+class RunJournal:
+    """The writers of one run directory, and the job's telemetry."""
+
+    def __init__(self, plan: JobPlan) -> None:
+        self.plan = plan
+        run_dir = plan.run_dir
+        self.store = Store(run_dir.store, plan.step_id)
+        self.files = RunFiles(run_dir)
+        self.pipeline = Pipeline([self.store, self.files, DriverLogSink(lambda: self.files.open(run_dir.driver_log))])
+        self.monitor = ResourceMonitor(run_dir.logs / "perf", plan.settings.resource_monitor_interval)
+        self.telemetry: Any = None  # a JobTelemetry, from open()
+        self.exports: Any = None  # a RunExports when exporters are on
+        self.counts = collections.Counter[str]()  # retries, timeouts, worker_restarts
+        self.first_error: dict[str, Any] | None = None
+        self.next_overview = time.monotonic() + OVERVIEW_INTERVAL
+        self._next_metrics = 0.0
+
+    def open(self) -> None:
+        """Exporters and the job span (imported after the workers started: they take a while)."""
+        from pipeobs.telemetry.job import JobTelemetry
+
+        if self.plan.exporters:
+            from pipeobs.export.run import RunExports
+
+            self.exports = RunExports(self.plan.run_dir.path, self.store, self.plan.step_name, self.plan.exporters,
+                                      self.plan.export_deadline, self.say)
+            self.pipeline.add(self.exports)
+            self.exports.carry_over()
+        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline)
+
+    def say(self, level: str, kind: str, message: str, worker: str | None = None) -> None:
+        """An event of the driver's narrative (store, driver log, exporters)."""
+        self.pipeline.event(Event(time.time(), level, kind, message, worker))
+
+    def count(self, name: str) -> None:
+        """One more retry, timeout or worker restart (the result's count and the built-in metric)."""
+        self.counts[name] += 1
+        getattr(self.telemetry.metrics, name).inc()
+
+    # ------------------------------------------------------------------ resume
+    def committed_output_size(self) -> int:
+        row = self.store.run_row()
+        return row["output_size"] if row is not None else 0
+
+    def ledger_rows(self) -> tuple[list[LedgerRow], Any]:
+        from pipeobs.datasets import MiniBatch
+
+        return self.store.restore_ledger(), MiniBatch.from_json
+
+    # ------------------------------------------------------------------ workers
+    def worker_row(self, worker: WorkerSlot, **end: Any) -> None:
+        self.store.put_worker(WorkerRow(worker.label, worker.node, worker.name, worker.pid or 0, worker.gpu,
+                                        worker.started or None, **end))
+
+    def worker_exit(self, worker: WorkerSlot, returncode: int, was_stopping: bool) -> str:
+        """Record a worker's exit; the reason in words ("" for a clean exit after shutdown)."""
+        if worker.kill_reason is not None:
+            reason = worker.kill_reason[1]
+        else:
+            reason = "" if was_stopping and returncode == 0 else describe_exit(returncode)
+        self.worker_row(worker, ended=time.time(), returncode=returncode, reason=reason)
+        level = "INFO" if was_stopping and (returncode == 0 or worker.kill_reason) else "WARNING"
+        self.say(level, "worker_exit", f"{worker.label} exits with returncode {returncode}. {reason}".rstrip(),
+                 worker.label)
+        return reason
+
+    def close_open_spans(self, worker: WorkerSlot, reason: str) -> None:
+        """Invocations cut short by a kill or crash still end up as spans, with status ERROR."""
+        for inv, start in worker.open_spans.values():
+            self.telemetry.killed(worker.label, inv.phase, start, reason, (inv.trace_id, inv.span_id),
+                                  inv.mini_batch_id, inv.attempt)
+        if worker.inflight:  # killed while loading, before run() began: its span was never announced
+            head = worker.inflight[0]
+            key = (head.mini_batch.id, head.attempt)
+            if not any((i.mini_batch_id, i.attempt) == key for i, _ in worker.open_spans.values()):
+                start = time.time() - (time.monotonic() - worker.head_since)
+                self.telemetry.killed(worker.label, "run", start, reason, (None, None), *key)
+        worker.open_spans.clear()
+
+    def init_failed(self, worker: WorkerSlot, error: dict[str, Any]) -> None:
+        path = self.files.user_error(worker.label, "Entry script init() failed", error["traceback"])
+        self.say("ERROR", "init_failed", f"Entry script init() failed for {error['type']}: {error['message']}",
+                 worker.label)
+        self.first_error = self.first_error or {
+            **error, "mini_batch_id": None, "worker": worker.label, "phase": "init", "traceback_file": str(path)
+        }
+
+    def load_failed(self, worker: WorkerSlot, error: dict[str, Any]) -> str:
+        """Record the entry script's import error; its traceback."""
+        path = self.files.user_error(worker.label, "Loading the entry script failed", error["traceback"])
+        self.first_error = self.first_error or {
+            **error, "traceback_file": str(path), "mini_batch_id": None, "worker": worker.label
+        }
+        return str(error["traceback"])
+
+    def bye(self, worker: WorkerSlot, error: dict[str, Any] | None, profile: bytes | None) -> None:
+        if profile:
+            self.files.write_bytes(self.plan.run_dir.sys_node_log(worker.node, worker.name).with_suffix(".profile"),
+                                   profile)
+        if error:
+            self.files.user_error(worker.label, "Entry script shutdown() failed", error["traceback"])
+            self.say("WARNING", "shutdown_failed",
+                     f"Entry script shutdown() failed for {error['type']}: {error['message']}", worker.label)
+
+    # ------------------------------------------------------------------ attempts
+    def attempt(self, worker: WorkerSlot, mb_id: int, attempt: int, outcome: dict[str, Any], final: str | None) -> None:
+        """An attempt's row, its line in the worker's system log, and its built-in metrics."""
+        self.store.add_attempt(mb_id, attempt, worker.label, worker.pid, outcome)
+        total, succeeded = outcome.get("total", 0), outcome.get("succeeded", 0)
+        self.files.system(
+            worker.label,
+            f"mini batch {mb_id} attempt {attempt} {outcome['status']}: pid {worker.pid}, total {total}, "
+            f"succeeded {succeeded}, failed {total - succeeded}, elapsed {outcome.get('elapsed', 0):.3f} s, "
+            f"process time {outcome.get('process_seconds', 0):.3f} s, run method {outcome.get('run_seconds', 0):.3f} s",
+        )
+        self.telemetry.attempt(worker.label, mb_id, attempt, outcome, final)
+
+    def attempt_failed(self, worker: WorkerSlot, mb_id: int, attempt: int, outcome: dict[str, Any],
+                       verdict: Verdict) -> None:
+        self.attempt(worker, mb_id, attempt, outcome, verdict.final)
+        error, status = outcome.get("error") or {}, outcome["status"]
+        inputs = verdict.state.descriptor.summary()
+        traceback_file = None
+        if error and status in ("RUN_EXCEPTION", "LOAD_ERROR"):
+            traceback_file = self.files.user_error(
+                worker.label, f"Entry script run() failed for mini batch {mb_id} (attempt {attempt}, {inputs})",
+                error["traceback"],
+            )
+        self.say("ERROR", "attempt_failed", f"Mini batch {mb_id} attempt {attempt} failed ({status}): "
+                 f"{error.get('type', status)}: {error.get('message', '')}", worker.label)
+        if self.first_error is None:
+            self.first_error = {**error, "mini_batch_id": mb_id, "attempt": attempt, "worker": worker.label,
+                                "inputs": inputs, "phase": "run", "status": status,
+                                "traceback_file": str(traceback_file) if traceback_file else None}
+        if verdict.final is not None:
+            self.say("ERROR", "mini_batch_failed", f"Mini batch {mb_id} failed after {attempt} tries.", worker.label)
+
+    def finished(self, mb_id: int, state: MiniBatchState, worker: str, output_end: int | None) -> None:
+        """The ledger's verdict, committed with the output size that covers its rows."""
+        self.store.finish_mini_batch(mb_id, status=state.status, attempts=state.tries, total=state.total,
+                                     succeeded=state.succeeded if state.status == "done" else 0, worker=worker,
+                                     output_end=output_end)
+        if output_end is not None:
+            self.store.update_run(output_size=output_end)
+
+    def stopped(self, reason: str) -> None:
+        self.say("ERROR", "stop", f"Progress update stopped for reasons: [{reason}]")
+        self.files.progress(f"Progress update stopped for reasons: [{reason}]", "ERROR")
+
+    # ------------------------------------------------------------------ periodic
+    def periodic(self, now: float, live: list[tuple[int, str, int]], queue_depth: int) -> None:
+        """Resource samples, built-in metrics and export counts, each at its own pace."""
+        if self.monitor.due(now):
+            self.monitor.sample(live, now)
+            self.monitor.flush()
+            self.telemetry.resources(self.monitor.last)
+        if now >= self._next_metrics:
+            self._next_metrics = now + 1.0
+            self.telemetry.publish(queue_depth)
+            if self.exports is not None:
+                self.exports.checkpoint()
+
+    def overview(self, now: float, done: int, total: int, started: float) -> None:
+        self.next_overview = now + OVERVIEW_INTERVAL
+        elapsed = now - started
+        remaining = elapsed / done * (total - done) if done else 0.0
+        self.files.progress(f"Processed {done} of {total} mini batches in {_hms(elapsed)}. "
+                            f"Estimate remaining {_hms(remaining)}.")
+
+    def last_sample(self, live: list[tuple[int, str, int]]) -> None:
+        if self.monitor.interval > 0:  # a last sample while the workers still live
+            self.monitor.sample(live, time.monotonic())
+
+    # ------------------------------------------------------------------ the end
+    def conclude(self, result: JobResult, all_processed: bool, total: int, error_threshold: int) -> None:
+        """The job span's end, the last metrics, export delivery, the run row and the reports."""
+        self.telemetry.end(result.ok, result.reason, {
+            "mini_batches.total": result.mini_batches_total, "mini_batches.failed": result.mini_batches_failed,
+            "items.total": result.items_total, "items.failed": result.items_failed, "status": result.status,
+        })
+        self.telemetry.publish(0)
+        if self.exports is not None:
+            self.pipeline.remove(self.exports)
+            result.exports = self.exports.finish()
+        if all_processed:
+            self.files.progress(f"All {total} mini batches have been processed.")
+        self.files.progress(f"{result.headline()} The error threshold is {error_threshold}.",
+                            "INFO" if result.ok else "ERROR")
+        if result.reason:
+            self.files.progress(result.reason, "ERROR")
+        self.store.update_run(status=result.status, ended_at=time.time(), error=result.reason, summary=result.to_json())
+        self.say("INFO" if result.ok else "ERROR", "end", result.headline())
+        self.pipeline.flush()
+        from pipeobs.record.reports import write_reports
+
+        write_reports(self.files, self.store, result)
+
+    def close(self) -> None:
+        self.monitor.close()
+        self.pipeline.close()
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def describe_exit(returncode: int) -> str:
+    """Words for a worker's exit status (negative: killed by a signal)."""
+    import signal
+
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (possibly out of memory: check dmesg)" if name == "SIGKILL" else ""
+        return f"The worker process was killed by {name}{hint}."
+    return f"The worker process exited with code {returncode}."
+
+
+

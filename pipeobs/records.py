@@ -1,0 +1,85 @@
+"""The typed records of a run: what flows from the workers (and the driver) to the sinks.
+
+Every captured line, log record, metric point, span and driver event is one of the records
+below. The driver passes each through its :class:`~pipeobs.record.pipeline.Pipeline`, a list
+of sinks (the store, the per-process files, the driver log, the exporters, ...), so a new
+consumer is a new sink and the producers never change for it.
+
+This module is imported by every worker process: it stays free of heavy imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What a worker is running: ``init``, ``run`` (a mini-batch attempt) or ``shutdown``.
+
+    Records of the driver itself use ``job``; lines written between invocations ``worker``.
+    """
+
+    phase: str
+    mini_batch_id: int | None = None
+    attempt: int | None = None
+    trace_id: str | None = None
+    span_id: str | None = None  # the invocation's span: lines and metrics carry it
+
+
+IDLE = Invocation("worker")
+
+
+@dataclass(slots=True)
+class Line:
+    """One captured line (or a piece of a very long one) with its attribution."""
+
+    stream: str  # "stdout" | "stderr" | "log"
+    invocation: Invocation
+    text: str
+    level: str | None = None
+    logger: str | None = None
+    system: bool = False  # pipeobs's own record: goes to the system log, never to user logs
+    entry_script: bool = False  # written through EntryScript().logger
+    continued: bool = False
+    time: float | None = None  # log records carry their own time; lines get the time they were read
+    custom_dimensions: dict[str, Any] | None = None  # extra={"custom_dimensions": {...}}
+    worker: str = ""  # "node/processNNN"
+
+
+@dataclass(slots=True)
+class Metric:
+    """A metric point: a ``Run.log``-family value or tag of the entry script, or a built-in series.
+
+    ``kind`` is ``scalar | list | row | table | tag`` for the user's values, ``counter | gauge |
+    histogram`` for the built-in series, ``observation`` for per-attempt built-in points.
+    """
+
+    invocation: Invocation
+    kind: str
+    name: str
+    value: Any
+    description: str
+    time: float
+    worker: str | None = None
+    labels: str | None = None  # JSON object of the Prometheus labels, sorted keys
+
+
+@dataclass(slots=True)
+class Span:
+    """A finished span (see :mod:`pipeobs.telemetry.spans` for the two forms of ``record``)."""
+
+    record: dict[str, Any]
+    worker: str = ""
+
+
+@dataclass(slots=True)
+class Event:
+    """A line of the driver's own narrative: worker starts and exits, timeouts, threshold stops."""
+
+    time: float
+    level: str
+    kind: str
+    message: str
+    worker: str | None = None
