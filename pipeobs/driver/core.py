@@ -42,7 +42,7 @@ class Driver:
     """Runs one :class:`JobPlan` to completion on an executor and returns a :class:`JobResult`."""
 
     def __init__(self, plan: JobPlan, on_progress: Callable[[ProgressView], None] | None = None,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.plan = plan
         self.config = plan.config
         self.budgets = Budgets.from_config(plan.config, plan.settings)
@@ -52,15 +52,16 @@ class Driver:
 
             executor = LocalExecutor()
         self.executor = executor
+        self.clock = clock  # monotonic seconds: every timing decision reads it (a fake one in tests)
         self.token = secrets.token_hex(8)
         self.ledger = Ledger(Thresholds.from_config(plan.config), plan.config.run_max_try)
         self.output = OutputFile(plan.output_file, plan.settings.append_row_dataframe_header)
-        self.journal = RunJournal(plan)
         self.workers: dict[str, WorkerSlot] = {}
         self.names = Names(plan.config.node_count, plan.gpu_count)
         self.stop_reason: str | None = None
         self.fatal: PipeobsError | None = None
-        self.started = time.monotonic()
+        self.started = clock()
+        self.journal = RunJournal(plan, self.started)
         self.last_progress = self.started
         self.first_task_at: float | None = None
         self.init_failures: collections.Counter[int] = collections.Counter()  # per node
@@ -141,7 +142,7 @@ class Driver:
 
     def _add_mini_batch(self, mini_batch: Any) -> None:
         if self.first_task_at is None:
-            self.first_task_at = time.monotonic()
+            self.first_task_at = self.clock()
         try:
             if self.ledger.add(mini_batch):
                 self.journal.store.add_mini_batch(mini_batch.id, mini_batch.to_json())
@@ -153,7 +154,7 @@ class Driver:
         count = len(self.ledger)
         self.journal.store.update_run(partitioned=1)
         message = (f"Scheduling finished. Scheduled {count} mini batches with {self.ledger.items()} items in "
-                   f"{time.monotonic() - self.started:.2f} seconds.")
+                   f"{self.clock() - self.started:.2f} seconds.")
         self.journal.say("INFO", "scheduled", message)
         self.journal.files.progress(message)
         if count == 0:
@@ -167,7 +168,7 @@ class Driver:
             env[variables.CUDA_DEVICES] = str(gpu)
         scratch = self.plan.run_dir.scratch(node, name)
         scratch.mkdir(parents=True, exist_ok=True)
-        worker = WorkerSlot(node, name, gpu)
+        worker = WorkerSlot(node, name, gpu, since=self.clock())
         self.workers[worker.label] = worker
         worker.pid = self.executor.spawn(WorkerSpec(node, name, env, str(scratch)))
         worker.started = time.time()
@@ -198,7 +199,7 @@ class Driver:
     def worker_connected(self, label: str, pid: int) -> None:
         worker = self.workers[label]
         worker.pid = worker.pid or pid
-        worker.set_state(WorkerState.INIT)
+        worker.set_state(WorkerState.INIT, self.clock())
         self.executor.send(label, self.plan.worker_setup(worker.node, worker.name, self.token,
                                                          self.journal.telemetry.traceparent))
 
@@ -234,19 +235,20 @@ class Driver:
         if inv.span_id is not None:
             worker.open_spans.setdefault(inv.span_id, (inv, time.time()))
         if inv.phase == "run" and inv.mini_batch_id is not None and inv.attempt is not None:
-            worker.run_began[(inv.mini_batch_id, inv.attempt)] = time.monotonic()
+            worker.run_began[(inv.mini_batch_id, inv.attempt)] = self.clock()
 
     def worker_exited(self, label: str, returncode: int) -> None:
         worker = self.workers[label]
         was_stopping = worker.state is WorkerState.STOPPING
-        worker.set_state(WorkerState.DEAD)
+        worker.set_state(WorkerState.DEAD, self.clock())
         self.names.release(worker.node, worker.gpu)
         reason = self.journal.worker_exit(worker, returncode, was_stopping)
-        self.journal.close_open_spans(worker, reason or "the worker process ended")
+        self.journal.close_open_spans(worker, reason or "the worker process ended", self.clock())
         self._fail_inflight(worker, reason)
         if not was_stopping:
             self.journal.count("worker_restarts")
             self._replace(worker)
+            self._stop(self._workers_lost())
 
     def _fail_inflight(self, worker: WorkerSlot, reason: str) -> None:
         status = worker.kill_reason[0] if worker.kill_reason else "PROCESS_CRASHED"
@@ -262,7 +264,7 @@ class Driver:
     # ----------------------------------------------------------------- messages
     def _on_ready(self, worker: WorkerSlot, message: Ready) -> None:
         if worker.state is WorkerState.INIT:
-            worker.set_state(WorkerState.READY)
+            worker.set_state(WorkerState.READY, self.clock())
         self.journal.say("INFO", "init_done", f"{worker.label} init() finished in {message.init_seconds:.3f} s.",
                         worker.label)
 
@@ -282,7 +284,7 @@ class Driver:
         if not worker.inflight or worker.inflight[0].mini_batch.id != mb_id:
             return  # a result for a task already failed (killed): ignore
         worker.inflight.popleft()
-        now = time.monotonic()
+        now = self.clock()
         worker.head_since = now
         elapsed = outcome.get("elapsed")
         if elapsed is not None:  # a moving mean sets the prefetch depth
@@ -332,7 +334,7 @@ class Driver:
             busy = poll(0.05 if any(w.inflight for w in self.workers.values()) else 0.2)
             if self._partitioned:
                 self._take_partitioned()
-            now = time.monotonic()
+            now = self.clock()
             if now - self._last_clock_check >= CLOCK_INTERVAL:
                 self._last_clock_check = now
                 self._check_clocks(now)
@@ -358,7 +360,7 @@ class Driver:
                 continue
             batch = ledger.take(prefetch - len(worker.inflight))
             if not worker.inflight:
-                worker.head_since = time.monotonic()
+                worker.head_since = self.clock()
             worker.inflight.extend(Task(descriptor, attempt) for descriptor, attempt in batch)
             self.executor.send(worker.label, Tasks(batch))  # a worker that is gone re-queues them on exit
             if not ledger.pending:
@@ -378,8 +380,7 @@ class Driver:
                 if kill.is_timeout:
                     self.journal.count("timeouts")
                 self._kill(worker, kill.status, kill.message)
-        reason = job_clock(self.started, self.first_task_at, self.last_progress, now, self.budgets)
-        self._stop(reason or self._workers_lost())
+        self._stop(job_clock(self.started, self.first_task_at, self.last_progress, now, self.budgets))
 
     def _workers_lost(self) -> str | None:
         """Why the job cannot go on for want of workers (init() failing), or None."""
@@ -411,7 +412,7 @@ class Driver:
     def _finish_workers(self) -> None:
         """Ask every worker to shutdown(), or kill them all when the job stops early."""
         early = bool(self.fatal or self.stop_reason)
-        self.journal.last_sample(self._live())
+        self.journal.last_sample(self._live(), self.clock())
         for worker in self.workers.values():
             if worker.is_dead:
                 continue
@@ -421,16 +422,16 @@ class Driver:
                 worker.state = WorkerState.STOPPING
                 self.executor.kill(worker.label)
             else:
-                worker.set_state(WorkerState.STOPPING)
+                worker.set_state(WorkerState.STOPPING, self.clock())
                 self.executor.send(worker.label, Stop())
-        deadline = time.monotonic() + max(30.0, self.config.run_invocation_timeout)
+        deadline = self.clock() + max(30.0, self.config.run_invocation_timeout)
         while any(not w.is_dead for w in self.workers.values()):
-            if time.monotonic() > deadline:
+            if self.clock() > deadline:
                 for worker in self.workers.values():
                     if not worker.is_dead:
                         worker.kill_reason = ("STOPPED", "shutdown() did not finish in time")
                         self.executor.kill(worker.label)
-                deadline = time.monotonic() + 5
+                deadline = self.clock() + 5
             self.executor.poll(0.2)
 
     def _conclude(self) -> JobResult:
@@ -453,7 +454,7 @@ class Driver:
             status="Failed" if (self.fatal or self.stop_reason) else "Completed",
             step_id=self.plan.step_id, step_name=self.plan.step_name, run_dir=str(self.plan.run_dir.path),
             output_path=self.plan.output_file, output_dir=self.plan.output_dir, **self.ledger.totals(),  # type: ignore[arg-type]
-            duration_seconds=time.monotonic() - self.started,
+            duration_seconds=self.clock() - self.started,
             reason=self.stop_reason or (str(self.fatal) if self.fatal else None),
             first_error=self.journal.first_error, retries=counts["retries"], timeouts=counts["timeouts"],
             worker_restarts=counts["worker_restarts"],

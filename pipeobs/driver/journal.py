@@ -31,7 +31,7 @@ OVERVIEW_INTERVAL = 10.0  # Azure writes a progress line every 2 minutes; a lapt
 class RunJournal:
     """The writers of one run directory, and the job's telemetry."""
 
-    def __init__(self, plan: JobPlan) -> None:
+    def __init__(self, plan: JobPlan, now: float) -> None:
         self.plan = plan
         run_dir = plan.run_dir
         self.store = Store(run_dir.store, plan.step_id)
@@ -42,7 +42,7 @@ class RunJournal:
         self.exports: Any = None  # a RunExports when exporters are on
         self.counts = collections.Counter[str]()  # retries, timeouts, worker_restarts
         self.first_error: dict[str, Any] | None = None
-        self.next_overview = time.monotonic() + OVERVIEW_INTERVAL
+        self.next_overview = now + OVERVIEW_INTERVAL
         self._next_metrics = 0.0
 
     def open(self) -> None:
@@ -94,7 +94,7 @@ class RunJournal:
                  worker.label)
         return reason
 
-    def close_open_spans(self, worker: WorkerSlot, reason: str) -> None:
+    def close_open_spans(self, worker: WorkerSlot, reason: str, now: float) -> None:
         """Invocations cut short by a kill or crash still end up as spans, with status ERROR."""
         for inv, start in worker.open_spans.values():
             self.telemetry.killed(worker.label, inv.phase, start, reason, (inv.trace_id, inv.span_id),
@@ -103,7 +103,7 @@ class RunJournal:
             head = worker.inflight[0]
             key = (head.mini_batch.id, head.attempt)
             if not any((i.mini_batch_id, i.attempt) == key for i, _ in worker.open_spans.values()):
-                start = time.time() - (time.monotonic() - worker.head_since)
+                start = time.time() - (now - worker.head_since)
                 self.telemetry.killed(worker.label, "run", start, reason, (None, None), *key)
         worker.open_spans.clear()
 
@@ -197,9 +197,9 @@ class RunJournal:
         self.files.progress(f"Processed {done} of {total} mini batches in {_hms(elapsed)}. "
                             f"Estimate remaining {_hms(remaining)}.")
 
-    def last_sample(self, live: list[tuple[int, str, int]]) -> None:
+    def last_sample(self, live: list[tuple[int, str, int]], now: float) -> None:
         if self.monitor.interval > 0:  # a last sample while the workers still live
-            self.monitor.sample(live, time.monotonic())
+            self.monitor.sample(live, now)
 
     # ------------------------------------------------------------------ the end
     def conclude(self, result: JobResult, all_processed: bool, total: int, error_threshold: int) -> None:

@@ -62,9 +62,9 @@ class WorkerSlot:
         """Not serving yet: starting the process, loading the entry script or in init()."""
         return self.state in (WorkerState.STARTING, WorkerState.INIT)
 
-    def set_state(self, state: WorkerState, now: float | None = None) -> None:
+    def set_state(self, state: WorkerState, now: float) -> None:
         self.state = state
-        self.since = time.monotonic() if now is None else now
+        self.since = now
 
 
 class Names:
