@@ -10,25 +10,21 @@ still being listed.
 
 from __future__ import annotations
 
-import collections
 import secrets
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeobs import env as variables
-from pipeobs.capture import Boundary
 from pipeobs.driver.clocks import Budgets, job_clock, worker_clock
 from pipeobs.driver.journal import RunJournal
 from pipeobs.driver.ledger import Ledger
 from pipeobs.driver.output import OutputFile
-from pipeobs.driver.workers import Names, Task, WorkerSlot, WorkerState
+from pipeobs.driver.partition import DONE, Partitioner
+from pipeobs.driver.workers import WorkerPool, WorkerSlot, WorkerState
 from pipeobs.errors import EntryScriptError, JobFailed, PipeobsError
-from pipeobs.executors.base import Executor, WorkerSpec
+from pipeobs.executors.base import Executor
 from pipeobs.jobs import JobPlan, JobResult, ProgressView, Thresholds
-from pipeobs.protocol import Bye, InitFailed, LoadFailed, Message, Ready, Result, Stop, Tasks
-from pipeobs.records import Line, Span
+from pipeobs.protocol import Bye, InitFailed, LoadFailed, Message, Ready, Result
 
 FLUSH_INTERVAL = 0.2
 COALESCE_SECONDS = 0.0005
@@ -56,16 +52,14 @@ class Driver:
         self.token = secrets.token_hex(8)
         self.ledger = Ledger(Thresholds.from_config(plan.config), plan.config.run_max_try)
         self.output = OutputFile(plan.output_file, plan.settings.append_row_dataframe_header)
-        self.workers: dict[str, WorkerSlot] = {}
-        self.names = Names(plan.config.node_count, plan.gpu_count)
         self.stop_reason: str | None = None
         self.fatal: PipeobsError | None = None
         self.started = clock()
         self.journal = RunJournal(plan, self.started)
+        self.workers = WorkerPool(plan, executor, self.journal, clock)
+        self.partitioner = Partitioner(plan.datasets, plan.mini_batch_size, plan.config.partition_keys, executor.wake)
         self.last_progress = self.started
         self.first_task_at: float | None = None
-        self.init_failures: collections.Counter[int] = collections.Counter()  # per node
-        self._partitioned: collections.deque[Any] = collections.deque()  # from the partition thread
         self._last_flush = 0.0
         self._last_clock_check = 0.0
         self._mean_elapsed = 0.0
@@ -73,11 +67,6 @@ class Driver:
             Result: self._on_result, Ready: self._on_ready, InitFailed: self._on_init_failed,
             LoadFailed: self._on_load_failed, Bye: self._on_bye,
         }
-
-    @property
-    def progress(self) -> ProgressView:
-        return ProgressView(self.plan.step_name, self.ledger.finished,
-                            len(self.ledger) if self.ledger.all_scheduled else None, self.started)
 
     # ----------------------------------------------------------------- lifecycle
     def run(self) -> JobResult:
@@ -93,19 +82,15 @@ class Driver:
     def _start(self) -> None:
         # Workers first: they import Python and the entry script while the driver sets up the rest.
         self.executor.open(self, self.token)
-        spawned = [self._spawn(node, announce=False) for node in range(self.config.node_count)
+        spawned = [self.workers.spawn(node, announce=False) for node in range(self.config.node_count)
                    for _ in range(self.config.effective_process_count())]
         self.journal.open()
         self.output.open(self.journal.committed_output_size())
         finished = self.ledger.restore(*self.journal.ledger_rows())
-        if len(self.ledger):
-            self.journal.say("INFO", "resume", f"Resuming: {finished} mini batches already finished, output cut "
-                                              f"back to {self.output.size} bytes.")
-        self.journal.say("INFO", "start", f"Start job {self.plan.step_id} ({self.plan.describe()}).")
-        self.journal.files.progress("Start scheduling.")
+        self.journal.started(finished if len(self.ledger) else None, self.output.size)
         for worker in spawned:
-            self._announce(worker)
-        threading.Thread(target=self._partition, name="pipeobs-partition", daemon=True).start()
+            self.workers.announce(worker)
+        self.partitioner.start()
 
     def _close(self) -> None:
         self.executor.close()
@@ -114,25 +99,9 @@ class Driver:
         self.plan.run_dir.unlock()
 
     # ----------------------------------------------------------------- partitioning
-    def _partition(self) -> None:
-        """The partition thread: mini-batches, then None, or the exception, into the driver's deque."""
-        from pipeobs.datasets import partition
-
-        try:
-            for mini_batch in partition(self.plan.datasets, self.plan.mini_batch_size, self.config.partition_keys):
-                self._partitioned.append(mini_batch)
-                self.executor.wake()
-        except BaseException as exc:  # noqa: BLE001 - reported by the driver thread
-            self._partitioned.append(exc)
-        else:
-            self._partitioned.append(None)
-        self.executor.wake()
-
     def _take_partitioned(self) -> None:
-        queue = self._partitioned
-        while queue:
-            item = queue.popleft()
-            if item is None:
+        for item in self.partitioner.take():
+            if item is DONE:
                 self._partition_finished()
             elif isinstance(item, BaseException):
                 self.ledger.all_scheduled = True
@@ -151,49 +120,9 @@ class Driver:
 
     def _partition_finished(self) -> None:
         self.ledger.all_scheduled = True
-        count = len(self.ledger)
-        self.journal.store.update_run(partitioned=1)
-        message = (f"Scheduling finished. Scheduled {count} mini batches with {self.ledger.items()} items in "
-                   f"{self.clock() - self.started:.2f} seconds.")
-        self.journal.say("INFO", "scheduled", message)
-        self.journal.files.progress(message)
-        if count == 0:
+        self.journal.scheduled(len(self.ledger), self.ledger.items(), self.clock() - self.started)
+        if not self.ledger:
             self.fatal = PipeobsError("the inputs hold no data: no mini-batch was created")
-
-    # ----------------------------------------------------------------- workers
-    def _spawn(self, node: int, announce: bool = True) -> WorkerSlot:
-        name, gpu = self.names.next(node)
-        env = dict(self.plan.worker_env)
-        if gpu is not None:
-            env[variables.CUDA_DEVICES] = str(gpu)
-        scratch = self.plan.run_dir.scratch(node, name)
-        scratch.mkdir(parents=True, exist_ok=True)
-        worker = WorkerSlot(node, name, gpu, since=self.clock())
-        self.workers[worker.label] = worker
-        worker.pid = self.executor.spawn(WorkerSpec(node, name, env, str(scratch)))
-        worker.started = time.time()
-        self.journal.worker_row(worker)
-        if announce:
-            self._announce(worker)
-        return worker
-
-    def _announce(self, worker: WorkerSlot) -> None:
-        self.journal.say("INFO", "worker_start", f"Started {worker.label} (pid {worker.pid}).", worker.label)
-
-    def _replace(self, worker: WorkerSlot) -> None:
-        if self._finished():
-            return
-        failures, per_node = self.init_failures[worker.node], self.config.effective_process_count()
-        if failures >= 3 * per_node:
-            self.journal.say("ERROR", "node_gave_up",
-                            f"init() failed {failures} times on node {worker.node}; no new worker is started there.")
-            return
-        self._spawn(worker.node)
-
-    def _kill(self, worker: WorkerSlot, status: str, message: str) -> None:
-        worker.kill_reason = (status, message)
-        self.journal.say("ERROR", "timeout", message + " Stopping this process.", worker.label)
-        self.executor.kill(worker.label)
 
     # ----------------------------------------------------------------- executor events
     def worker_connected(self, label: str, pid: int) -> None:
@@ -211,44 +140,19 @@ class Driver:
         handler(worker, message)
 
     def worker_output(self, label: str, items: Sequence[Any]) -> None:
-        pipeline = self.journal.pipeline
-        line, metric, span = pipeline.line, pipeline.metric, pipeline.span
-        worker = None
-        for item in items:
-            kind = type(item)
-            if kind is Line:
-                line(item)
-            elif kind is Boundary:
-                worker = worker or self.workers[label]
-                self._on_boundary(worker, item)
-            elif kind is Span:
-                worker = worker or self.workers[label]
-                worker.open_spans.pop(item.record["span_id"], None)
-                span(item)
-            else:
-                metric(item)
-
-    def _on_boundary(self, worker: WorkerSlot, item: Boundary) -> None:
-        inv = item.invocation
-        if inv is None or item.stream != "stdout":
-            return
-        if inv.span_id is not None:
-            worker.open_spans.setdefault(inv.span_id, (inv, time.time()))
-        if inv.phase == "run" and inv.mini_batch_id is not None and inv.attempt is not None:
-            worker.run_began[(inv.mini_batch_id, inv.attempt)] = self.clock()
+        self.workers.output(self.workers[label], items)
 
     def worker_exited(self, label: str, returncode: int) -> None:
         worker = self.workers[label]
-        was_stopping = worker.state is WorkerState.STOPPING
-        worker.set_state(WorkerState.DEAD, self.clock())
-        self.names.release(worker.node, worker.gpu)
+        was_stopping = self.workers.exited(worker)
         reason = self.journal.worker_exit(worker, returncode, was_stopping)
         self.journal.close_open_spans(worker, reason or "the worker process ended", self.clock())
         self._fail_inflight(worker, reason)
         if not was_stopping:
             self.journal.count("worker_restarts")
-            self._replace(worker)
-            self._stop(self._workers_lost())
+            if not self._finished():
+                self.workers.replace(worker)
+            self._stop(self.workers.lost(self._finished()))
 
     def _fail_inflight(self, worker: WorkerSlot, reason: str) -> None:
         status = worker.kill_reason[0] if worker.kill_reason else "PROCESS_CRASHED"
@@ -269,7 +173,7 @@ class Driver:
                         worker.label)
 
     def _on_init_failed(self, worker: WorkerSlot, message: InitFailed) -> None:
-        self.init_failures[worker.node] += 1
+        self.workers.init_failures[worker.node] += 1
         self.journal.init_failed(worker, message.error)
 
     def _on_load_failed(self, worker: WorkerSlot, message: LoadFailed) -> None:
@@ -331,8 +235,8 @@ class Driver:
             self._dispatch()
             if self._finished():
                 break
-            busy = poll(0.05 if any(w.inflight for w in self.workers.values()) else 0.2)
-            if self._partitioned:
+            busy = poll(0.05 if self.workers.busy() else 0.2)
+            if self.partitioner:
                 self._take_partitioned()
             now = self.clock()
             if now - self._last_clock_check >= CLOCK_INTERVAL:
@@ -348,23 +252,11 @@ class Driver:
     def _finished(self) -> bool:
         if self.fatal or self.stop_reason:
             return True
-        return self.ledger.complete and all(not w.inflight for w in self.workers.values())
+        return self.ledger.complete and not self.workers.busy()
 
     def _dispatch(self) -> None:
-        ledger = self.ledger
-        if not ledger.pending:
-            return
-        prefetch = self._prefetch()
-        for worker in self.workers.values():
-            if worker.state is not WorkerState.READY or len(worker.inflight) >= prefetch:
-                continue
-            batch = ledger.take(prefetch - len(worker.inflight))
-            if not worker.inflight:
-                worker.head_since = self.clock()
-            worker.inflight.extend(Task(descriptor, attempt) for descriptor, attempt in batch)
-            self.executor.send(worker.label, Tasks(batch))  # a worker that is gone re-queues them on exit
-            if not ledger.pending:
-                return
+        if self.ledger.pending:
+            self.workers.dispatch(self.ledger, self._prefetch())
 
     def _prefetch(self) -> int:
         """How many tasks a worker holds: about PREFETCH_SECONDS of work, within bounds."""
@@ -374,35 +266,23 @@ class Driver:
         return max(PREFETCH_MIN, min(PREFETCH_MAX, int(PREFETCH_SECONDS / mean)))
 
     def _check_clocks(self, now: float) -> None:
-        for worker in list(self.workers.values()):
+        for worker in self.workers:
             kill = worker_clock(worker, now, self.budgets)
             if kill is not None:
                 if kill.is_timeout:
                     self.journal.count("timeouts")
-                self._kill(worker, kill.status, kill.message)
+                self.workers.kill(worker, kill.status, kill.message)
         self._stop(job_clock(self.started, self.first_task_at, self.last_progress, now, self.budgets))
 
-    def _workers_lost(self) -> str | None:
-        """Why the job cannot go on for want of workers (init() failing), or None."""
-        failures = sum(self.init_failures.values())
-        if not self._finished() and all(w.is_dead for w in self.workers.values()):
-            return (f"The init() in the entry script had failed for {failures} times and no worker is left. "
-                    "Check logs/user/error for the cause." if failures else "No worker process is left.")
-        if failures >= 2 * self.config.node_count * self.config.effective_process_count():
-            return f"The init() in the entry script had failed for {failures} times. Check logs/user/error for the cause."
-        return None
-
     def _periodic(self, now: float) -> None:
-        self.journal.periodic(now, self._live(), len(self.ledger.pending))
+        self.journal.periodic(now, self.workers.live(), len(self.ledger.pending))
         if now >= self.journal.next_overview and self.ledger.all_scheduled:
             self.journal.overview(now, self.ledger.finished, len(self.ledger), self.started)
         self._flush()
         self._last_flush = now
         if self.on_progress is not None:
-            self.on_progress(self.progress)
-
-    def _live(self) -> list[tuple[int, str, int]]:
-        return [(w.node, w.name, w.pid) for w in self.workers.values() if not w.is_dead and w.pid is not None]
+            total = len(self.ledger) if self.ledger.all_scheduled else None
+            self.on_progress(ProgressView(self.plan.step_name, self.ledger.finished, total, self.started))
 
     def _flush(self) -> None:
         self.output.flush()  # rows reach the file before the ledger commit that covers them
@@ -411,28 +291,8 @@ class Driver:
     # ----------------------------------------------------------------- the end
     def _finish_workers(self) -> None:
         """Ask every worker to shutdown(), or kill them all when the job stops early."""
-        early = bool(self.fatal or self.stop_reason)
-        self.journal.last_sample(self._live(), self.clock())
-        for worker in self.workers.values():
-            if worker.is_dead:
-                continue
-            if early or worker.state is not WorkerState.READY:
-                reason = "stopped: the job is ending" if early else "stopped: all work was done before its init() finished"
-                worker.kill_reason = worker.kill_reason or ("STOPPED", reason)
-                worker.state = WorkerState.STOPPING
-                self.executor.kill(worker.label)
-            else:
-                worker.set_state(WorkerState.STOPPING, self.clock())
-                self.executor.send(worker.label, Stop())
-        deadline = self.clock() + max(30.0, self.config.run_invocation_timeout)
-        while any(not w.is_dead for w in self.workers.values()):
-            if self.clock() > deadline:
-                for worker in self.workers.values():
-                    if not worker.is_dead:
-                        worker.kill_reason = ("STOPPED", "shutdown() did not finish in time")
-                        self.executor.kill(worker.label)
-                deadline = self.clock() + 5
-            self.executor.poll(0.2)
+        self.journal.last_sample(self.workers.live(), self.clock())
+        self.workers.stop_all(bool(self.fatal or self.stop_reason), max(30.0, self.config.run_invocation_timeout))
 
     def _conclude(self) -> JobResult:
         if not self.fatal and not self.stop_reason:

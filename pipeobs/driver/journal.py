@@ -58,6 +58,20 @@ class RunJournal:
             self.exports.carry_over()
         self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline)
 
+    def started(self, resumed_finished: int | None, output_size: int) -> None:
+        if resumed_finished is not None:
+            self.say("INFO", "resume", f"Resuming: {resumed_finished} mini batches already finished, output cut "
+                                       f"back to {output_size} bytes.")
+        self.say("INFO", "start", f"Start job {self.plan.step_id} ({self.plan.describe()}).")
+        self.files.progress("Start scheduling.")
+
+    def scheduled(self, count: int, items: int, seconds: float) -> None:
+        """Partitioning finished."""
+        self.store.update_run(partitioned=1)
+        message = f"Scheduling finished. Scheduled {count} mini batches with {items} items in {seconds:.2f} seconds."
+        self.say("INFO", "scheduled", message)
+        self.files.progress(message)
+
     def say(self, level: str, kind: str, message: str, worker: str | None = None) -> None:
         """An event of the driver's narrative (store, driver log, exporters)."""
         self.pipeline.event(Event(time.time(), level, kind, message, worker))

@@ -1,4 +1,4 @@
-"""The driver's view of its workers: one :class:`WorkerSlot` per worker process, and their names.
+"""The driver's view of its workers: one :class:`WorkerSlot` per worker process, and the pool of them.
 
 The executor owns the processes; the driver owns what they are doing: their state, the tasks
 they hold (dispatched, not yet finished), when the head task's ``run()`` began, the spans they
@@ -10,10 +10,20 @@ from __future__ import annotations
 import collections
 import enum
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeobs.records import Invocation
+from pipeobs import env as variables
+from pipeobs.capture import Boundary
+from pipeobs.executors.base import Executor, WorkerSpec
+from pipeobs.protocol import Stop, Tasks
+from pipeobs.records import Invocation, Line, Span
+
+if TYPE_CHECKING:
+    from pipeobs.driver.journal import RunJournal
+    from pipeobs.driver.ledger import Ledger
+    from pipeobs.jobs import JobPlan
 
 
 class WorkerState(enum.Enum):
@@ -73,6 +83,7 @@ class Names:
     def __init__(self, node_count: int, gpu_count: int) -> None:
         self._next: dict[int, int] = collections.defaultdict(int)
         self._gpus: dict[int, list[int]] = {n: list(range(gpu_count)) for n in range(node_count)}
+        self.nodes = range(node_count)
 
     def next(self, node: int) -> tuple[str, int | None]:
         """A new process name on ``node`` and the GPU it gets (None when the node has no free GPU)."""
@@ -85,3 +96,147 @@ class Names:
         if gpu is not None:
             self._gpus[node].append(gpu)
             self._gpus[node].sort()
+
+
+class WorkerPool:
+    """The driver's workers: started with names, GPUs and scratch folders; killed, stopped, given tasks."""
+
+    def __init__(self, plan: JobPlan, executor: Executor, journal: RunJournal, clock: Callable[[], float]) -> None:
+        self.plan = plan
+        self.executor = executor
+        self.journal = journal
+        self.clock = clock
+        self.slots: dict[str, WorkerSlot] = {}
+        self.names = Names(plan.config.node_count, plan.gpu_count)
+        self.per_node = plan.config.effective_process_count()
+        self.init_failures: collections.Counter[int] = collections.Counter()  # per node
+
+    def __getitem__(self, label: str) -> WorkerSlot:
+        return self.slots[label]
+
+    def __iter__(self) -> Iterator[WorkerSlot]:
+        return iter(list(self.slots.values()))
+
+    def spawn(self, node: int, announce: bool = True) -> WorkerSlot:
+        name, gpu = self.names.next(node)
+        env = dict(self.plan.worker_env)
+        if gpu is not None:
+            env[variables.CUDA_DEVICES] = str(gpu)
+        scratch = self.plan.run_dir.scratch(node, name)
+        scratch.mkdir(parents=True, exist_ok=True)
+        worker = WorkerSlot(node, name, gpu, since=self.clock())
+        self.slots[worker.label] = worker
+        worker.pid = self.executor.spawn(WorkerSpec(node, name, env, str(scratch)))
+        worker.started = time.time()
+        self.journal.worker_row(worker)
+        if announce:
+            self.announce(worker)
+        return worker
+
+    def output(self, worker: WorkerSlot, items: Sequence[Any]) -> None:
+        """A worker's parsed output: records into the pipeline, boundaries into the worker's slot."""
+        pipeline = self.journal.pipeline
+        line, metric, span = pipeline.line, pipeline.metric, pipeline.span
+        for item in items:
+            kind = type(item)
+            if kind is Line:
+                line(item)
+            elif kind is Boundary:
+                self._boundary(worker, item)
+            elif kind is Span:
+                worker.open_spans.pop(item.record["span_id"], None)
+                span(item)
+            else:
+                metric(item)
+
+    def _boundary(self, worker: WorkerSlot, item: Boundary) -> None:
+        """A begin marker opens the invocation's span (closed by the driver if the worker dies) and, for
+        a mini-batch, starts its run() clock."""
+        inv = item.invocation
+        if inv is None or item.stream != "stdout":
+            return
+        if inv.span_id is not None:
+            worker.open_spans.setdefault(inv.span_id, (inv, time.time()))
+        if inv.phase == "run" and inv.mini_batch_id is not None and inv.attempt is not None:
+            worker.run_began[(inv.mini_batch_id, inv.attempt)] = self.clock()
+
+    def announce(self, worker: WorkerSlot) -> None:
+        self.journal.say("INFO", "worker_start", f"Started {worker.label} (pid {worker.pid}).", worker.label)
+
+    def replace(self, worker: WorkerSlot) -> None:
+        """A new process for one that died, unless init() keeps failing on its node."""
+        failures = self.init_failures[worker.node]
+        if failures >= 3 * self.per_node:
+            self.journal.say("ERROR", "node_gave_up",
+                             f"init() failed {failures} times on node {worker.node}; no new worker is started there.")
+            return
+        self.spawn(worker.node)
+
+    def lost(self, finished: bool) -> str | None:
+        """Why the job cannot go on for want of workers (init() failing), or None."""
+        failures = sum(self.init_failures.values())
+        if not finished and self.all_dead():
+            return (f"The init() in the entry script had failed for {failures} times and no worker is left. "
+                    "Check logs/user/error for the cause." if failures else "No worker process is left.")
+        if failures >= 2 * len(self.names.nodes) * self.per_node:
+            return f"The init() in the entry script had failed for {failures} times. Check logs/user/error for the cause."
+        return None
+
+    def kill(self, worker: WorkerSlot, status: str, message: str) -> None:
+        worker.kill_reason = (status, message)
+        self.journal.say("ERROR", "timeout", message + " Stopping this process.", worker.label)
+        self.executor.kill(worker.label)
+
+    def exited(self, worker: WorkerSlot) -> bool:
+        """Mark ``worker`` dead and free its GPU; whether it had been asked to stop."""
+        was_stopping = worker.state is WorkerState.STOPPING
+        worker.set_state(WorkerState.DEAD, self.clock())
+        self.names.release(worker.node, worker.gpu)
+        return was_stopping
+
+    def busy(self) -> bool:
+        """Some worker holds a task."""
+        return any(w.inflight for w in self.slots.values())
+
+    def all_dead(self) -> bool:
+        return all(w.is_dead for w in self.slots.values())
+
+    def live(self) -> list[tuple[int, str, int]]:
+        """``(node, name, pid)`` of the workers alive (for the resource monitor)."""
+        return [(w.node, w.name, w.pid) for w in self.slots.values() if not w.is_dead and w.pid is not None]
+
+    def dispatch(self, ledger: Ledger, prefetch: int) -> None:
+        """Top up each ready worker to ``prefetch`` queued tasks from the ledger's queue."""
+        for worker in self.slots.values():
+            if not ledger.pending:
+                return
+            if worker.state is not WorkerState.READY or len(worker.inflight) >= prefetch:
+                continue
+            batch = ledger.take(prefetch - len(worker.inflight))
+            if not worker.inflight:
+                worker.head_since = self.clock()
+            worker.inflight.extend(Task(descriptor, attempt) for descriptor, attempt in batch)
+            self.executor.send(worker.label, Tasks(batch))  # a worker that is gone re-queues them on exit
+
+    def stop_all(self, early: bool, grace: float) -> None:
+        """Ask every ready worker to shutdown() (kill them all when ``early``); wait until all exited."""
+        for worker in self:
+            if worker.is_dead:
+                continue
+            if early or worker.state is not WorkerState.READY:
+                reason = "stopped: the job is ending" if early else "stopped: all work was done before its init() finished"
+                worker.kill_reason = worker.kill_reason or ("STOPPED", reason)
+                worker.state = WorkerState.STOPPING
+                self.executor.kill(worker.label)
+            else:
+                worker.set_state(WorkerState.STOPPING, self.clock())
+                self.executor.send(worker.label, Stop())
+        deadline = self.clock() + grace
+        while not self.all_dead():
+            if self.clock() > deadline:
+                for worker in self:
+                    if not worker.is_dead:
+                        worker.kill_reason = ("STOPPED", "shutdown() did not finish in time")
+                        self.executor.kill(worker.label)
+                deadline = self.clock() + 5
+            self.executor.poll(0.2)

@@ -5,8 +5,9 @@
 * A worker opens ``init``, ``mini_batch`` (kind CONSUMER) and ``shutdown`` spans as children of
   the job span, and installs its tracer provider globally, so spans the user opens with the
   OpenTelemetry API inside ``run()`` nest under the ``mini_batch`` span.
-* Finished worker spans are written as marker records on fd 2 (:class:`MarkerSpanExporter`,
-  synchronous: no thread, nothing buffered to lose on a kill) and stored by the driver.
+* Finished worker spans are written as marker records on fd 2 (:class:`CallbackSpanExporter`
+  calling :func:`pipeobs.capture.emit_span`, synchronously: no thread, nothing buffered to lose
+  on a kill) and reach the driver's record pipeline as :class:`pipeobs.records.Span`.
 * A mini-batch whose worker is killed never ends its span; the driver writes that span itself,
   with status ERROR and the reason (:func:`killed_span`).
 

@@ -1,0 +1,94 @@
+"""The local executor alone (no driver): real worker processes, their streams, messages and exits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeobs.capture import Boundary
+from pipeobs.executors.base import WorkerSpec
+from pipeobs.executors.local import LocalExecutor
+from pipeobs.protocol import Message, Ready, Setup, Stop
+from pipeobs.records import Line
+
+
+class Events:
+    """Records what the executor reports, in order."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, Any]] = []
+
+    def worker_connected(self, worker: str, pid: int) -> None:
+        self.log.append(("connected", worker, pid))
+
+    def worker_message(self, worker: str, message: Message) -> None:
+        self.log.append(("message", worker, message))
+
+    def worker_output(self, worker: str, items: Sequence[Any]) -> None:
+        self.log.extend(("output", worker, item) for item in items)
+
+    def worker_exited(self, worker: str, returncode: int) -> None:
+        self.log.append(("exited", worker, returncode))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _w, _x in self.log]
+
+
+def setup_for(tmp_path: Path, script: str) -> Setup:
+    entry = tmp_path / "score.py"
+    entry.write_text(script)
+    return Setup("tok123", "00-" + "1" * 32 + "-" + "2" * 16 + "-01", str(entry), str(tmp_path), [], "summary_only",
+                 None, "", [], str(tmp_path / "scratch"), "INFO",
+                 {"step_id": "s", "step_name": "step", "node": 0, "name": "process000", "run_dir": str(tmp_path),
+                  "output_dir": str(tmp_path), "working_dir": str(tmp_path), "logging_level": "INFO"})
+
+
+def poll_until(executor: LocalExecutor, done: Any, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        executor.poll(0.05)
+
+
+class TestLocalExecutor:
+    def test_a_worker_connects_runs_init_prints_and_exits_cleanly_in_order(self, tmp_path: Path) -> None:
+        """connected -> Ready -> its init() line -> Bye -> exited 0, the exit reported last."""
+        events, executor = Events(), LocalExecutor()
+        executor.open(events, "tok123")
+        setup = setup_for(tmp_path, "def init():\n    print('hello from init')\ndef run(mb):\n    return mb\n")
+
+        pid = executor.spawn(WorkerSpec(0, "process000", {}, str(tmp_path)))
+        poll_until(executor, lambda: "connected" in events.kinds())
+        assert executor.send("0/process000", setup)
+        poll_until(executor, lambda: any(isinstance(x, Ready) for _k, _w, x in events.log))
+        executor.send("0/process000", Stop())
+        poll_until(executor, lambda: "exited" in events.kinds())
+        executor.close()
+
+        assert events.log[0] == ("connected", "0/process000", pid)
+        assert events.log[-1] == ("exited", "0/process000", 0)
+        lines = [x for kind, _w, x in events.log if kind == "output" and isinstance(x, Line)]
+        assert [(line.text, line.invocation.phase, line.worker) for line in lines if line.text == "hello from init"] == [
+            ("hello from init", "init", "0/process000")
+        ]
+        assert any(isinstance(x, Boundary) for _k, _w, x in events.log)
+
+    def test_a_killed_worker_loses_no_line_it_wrote_and_its_exit_comes_last(self, tmp_path: Path) -> None:
+        """SIGKILL mid-init: the line printed before it is delivered, then the exit with -9."""
+        events, executor = Events(), LocalExecutor()
+        executor.open(events, "tok123")
+        setup = setup_for(tmp_path, "import time\ndef init():\n    print('before the kill', flush=True)\n"
+                                    "    time.sleep(60)\ndef run(mb):\n    return mb\n")
+        executor.spawn(WorkerSpec(0, "process000", {}, str(tmp_path)))
+        poll_until(executor, lambda: "connected" in events.kinds())
+        executor.send("0/process000", setup)
+        poll_until(executor, lambda: any(isinstance(x, Line) and x.text == "before the kill" for _k, _w, x in events.log))
+
+        executor.kill("0/process000")
+        poll_until(executor, lambda: "exited" in events.kinds())
+        executor.close()
+
+        assert events.log[-1] == ("exited", "0/process000", -9)
+        assert executor.send("0/process000", Stop()) is False
