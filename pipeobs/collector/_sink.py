@@ -65,12 +65,10 @@ class CollectedRun:
         """Refuse a directory holding another kind of run (a job's store has its own writer)."""
         if not self.path.is_file():
             return
+        from pipeobs.record.store import step_ids_of
+
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
-            try:
-                step_ids = [r[0] for r in conn.execute("SELECT step_id FROM runs")]
-            finally:
-                conn.close()
+            step_ids = step_ids_of(self.path)
         except sqlite3.Error as exc:
             raise RunDirError(f"cannot collect into {self.run_dir}: its store is unreadable ({exc})") from None
         others = [s for s in step_ids if s != STEP_ID]

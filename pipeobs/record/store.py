@@ -128,6 +128,15 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def step_ids_of(path: str | Path) -> list[str]:
+    """The step_ids of the runs a store holds (read-only; sqlite3.Error for a file that is no store)."""
+    conn = connect(path, readonly=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT step_id FROM runs")]
+    finally:
+        conn.close()
+
+
 @dataclass(slots=True)
 class WorkerRow:
     """A row of ``workers``: written when a worker starts, and again when it exits."""
@@ -172,10 +181,6 @@ class Store:
         self._metrics = self._queued["metrics"]
         self._run_updates: dict[str, Any] = {}
         self._labels: dict[str, str] = {}
-
-    @property
-    def pending_rows(self) -> int:
-        return sum(len(rows) for rows in self._queued.values())
 
     # ------------------------------------------------------------------ the record pipeline
     def add_line(self, line: Line) -> None:
