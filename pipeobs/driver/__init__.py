@@ -3,7 +3,7 @@
 * :mod:`~pipeobs.driver.core`: :class:`Driver`, the loop tying the parts together;
 * :mod:`~pipeobs.driver.ledger`: mini-batch states, the pending queue, verdicts, thresholds;
 * :mod:`~pipeobs.driver.clocks`: kill and stop decisions as functions of (state, now);
-* :mod:`~pipeobs.driver.workers`: the driver's view of each worker process, and their names;
+* :mod:`~pipeobs.driver.slots`: the driver's view of each worker process, and their names;
 * :mod:`~pipeobs.driver.output`: the append_row output file (exactly-once);
 * :mod:`~pipeobs.driver.journal`: everything written about the run (pipeline, store, files).
 

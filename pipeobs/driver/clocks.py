@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeobs.config import ParallelRunConfig, Settings
-    from pipeobs.driver.workers import WorkerSlot
+    from pipeobs.driver.slots import WorkerSlot
 
 
 @dataclass(frozen=True)

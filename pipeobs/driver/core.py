@@ -20,7 +20,8 @@ from pipeobs.driver.journal import RunJournal
 from pipeobs.driver.ledger import Ledger
 from pipeobs.driver.output import OutputFile
 from pipeobs.driver.partition import DONE, Partitioner
-from pipeobs.driver.workers import WorkerPool, WorkerSlot, WorkerState
+from pipeobs.driver.pool import WorkerPool
+from pipeobs.driver.slots import WorkerSlot, WorkerState
 from pipeobs.errors import EntryScriptError, JobFailed, PipeobsError
 from pipeobs.executors.base import Executor
 from pipeobs.jobs import JobPlan, JobResult, ProgressView, Thresholds

@@ -23,7 +23,7 @@ from pipeobs.records import Event
 
 if TYPE_CHECKING:
     from pipeobs.driver.ledger import MiniBatchState, Verdict
-    from pipeobs.driver.workers import WorkerSlot
+    from pipeobs.driver.slots import WorkerSlot
 
 OVERVIEW_INTERVAL = 10.0  # Azure writes a progress line every 2 minutes; a laptop run is shorter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeobs.driver.clocks import Budgets, job_clock, worker_clock
-from pipeobs.driver.workers import Task, WorkerSlot, WorkerState
+from pipeobs.driver.slots import Task, WorkerSlot, WorkerState
 
 BUDGETS = Budgets(run_invocation=60, task_overhead=30, first_task_creation=600, progress=270)
 

@@ -1,101 +1,27 @@
-"""The driver's view of its workers: one :class:`WorkerSlot` per worker process, and the pool of them.
+"""The driver's workers as a pool: started with names, GPUs and scratch folders; killed, stopped, given tasks.
 
-The executor owns the processes; the driver owns what they are doing: their state, the tasks
-they hold (dispatched, not yet finished), when the head task's ``run()`` began, the spans they
-opened, and why the driver killed them. All of it plain values, read by the clocks.
+The pool turns the driver's decisions into executor calls and keeps each :class:`WorkerSlot`
+current from what the executor reports (begin markers, exits).
 """
 
 from __future__ import annotations
 
 import collections
-import enum
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeobs import env as variables
 from pipeobs.capture import Boundary
+from pipeobs.driver.slots import Names, Task, WorkerSlot, WorkerState
 from pipeobs.executors.base import Executor, WorkerSpec
 from pipeobs.protocol import Stop, Tasks
-from pipeobs.records import Invocation, Line, Span
+from pipeobs.records import Line, Span
 
 if TYPE_CHECKING:
     from pipeobs.driver.journal import RunJournal
     from pipeobs.driver.ledger import Ledger
     from pipeobs.jobs import JobPlan
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"  # spawned, not connected yet
-    INIT = "init"  # connected; importing the entry script and running init()
-    READY = "ready"
-    STOPPING = "stopping"  # asked to stop: running shutdown()
-    DEAD = "dead"
-
-
-@dataclass
-class Task:
-    """A mini-batch attempt dispatched to a worker."""
-
-    mini_batch: Any
-    attempt: int
-
-
-@dataclass
-class WorkerSlot:
-    """One worker process as the driver sees it."""
-
-    node: int
-    name: str
-    gpu: int | None = None
-    pid: int | None = None
-    started: float = field(default_factory=time.time)
-    state: WorkerState = WorkerState.STARTING
-    since: float = field(default_factory=time.monotonic)  # start of the current state
-    inflight: collections.deque[Task] = field(default_factory=collections.deque)
-    head_since: float = 0.0  # when the head task became the one running
-    run_began: dict[tuple[int, int], float] = field(default_factory=dict)  # (mini-batch, attempt) -> monotonic
-    open_spans: dict[str, tuple[Invocation, float]] = field(default_factory=dict)  # span_id -> (invocation, start)
-    kill_reason: tuple[str, str] | None = None  # (attempt status, message)
-
-    @property
-    def label(self) -> str:
-        return f"{self.node}/{self.name}"
-
-    @property
-    def is_dead(self) -> bool:
-        return self.state is WorkerState.DEAD
-
-    @property
-    def is_starting(self) -> bool:
-        """Not serving yet: starting the process, loading the entry script or in init()."""
-        return self.state in (WorkerState.STARTING, WorkerState.INIT)
-
-    def set_state(self, state: WorkerState, now: float) -> None:
-        self.state = state
-        self.since = now
-
-
-class Names:
-    """``processNNN`` names per node (a replacement gets a new one) and the node's free GPUs."""
-
-    def __init__(self, node_count: int, gpu_count: int) -> None:
-        self._next: dict[int, int] = collections.defaultdict(int)
-        self._gpus: dict[int, list[int]] = {n: list(range(gpu_count)) for n in range(node_count)}
-        self.nodes = range(node_count)
-
-    def next(self, node: int) -> tuple[str, int | None]:
-        """A new process name on ``node`` and the GPU it gets (None when the node has no free GPU)."""
-        index = self._next[node]
-        self._next[node] += 1
-        free = self._gpus[node]
-        return f"process{index:03d}", free.pop(0) if free else None
-
-    def release(self, node: int, gpu: int | None) -> None:
-        if gpu is not None:
-            self._gpus[node].append(gpu)
-            self._gpus[node].sort()
 
 
 class WorkerPool:
