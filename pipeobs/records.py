@@ -10,6 +10,7 @@ This module is imported by every worker process: it stays free of heavy imports.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,13 @@ class Metric:
     worker: str | None = None
     labels: str | None = None  # JSON object of the Prometheus labels, sorted keys
 
+    def number_or_json(self) -> tuple[float | None, str | None]:
+        """``(value, None)`` for a number, ``(None, JSON text)`` for anything else (lists, tags, rows)."""
+        value = self.value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value, None
+        return None, json.dumps(value)
+
 
 @dataclass(slots=True)
 class Span:
@@ -72,6 +80,19 @@ class Span:
 
     record: dict[str, Any]
     worker: str = ""
+
+    def where(self) -> tuple[str | None, int | None, int | None]:
+        """``(worker, mini_batch_id, attempt)``: a worker's wire record says; a driver-built span
+        (the job span, or one of a killed worker) carries them as attributes."""
+        record = self.record
+        if "attributes_json" in record:
+            return record["worker"] or self.worker, record["mini_batch_id"], record["attempt"]
+        attributes = record["attributes"]
+        return (
+            attributes.get("pipeobs.worker", None if self.worker == "driver" else self.worker),
+            attributes.get("pipeobs.mini_batch_id"),
+            attributes.get("pipeobs.attempt"),
+        )
 
 
 @dataclass(slots=True)

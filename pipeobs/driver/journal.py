@@ -261,6 +261,3 @@ def describe_exit(returncode: int) -> str:
         hint = " (possibly out of memory: check dmesg)" if name == "SIGKILL" else ""
         return f"The worker process was killed by {name}{hint}."
     return f"The worker process exited with code {returncode}."
-
-
-

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeobs.export.routing import Router
-from pipeobs.record.store import Store, span_where
+from pipeobs.record.store import Store
 from pipeobs.records import Event, Line, Metric, Span
 from pipeobs.telemetry.spans import full_record
 
@@ -54,23 +54,19 @@ class RunExports:
 
     def add_metric(self, metric: Metric) -> None:
         inv = metric.invocation
-        value = metric.value
-        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        number, encoded = metric.number_or_json()
         self._submit({
             "type": "metric", "time": metric.time, "step_id": self.step_id, "step_name": self.step_name,
             "worker": metric.worker, "phase": inv.phase, "mini_batch_id": inv.mini_batch_id, "attempt": inv.attempt,
             "name": metric.name, "kind": metric.kind, "value": number,
-            "value_json": None if number is not None else json.dumps(value), "description": metric.description,
+            "value_json": encoded, "description": metric.description,
             "labels": json.loads(metric.labels) if metric.labels else {}, "trace_id": inv.trace_id,
             "span_id": inv.span_id,
         })
 
     def add_span(self, span: Span) -> None:
         record = span.record
-        if "attributes_json" in record:
-            where = (record["worker"] or span.worker, record["mini_batch_id"], record["attempt"])
-        else:
-            where = span_where(span)
+        where = span.where()
         self._submit({
             **full_record(record), "type": "span", "time": record["start"], "step_id": self.step_id,
             "step_name": self.step_name, "worker": where[0] or span.worker, "mini_batch_id": where[1],

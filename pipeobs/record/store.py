@@ -193,26 +193,21 @@ class Store:
 
     def add_metric(self, metric: Metric) -> None:
         inv = metric.invocation
-        value = metric.value
-        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        number, encoded = metric.number_or_json()
         self._metrics.append(
             (metric.time, self.step_id, metric.worker, inv.phase, inv.mini_batch_id, inv.attempt, metric.name,
-             metric.kind, number, None if number is not None else json.dumps(value), metric.description,
-             metric.labels, inv.trace_id, inv.span_id)
+             metric.kind, number, encoded, metric.description, metric.labels, inv.trace_id, inv.span_id)
         )
 
     def add_span(self, span: Span) -> None:
         record = span.record
         if "attributes_json" in record:  # from a worker: stored as sent
-            where = (record["worker"] or span.worker, record["mini_batch_id"], record["attempt"])
             encoded = (record["attributes_json"], record["events_json"])
         else:
-            attributes = record["attributes"]
-            where = span_where(span)
-            encoded = (json.dumps(attributes, default=str), json.dumps(record["events"], default=str))
+            encoded = (json.dumps(record["attributes"], default=str), json.dumps(record["events"], default=str))
         self._queued["spans"].append(
             (record["span_id"], record["trace_id"], record["parent_span_id"], record["name"], record["kind"],
-             record["start"], record["end"], record["status"], record["status_message"], self.step_id, *where, *encoded)
+             record["start"], record["end"], record["status"], record["status_message"], self.step_id, *span.where(), *encoded)
         )
 
     def add_event(self, event: Event) -> None:
@@ -344,13 +339,3 @@ class Store:
     def close(self) -> None:
         self.flush()
         self.conn.close()
-
-
-def span_where(span: Span) -> tuple[str | None, int | None, int | None]:
-    """(worker, mini_batch_id, attempt) of a span built in the driver (job span or a killed one)."""
-    attributes = span.record["attributes"]
-    return (
-        attributes.get("pipeobs.worker", None if span.worker == "driver" else span.worker),
-        attributes.get("pipeobs.mini_batch_id"),
-        attributes.get("pipeobs.attempt"),
-    )
