@@ -25,7 +25,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,7 +266,8 @@ class MarkerHandler(logging.Handler):
             record.pipeobs_deferred = True  # a forwarding handler further on sends it, with its dimensions
             return
         try:
-            self._capture.write_marker(b"L", _encode_log(record, _message(record), _custom_dimensions(record)))
+            sent_to = _sent_to(record) if _sent_to is not None else ()
+            self._capture.write_marker(b"L", _encode_log(record, _message(record), _custom_dimensions(record), sent_to))
         except Exception:  # noqa: BLE001 - logging must never fail the user's code
             self.handleError(record)
 
@@ -294,21 +295,41 @@ def _forwarded_later(record: logging.LogRecord) -> bool:
     )
 
 
+# Set by pipeobs.telemetry.compose when the entry script has log handlers of its own that send to
+# a destination pipeobs may export to: record -> the destinations those handlers send it to.
+_sent_to: Callable[[logging.LogRecord], tuple[str, ...]] | None = None
+
+
+def set_sent_to_hook(hook: Callable[[logging.LogRecord], tuple[str, ...]] | None) -> None:
+    global _sent_to
+    _sent_to = hook
+
+
 def _custom_dimensions(record: logging.LogRecord) -> dict[str, Any] | None:
-    dims = getattr(record, "custom_dimensions", None)
+    dims = record.__dict__.get("pipeobs_user_dimensions", _NO_DIMENSIONS)
+    if dims is _NO_DIMENSIONS:  # not rewritten by a composed handler's filter: as the user wrote them
+        dims = getattr(record, "custom_dimensions", None)
     return dims if isinstance(dims, dict) else None
 
 
-def _encode_log(record: logging.LogRecord, message: str, dims: dict[str, Any] | None) -> bytes:
+_NO_DIMENSIONS = object()
+
+
+def _encode_log(
+    record: logging.LogRecord, message: str, dims: dict[str, Any] | None, sent_to: tuple[str, ...] = ()
+) -> bytes:
     """``time<TAB>level<TAB>logger<TAB>flags<TAB>message[<TAB>dimensions JSON]``, escaped.
 
     Cheaper than JSON on the hot path of every log record; ``flags`` holds ``s`` for pipeobs's
-    own records and ``e`` for EntryScript's logger.
+    own records and ``e`` for EntryScript's logger, then ``;`` and the comma-separated
+    destinations the entry script's own handlers sent the record to, if any.
     """
     name = record.name
     flags = ("s" if name == "pipeobs" or name.startswith("pipeobs.") else "") + (
         "e" if getattr(record, "pipeobs_entry_script", False) else ""
     )
+    if sent_to:
+        flags += ";" + ",".join(sent_to)
     text = f"{record.created!r}\t{record.levelname}\t{_escape(name)}\t{flags}\t{_escape(message)}"
     if dims:
         text += "\t" + json.dumps(dims, separators=(",", ":"), default=_jsonable)
@@ -332,6 +353,7 @@ def _unescape(text: str) -> str:
 def _decode_log(invocation: Invocation, payload: bytes) -> Line:
     fields = payload.decode("utf-8", "backslashreplace").split("\t", 5)
     when, level, name, flags, message = fields[:5]
+    flags, _, sent_to = flags.partition(";")
     return Line(
         "log",
         invocation,
@@ -342,6 +364,7 @@ def _decode_log(invocation: Invocation, payload: bytes) -> Line:
         entry_script="e" in flags,
         time=float(when),
         custom_dimensions=json.loads(fields[5]) if len(fields) > 5 else None,
+        sent_to=tuple(sent_to.split(",")) if sent_to else (),
     )
 
 

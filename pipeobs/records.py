@@ -47,6 +47,7 @@ class Line:
     time: float | None = None  # log records carry their own time; lines get the time they were read
     custom_dimensions: dict[str, Any] | None = None  # extra={"custom_dimensions": {...}}
     worker: str = ""  # "node/processNNN"
+    sent_to: tuple[str, ...] = ()  # destinations the entry script's own log handlers sent it to
 
 
 @dataclass(slots=True)

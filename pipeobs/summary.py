@@ -79,6 +79,7 @@ def summary_text(result: JobResult) -> str:
         lines.append(
             f"  export {name}: emitted {c['emitted']}{carried}, delivered {c['delivered']}, "
             f"spooled {c['spooled']}, dropped {c['dropped']}"
+            + (f"; {c['sent_by_user']} left to the entry script's own handlers" if c.get("sent_by_user") else "")
             + (f"  -> pipeobs export --retry {result.run_dir}" if c["spooled"] else "")
         )
     lines.append(f"  driver log:   {result.run_dir}/azureml-logs/70_driver_log.txt")

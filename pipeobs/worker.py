@@ -63,6 +63,7 @@ class WorkerLoop:
         self.datasets: list[Any] = []
         self.tracer: Any = None
         self.parent_context: Any = None
+        self.skip_exit_hooks = False  # the user's exporters hang: do not wait for them again at exit
         info = setup.worker
         self.base_attributes = {"pipeobs.step_id": info["step_id"], "pipeobs.worker": f"{info['node']}/{info['name']}"}
 
@@ -77,6 +78,7 @@ class WorkerLoop:
         if not self._load():
             return EXIT_LOAD_FAILED
         if not self._init():
+            self._flush_user_telemetry()
             return EXIT_INIT_FAILED
         while True:
             message = decode(self.conn.recv())
@@ -107,6 +109,7 @@ class WorkerLoop:
         from opentelemetry import trace
 
         from pipeobs.capture import emit_span
+        from pipeobs.telemetry import compose
         from pipeobs.telemetry.spans import (
             CallbackSpanExporter,
             context_from_traceparent,
@@ -115,9 +118,12 @@ class WorkerLoop:
         )
 
         provider = make_tracer_provider(
-            self.setup.worker["step_name"], self.base_attributes, CallbackSpanExporter(emit_span, wire_record)
+            self.setup.worker["step_name"],
+            self.base_attributes,
+            CallbackSpanExporter(emit_span, lambda span: compose.encode_span(span, wire_record)),
         )
         trace.set_tracer_provider(provider)  # the user's spans in run() nest under mini_batch
+        compose.install(provider)  # ... and the user's own providers and handlers compose with ours
         self.tracer = provider.get_tracer("pipeobs")
         self.parent_context = context_from_traceparent(self.setup.traceparent)
 
@@ -164,7 +170,22 @@ class WorkerLoop:
 
     def _shutdown(self) -> None:
         error = self._call_hook("shutdown")
+        self._flush_user_telemetry()
         self.send(Bye(error, _profile_bytes(self.profiler)))
+
+    def _flush_user_telemetry(self) -> None:
+        """Flush the entry script's own exporters (bounded), so the end of a worker loses nothing."""
+        from pipeobs.telemetry import compose
+
+        late = compose.flush()
+        if late:
+            import logging
+
+            logging.getLogger("pipeobs.worker").warning(
+                "The entry script's own telemetry (%s) did not flush within %.0f s; the worker exits "
+                "without waiting for it again.", ", ".join(late), compose.FLUSH_SECONDS,
+            )
+            self.skip_exit_hooks = True
 
     def _call_hook(self, name: str) -> dict[str, Any] | None:
         """Call init() or shutdown() (if defined) in its span; the error it raised, if any."""
@@ -404,10 +425,13 @@ def main() -> int:
     setup = decode(conn.recv())
     if type(setup) is not Setup:
         raise RuntimeError(f"expected the driver's setup, got {setup!r:.80}")
-    code = WorkerLoop(conn, setup).serve()
+    loop = WorkerLoop(conn, setup)
+    code = loop.serve()
     sys.stdout.flush()
     sys.stderr.flush()
     conn.close()
+    if loop.skip_exit_hooks:
+        os._exit(code)  # the exit hooks of the user's exporters would wait for the hanging endpoint again
     return code
 
 

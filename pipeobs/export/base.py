@@ -26,10 +26,17 @@ Records are plain dicts (JSON-able), one of three types. Every record has ``type
   ``run.log`` family, ``counter``/``gauge``/``histogram``/``observation`` for built-ins),
   ``value`` (float or None), ``value_json`` (JSON text for non-numbers), ``labels`` (dict),
   ``description``.
+
+A ``log`` or ``span`` record may also carry ``sent_to``: the destinations the entry script's own
+instrumentation already sent it to (an opencensus ``AzureLogHandler``, the Azure Monitor
+OpenTelemetry distro, ...; see :mod:`pipeobs.telemetry.compose`). An exporter whose
+``destination`` attribute is among them does not receive the record, so one record reaches one
+destination once. Application Insights destinations are named by :func:`appinsights_destination`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,10 +72,24 @@ class ExportResult:
 
 
 class Exporter(Protocol):
-    """A destination. ``export`` must not retry by itself and must honour its own timeout."""
+    """A destination. ``export`` must not retry by itself and must honour its own timeout.
+
+    It may also set ``destination: str`` (e.g. :func:`appinsights_destination` of its key): records
+    whose ``sent_to`` holds that value are not given to it.
+    """
 
     name: str
 
     def export(self, records: Sequence[Record]) -> ExportResult: ...
 
     def shutdown(self) -> None: ...
+
+
+def appinsights_destination(instrumentation_key: str) -> str:
+    """The destination name of an Application Insights resource, from its instrumentation key.
+
+    ``appinsights:`` and a hash of the key (lower-cased), so records and the store never hold the
+    key itself. An exporter sending to that resource sets ``destination`` to this value.
+    """
+    digest = hashlib.sha256(instrumentation_key.strip().lower().encode("utf-8")).hexdigest()
+    return f"appinsights:{digest[:16]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from importlib.metadata import entry_points
@@ -40,9 +41,14 @@ class Router:
         self.run_dir = run_dir
         self.deadline = deadline
         self.deliveries: dict[str, Delivery] = {}
+        self.destinations: dict[str, str] = {}  # exporter name -> its destination, when it names one
+        self.sent_by_user: collections.Counter[str] = collections.Counter()
         for name in dict.fromkeys(names):
             exporter = create_exporter(name)
             self.deliveries[name] = Delivery(exporter, run_dir / SPOOL_DIR / name, max_queue=max_queue, deadline=deadline)
+            destination = getattr(exporter, "destination", None)
+            if isinstance(destination, str):
+                self.destinations[name] = destination
 
     def carry_over(self, runs_root: Path) -> dict[str, int]:
         """Adopt what earlier runs under ``runs_root`` left in their spools ("the next run")."""
@@ -62,6 +68,15 @@ class Router:
         return {name: d.snapshot() for name, d in self.deliveries.items()}
 
     def submit(self, record: Record) -> None:
+        """Hand ``record`` to every exporter, except those its ``sent_to`` says it already reached."""
+        sent_to = record.get("sent_to")
+        if sent_to and self.destinations:
+            for name, delivery in self.deliveries.items():
+                if self.destinations.get(name) in sent_to:
+                    self.sent_by_user[name] += 1
+                else:
+                    delivery.submit(record)
+            return
         for delivery in self.deliveries.values():
             delivery.submit(record)
 

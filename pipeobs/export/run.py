@@ -50,6 +50,7 @@ class RunExports:
             "worker": line.worker, "stream": line.stream, "phase": inv.phase, "mini_batch_id": inv.mini_batch_id,
             "attempt": inv.attempt, "level": line.level, "logger": line.logger, "text": line.text,
             "trace_id": inv.trace_id, "span_id": inv.span_id, "custom_dimensions": line.custom_dimensions or {},
+            **({"sent_to": line.sent_to} if line.sent_to else {}),
         })
 
     def add_metric(self, metric: Metric) -> None:
@@ -117,4 +118,8 @@ class RunExports:
                 f"{name}: emitted {c['emitted']}, delivered {c['delivered']}, spooled {c['spooled']}, dropped {c['dropped']}"
                 + (f" (carried over {c['carried']})" if c["carried"] else ""),
             )
+            if self.router.sent_by_user[name]:
+                c["sent_by_user"] = self.router.sent_by_user[name]
+                self._say("INFO", "export", f"{name}: {c['sent_by_user']} records were sent to the same "
+                          "destination by the entry script's own instrumentation; pipeobs did not send them again")
         return results

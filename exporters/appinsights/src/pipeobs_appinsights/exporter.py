@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeobs.errors import ConfigError
-from pipeobs.export.base import ExportResult, Record
+from pipeobs.export.base import ExportResult, Record, appinsights_destination
 from pipeobs_appinsights.connection import CONNECTION_STRING_ENV, TRACK_PATH, ConnectionInfo, resolve_connection
 from pipeobs_appinsights.envelopes import Envelope, to_envelopes
 from pipeobs_appinsights.transport import HttpSender, Response, Sender
@@ -108,6 +108,12 @@ class AppInsightsExporter:
         self._state = ExporterState.OPEN
         self._lock = threading.Lock()
         self._warned: set[int] = set()
+
+    @property
+    def destination(self) -> str:
+        """The Application Insights resource this exporter sends to (see ``pipeobs.export.base``):
+        records the entry script's own instrumentation already sent there are not sent again."""
+        return appinsights_destination(self.connection.instrumentation_key)
 
     def add_telemetry_processor(self, processor: TelemetryProcessor) -> None:
         """``processor(envelope)`` may edit the envelope in place; returning ``False`` drops it (opencensus)."""

@@ -1,0 +1,248 @@
+"""The entry script's own instrumentation (opencensus, the Azure Monitor distro, plain OpenTelemetry)
+composes with pipeobs's: sent once per destination, carrying pipeobs's context, flushed at the end.
+
+Real client libraries, real worker processes, real HTTP endpoints on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from appinsights_helpers import Ingestion, serve
+
+from tests.conftest import write_files, write_script
+
+pytest.importorskip("opencensus.ext.azure.log_exporter")
+
+USER_KEY = "11111111-2222-3333-4444-555555555555"  # the entry script's own Application Insights resource
+PIPEOBS_KEY = "00000000-0000-0000-0000-000000000001"
+QUIET = {  # keep the Azure SDKs on loopback: no statsbeat, SDK stats, control plane or VM metadata probes
+    "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+    "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
+    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",
+}
+
+# The debugging guide's logging example, verbatim, inside run(): its module-level ``run`` is the
+# Run context there, and the handler is attached once (the guide runs it once per step).
+GUIDE = """
+import logging
+from azureml.core.run import Run
+from opencensus.ext.azure.log_exporter import AzureLogHandler
+
+logger = logging.getLogger(__name__)
+logger.setLevel(logging.DEBUG)
+handler = None
+
+
+def run(mini_batch):
+    global handler
+    run = Run.get_context()
+
+    # Azure ML Scalar value logging
+    run.log("scalar_value", 0.95)
+
+    # Python print statement
+    print("I am a python print statement, I will be sent to the driver logs.")
+
+    # Plain Python logging statements
+    logger.debug("I am a plain debug statement, I will be sent to the driver logs.")
+    logger.info("I am a plain info statement, I will be sent to the driver logs.")
+
+    if handler is None:
+        handler = AzureLogHandler(connection_string='InstrumentationKey={key}')
+        logger.addHandler(handler)
+
+    # Python logging with OpenCensus AzureLogHandler
+    logger.warning("I am an OpenCensus warning statement, find me in Application Insights!")
+    logger.error("I am an OpenCensus error statement with custom dimensions", {{'step_id': run.id}})
+    return mini_batch
+"""
+WARNING = "I am an OpenCensus warning statement, find me in Application Insights!"
+ERROR = "I am an OpenCensus error statement with custom dimensions"
+DEBUG = "I am a plain debug statement, I will be sent to the driver logs."
+INFO = "I am a plain info statement, I will be sent to the driver logs."
+
+
+@pytest.fixture
+def ingestion() -> Iterator[Ingestion]:
+    with serve(Ingestion()) as state:
+        yield state
+
+
+def pipeobs(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeobs", "run", "score.py", "--input", "data", "--runs_dir", "runs", *args],
+        cwd=cwd, env={**os.environ, **QUIET, "TMPDIR": str(cwd), **(env or {})},
+        capture_output=True, text=True, timeout=110,
+    )
+
+
+def store(cwd: Path) -> sqlite3.Connection:
+    db = next((cwd / "runs").glob("*/*/pipeobs.db"))
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def messages(ingestion: Ingestion, ikey: str) -> list[dict[str, Any]]:
+    return [
+        e for e in ingestion.envelopes
+        if e["iKey"] == ikey and e["data"]["baseType"] in ("MessageData", "ExceptionData")
+    ]
+
+
+def text_of(envelope: dict[str, Any]) -> str:
+    base = envelope["data"]["baseData"]
+    return base["message"] if "message" in base else base["exceptions"][0]["message"]
+
+
+def key_of(envelope: dict[str, Any]) -> tuple[str, str]:
+    """(message, mini-batch): opencensus keeps an int dimension an int, pipeobs writes text."""
+    return text_of(envelope), str(envelope["data"]["baseData"]["properties"].get("mini_batch_id"))
+
+
+HANDLED = {(WARNING, "0"), (ERROR, "0"), (DEBUG, "1"), (INFO, "1"), (WARNING, "1"), (ERROR, "1")}
+
+
+def mini_batch_spans(conn: sqlite3.Connection) -> dict[int, sqlite3.Row]:
+    return {r["mini_batch_id"]: r for r in conn.execute("SELECT * FROM spans WHERE name = 'mini_batch'")}
+
+
+def guide_job(tmp_path: Path, key: str = USER_KEY) -> Path:
+    write_script(tmp_path, GUIDE.format(key=key))
+    write_files(tmp_path, 2)
+    return tmp_path
+
+
+OPTIONS = ("--mini_batch_size", "1", "--process_count_per_node", "1")
+
+
+class TestOpencensusGuideExample:
+    def check_user_handler_envelopes(self, ingestion: Ingestion, job: Path) -> None:
+        """The user's AzureLogHandler sent each of its records once, with pipeobs's context."""
+        conn = store(job)
+        spans = mini_batch_spans(conn)
+        step_id = conn.execute("SELECT step_id FROM runs").fetchone()[0]
+        sent = messages(ingestion, USER_KEY)
+        seen = collections.Counter(key_of(e) for e in sent)
+        # mini-batch 0 attaches the handler after its debug/info lines; mini-batch 1 sends all four
+        assert seen == dict.fromkeys(HANDLED, 1), seen
+        for envelope in sent:
+            properties = envelope["data"]["baseData"]["properties"]
+            mini_batch = int(properties["mini_batch_id"])
+            span = spans[mini_batch]
+            assert properties["step_id"] == step_id
+            assert int(properties["attempt"]) == 1
+            assert properties["worker"] == "0/process000"
+            assert properties["fileName"].endswith("score.py")  # opencensus built it: the user's handler sent it
+            assert envelope["tags"]["ai.operation.id"] == span["trace_id"]
+            assert envelope["tags"]["ai.operation.parentId"] == f"|{span['trace_id']}.{span['span_id']}."
+            added = {k: properties[k] for k in ("step_id", "worker", "mini_batch_id", "attempt")}
+            assert all(isinstance(v, str) for v in added.values()), added  # string-valued, as the schema says
+
+    def test_without_export_the_users_handler_sends_once_with_context(self, tmp_path: Path, ingestion: Ingestion) -> None:
+        job = guide_job(tmp_path)
+        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={PIPEOBS_KEY};"
+                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
+        proc = pipeobs(job, *OPTIONS, env=env)
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        self.check_user_handler_envelopes(ingestion, job)
+        assert not messages(ingestion, PIPEOBS_KEY)  # pipeobs exports nothing unless asked
+        # pipeobs's own store still holds every line, with the dimensions the user wrote
+        conn = store(job)
+        rows = conn.execute("SELECT * FROM log_lines WHERE text = ?", (ERROR,)).fetchall()
+        assert len(rows) == 2 and all(r["mini_batch_id"] is not None for r in rows)
+
+    def test_with_export_to_the_same_resource_each_record_arrives_once(self, tmp_path: Path, ingestion: Ingestion) -> None:
+        job = guide_job(tmp_path, key=PIPEOBS_KEY)
+        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={PIPEOBS_KEY};"
+                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
+        proc = pipeobs(job, *OPTIONS, "--export", "appinsights", env=env)
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        everything = collections.Counter(key_of(e) for e in messages(ingestion, PIPEOBS_KEY))
+        assert {k: everything[k] for k in HANDLED} == dict.fromkeys(HANDLED, 1), everything
+        # the lines the user's handler never saw came from pipeobs, once
+        assert everything[(DEBUG, "0")] == everything[(INFO, "0")] == 1
+        assert everything[("I am a python print statement, I will be sent to the driver logs.", "0")] == 1
+        assert "; 6 left to the entry script's own handlers" in proc.stdout
+        # who sent what: the guide's records carry opencensus's fields, pipeobs's its own
+        for envelope in messages(ingestion, PIPEOBS_KEY):
+            properties = envelope["data"]["baseData"]["properties"]
+            assert ("fileName" in properties) == (key_of(envelope) in HANDLED), key_of(envelope)
+        user_ingestion = Ingestion(posts=[{"envelopes": [
+            {**e, "iKey": USER_KEY} for e in messages(ingestion, PIPEOBS_KEY) if "fileName" in e["data"]["baseData"]["properties"]
+        ]}])
+        self.check_user_handler_envelopes(user_ingestion, job)
+
+    def test_with_export_to_another_resource_both_receive_it(self, tmp_path: Path, ingestion: Ingestion) -> None:
+        job = guide_job(tmp_path, key=USER_KEY)
+        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={PIPEOBS_KEY};"
+                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
+        proc = pipeobs(job, *OPTIONS, "--export", "appinsights", env=env)
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        self.check_user_handler_envelopes(ingestion, job)
+        mine = collections.Counter(text_of(e) for e in messages(ingestion, PIPEOBS_KEY))
+        assert mine[WARNING] == mine[ERROR] == 2  # pipeobs's resource gets them too, once each
+        assert "left to the entry script's own handlers" not in proc.stdout
+
+
+def test_log_destinations_survive_the_marker_encoding() -> None:
+    """What the worker says about a record's destinations reaches the driver's Line."""
+    import logging
+
+    from pipeobs.capture import _decode_log, _encode_log
+    from pipeobs.records import IDLE
+
+    record = logging.LogRecord("user", logging.WARNING, __file__, 1, "careful", (), None)
+    line = _decode_log(IDLE, _encode_log(record, "careful", {"rows": 3}, ("appinsights:abc", "appinsights:def")))
+    assert line.sent_to == ("appinsights:abc", "appinsights:def")
+    assert line.custom_dimensions == {"rows": 3} and line.text == "careful" and not line.system
+    assert _decode_log(IDLE, _encode_log(record, "careful", None)).sent_to == ()
+
+
+def test_router_skips_the_destination_a_record_already_reached(tmp_path: Path) -> None:
+    from pipeobs.export import routing
+    from pipeobs.export.base import ExportResult, appinsights_destination
+
+    sent: dict[str, list[Any]] = {"a": [], "b": []}
+
+    class Sink:
+        def __init__(self, name: str, key: str) -> None:
+            self.name = name
+            self.destination = appinsights_destination(key)
+
+        def export(self, records: list[Any]) -> ExportResult:
+            sent[self.name].extend(records)
+            return ExportResult.ok(len(records))
+
+        def shutdown(self) -> None:
+            pass
+
+    sinks = {"a": Sink("a", USER_KEY), "b": Sink("b", PIPEOBS_KEY)}
+    original = routing.create_exporter
+    routing.create_exporter = lambda name, options=None: sinks[name]  # type: ignore[assignment]
+    try:
+        router = routing.Router(tmp_path, ["a", "b"])
+        router.submit({"type": "log", "text": "x", "sent_to": [appinsights_destination(USER_KEY.upper())]})
+        router.submit({"type": "log", "text": "y"})
+        counts = router.close()
+    finally:
+        routing.create_exporter = original
+    assert [r["text"] for r in sent["a"]] == ["y"]
+    assert [r["text"] for r in sent["b"]] == ["x", "y"]
+    assert router.sent_by_user == {"a": 1}
+    assert counts["a"]["emitted"] == counts["a"]["delivered"] == 1
+    assert json.dumps(appinsights_destination(USER_KEY)).count(USER_KEY) == 0  # the key itself never travels
