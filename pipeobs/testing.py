@@ -160,7 +160,8 @@ class FakeExecutor(Executor):
             invocation = Invocation("run", mini_batch.id, attempt, "0" * 32, f"{mini_batch.id:08x}{attempt:08x}")
             now = self.clock()
             self.events.worker_output(fake.label, [
-                Boundary("stdout", invocation),
+                Boundary("stdout", invocation),  # a real worker writes the begin marker to both streams
+                Boundary("stderr", invocation),
                 Line("stdout", invocation, f"scoring mini batch {mini_batch.id}", time=now, worker=fake.label),
             ])
             if fate == "hang":

@@ -246,3 +246,111 @@ def test_router_skips_the_destination_a_record_already_reached(tmp_path: Path) -
     assert router.sent_by_user == {"a": 1}
     assert counts["a"]["emitted"] == counts["a"]["delivered"] == 1
     assert json.dumps(appinsights_destination(USER_KEY)).count(USER_KEY) == 0  # the key itself never travels
+
+
+# Microsoft's current advice: the Azure Monitor OpenTelemetry distro, configured in init().
+DISTRO = """
+import logging
+from azure.monitor.opentelemetry import configure_azure_monitor
+from opentelemetry import metrics, trace
+
+tracer = trace.get_tracer(__name__)
+logger = logging.getLogger("scorer")
+rows = None
+
+
+def init():
+    global rows
+    configure_azure_monitor(
+        connection_string="InstrumentationKey={key};IngestionEndpoint={endpoint}/",
+        enable_live_metrics=False,
+        disable_offline_storage=True,
+    )
+    rows = metrics.get_meter(__name__).create_counter("rows_scored")
+
+
+def run(mini_batch):
+    with tracer.start_as_current_span("score") as span:
+        span.set_attribute("rows", len(mini_batch))
+        logger.warning("scored %d rows", len(mini_batch))
+        rows.add(len(mini_batch), {{"model": "m1"}})
+    return mini_batch
+"""
+
+
+def of_type(ingestion: Ingestion, ikey: str, base_type: str) -> list[dict[str, Any]]:
+    return [e for e in ingestion.envelopes if e["iKey"] == ikey and e["data"]["baseType"] == base_type]
+
+
+def context_of(properties: dict[str, Any]) -> dict[str, str]:
+    return {k: str(properties.get(k)) for k in ("step_id", "worker", "mini_batch_id", "attempt")}
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("azure.monitor.opentelemetry") is None,
+    reason="needs azure-monitor-opentelemetry (installed by .ci/run)",
+)
+class TestAzureMonitorDistro:
+    def run_distro(self, tmp_path: Path, ingestion: Ingestion, *args: str) -> tuple[subprocess.CompletedProcess[str], sqlite3.Connection]:
+        write_script(tmp_path, DISTRO.format(key=USER_KEY, endpoint=ingestion.endpoint))
+        write_files(tmp_path, 2)
+        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={USER_KEY};"
+                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
+        proc = pipeobs(tmp_path, *OPTIONS, *args, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc, store(tmp_path)
+
+    def test_configure_in_init_composes_with_pipeobs(self, tmp_path: Path, ingestion: Ingestion) -> None:
+        proc, conn = self.run_distro(tmp_path, ingestion)
+
+        everything = "\n".join(r["text"] for r in conn.execute("SELECT text FROM log_lines"))
+        assert "Overriding of current" not in everything and "Overriding of current" not in proc.stderr
+        spans = mini_batch_spans(conn)
+        step_id = conn.execute("SELECT step_id FROM runs").fetchone()[0]
+        # the user's spans reach the user's exporter, children of the mini-batch span, in the job's trace
+        dependencies = [e for e in of_type(ingestion, USER_KEY, "RemoteDependencyData")
+                        if e["data"]["baseData"]["name"] == "score"]
+        assert len(dependencies) == len(spans) == 2
+        for envelope in dependencies:
+            properties = envelope["data"]["baseData"]["properties"]
+            span = spans[int(properties["pipeobs.mini_batch_id"])]
+            assert envelope["tags"]["ai.operation.id"] == span["trace_id"]
+            assert envelope["tags"]["ai.operation.parentId"] == span["span_id"]
+        # ... and pipeobs's store records them with their mini-batch and attempt
+        stored = conn.execute("SELECT * FROM spans WHERE name = 'score'").fetchall()
+        assert sorted(r["mini_batch_id"] for r in stored) == [0, 1]
+        assert all(r["attempt"] == 1 and r["parent_span_id"] == spans[r["mini_batch_id"]]["span_id"] for r in stored)
+        # the user's log records and metrics carry the context
+        logs = [e for e in of_type(ingestion, USER_KEY, "MessageData")
+                if e["data"]["baseData"]["message"].startswith("scored")]
+        assert sorted(e["data"]["baseData"]["properties"]["mini_batch_id"] for e in logs) == ["0", "1"]
+        for envelope in logs:
+            properties = envelope["data"]["baseData"]["properties"]
+            assert context_of(properties) == {"step_id": step_id, "worker": "0/process000",
+                                              "mini_batch_id": properties["mini_batch_id"], "attempt": "1"}
+            assert envelope["tags"]["ai.operation.id"] == spans[int(properties["mini_batch_id"])]["trace_id"]
+        points = [e for e in of_type(ingestion, USER_KEY, "MetricData")
+                  if e["data"]["baseData"]["metrics"][0]["name"] == "rows_scored"]
+        assert sorted(p["data"]["baseData"]["properties"]["mini_batch_id"] for p in points) == ["0", "1"]
+        for point in points:
+            properties = point["data"]["baseData"]["properties"]
+            assert properties["model"] == "m1" and properties["step_id"] == step_id and properties["attempt"] == "1"
+
+    def test_with_export_to_the_same_resource_user_spans_and_logs_arrive_once(
+        self, tmp_path: Path, ingestion: Ingestion
+    ) -> None:
+        proc, conn = self.run_distro(tmp_path, ingestion, "--export", "appinsights")
+
+        spans = mini_batch_spans(conn)
+        names = collections.Counter(
+            e["data"]["baseData"]["name"] for e in ingestion.envelopes
+            if e["iKey"] == USER_KEY and e["data"]["baseType"] in ("RemoteDependencyData", "RequestData")
+        )
+        assert names["score"] == 2  # from the distro only
+        assert names["mini_batch"] == len(spans) == 2  # pipeobs's own spans, from pipeobs
+        scored = collections.Counter(
+            e["data"]["baseData"]["message"] for e in of_type(ingestion, USER_KEY, "MessageData")
+            if e["data"]["baseData"]["message"].startswith("scored")
+        )
+        assert scored == {"scored 1 rows": 2}
+        assert "left to the entry script's own handlers" in proc.stdout

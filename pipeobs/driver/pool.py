@@ -77,9 +77,14 @@ class WorkerPool:
 
     def _boundary(self, worker: WorkerSlot, item: Boundary) -> None:
         """A begin marker opens the invocation's span (closed by the driver if the worker dies) and, for
-        a mini-batch, starts its run() clock."""
+        a mini-batch, starts its run() clock.
+
+        The marker is taken from stderr, the stream the finished span travels on: stdout and stderr
+        are read independently, so a span record could otherwise arrive before its stdout marker
+        and leave a finished invocation looking open (then "killed" when the worker exits).
+        """
         inv = item.invocation
-        if inv is None or item.stream != "stdout":
+        if inv is None or item.stream != "stderr":
             return
         if inv.span_id is not None:
             worker.open_spans.setdefault(inv.span_id, (inv, time.time()))

@@ -1,0 +1,44 @@
+"""The worker pool's reading of a worker's output: begin markers and finished spans on two streams."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from pipeobs.capture import Boundary
+from pipeobs.driver.pool import WorkerPool
+from pipeobs.driver.slots import WorkerSlot
+from pipeobs.records import Invocation, Span
+
+
+def pool() -> tuple[WorkerPool, list[Any]]:
+    spans: list[Any] = []
+    config = SimpleNamespace(node_count=1, effective_process_count=lambda: 1)
+    plan: Any = SimpleNamespace(config=config, gpu_count=0)
+    journal: Any = SimpleNamespace(pipeline=SimpleNamespace(line=None, metric=None, span=spans.append))
+    return WorkerPool(plan, executor=None, journal=journal, clock=lambda: 0.0), spans  # type: ignore[arg-type]
+
+
+def test_a_span_read_before_its_stdout_marker_does_not_stay_open() -> None:
+    """stdout and stderr are read independently: the stderr marker and the span may come first."""
+    workers, spans = pool()
+    worker = WorkerSlot(0, "process000", None, since=0.0)
+    inv = Invocation("run", 1, 1, "a" * 32, "b" * 16)
+    span = Span({"span_id": "b" * 16, "name": "mini_batch"}, worker=worker.label)
+
+    workers.output(worker, [Boundary("stderr", inv), span])
+    workers.output(worker, [Boundary("stdout", inv)])  # the stdout pipe, read later
+
+    assert spans == [span]
+    assert worker.open_spans == {}  # nothing for the driver to close as "killed" when the worker exits
+
+
+def test_an_invocation_without_its_span_stays_open() -> None:
+    workers, _ = pool()
+    worker = WorkerSlot(0, "process000", None, since=0.0)
+    inv = Invocation("run", 1, 1, "a" * 32, "b" * 16)
+
+    workers.output(worker, [Boundary("stdout", inv), Boundary("stderr", inv)])
+
+    assert list(worker.open_spans) == ["b" * 16]
+    assert worker.run_began == {(1, 1): 0.0}
