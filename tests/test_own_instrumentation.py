@@ -198,6 +198,43 @@ class TestOpencensusGuideExample:
         assert mine[WARNING] == mine[ERROR] == 2  # pipeobs's resource gets them too, once each
         assert "left to the entry script's own handlers" not in proc.stdout
 
+    def test_opencensus_trace_exporter_spans_carry_the_context(self, tmp_path: Path, ingestion: Ingestion) -> None:
+        write_script(tmp_path, OC_TRACER.format(key=USER_KEY))
+        write_files(tmp_path, 2)
+        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={USER_KEY};"
+                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
+        proc = pipeobs(tmp_path, *OPTIONS, env=env)
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        step_id = store(tmp_path).execute("SELECT step_id FROM runs").fetchone()[0]
+        scored = [e for e in ingestion.envelopes if e["data"]["baseData"].get("name") == "oc-score"]
+        assert sorted(str(e["data"]["baseData"]["properties"]["mini_batch_id"]) for e in scored) == ["0", "1"]
+        for envelope in scored:
+            properties = envelope["data"]["baseData"]["properties"]
+            assert properties["step_id"] == step_id and properties["worker"] == "0/process000"
+            assert properties["rows"] == "1"  # the user's own attribute is kept
+
+
+OC_TRACER = """
+from opencensus.ext.azure.trace_exporter import AzureExporter
+from opencensus.trace.samplers import AlwaysOnSampler
+from opencensus.trace.tracer import Tracer
+
+exporter = None
+
+
+def init():
+    global exporter
+    exporter = AzureExporter(connection_string="InstrumentationKey={key}")
+
+
+def run(mini_batch):
+    tracer = Tracer(exporter=exporter, sampler=AlwaysOnSampler())
+    with tracer.span(name="oc-score") as span:
+        span.add_attribute("rows", "1")
+    return mini_batch
+"""
+
 
 def test_log_destinations_survive_the_marker_encoding() -> None:
     """What the worker says about a record's destinations reaches the driver's Line."""
@@ -354,3 +391,84 @@ class TestAzureMonitorDistro:
         )
         assert scored == {"scored 1 rows": 2}
         assert "left to the entry script's own handlers" in proc.stdout
+
+
+# A plain OpenTelemetry SDK set-up in init(), exporting to the user's own OTLP endpoint. The batch
+# processor waits 10 minutes between exports: only the flush at the end of the worker sends them.
+PLAIN_OTEL = """
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+tracer = trace.get_tracer("scorer")
+
+
+def init():
+    provider = TracerProvider(resource=Resource.create({{"service.name": "my-scorer"}}))
+    exporter = OTLPSpanExporter(endpoint="{endpoint}/v1/traces", timeout={timeout})
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=600_000))
+    trace.set_tracer_provider(provider)
+
+
+def run(mini_batch):
+    with tracer.start_as_current_span("score") as span:
+        span.set_attribute("rows", len(mini_batch))
+    return mini_batch
+"""
+
+
+def otel_job(tmp_path: Path, endpoint: str, timeout: int = 10) -> Path:
+    write_script(tmp_path, PLAIN_OTEL.format(endpoint=endpoint, timeout=timeout))
+    write_files(tmp_path, 2)
+    return tmp_path
+
+
+class TestPlainOpenTelemetry:
+    def test_user_provider_in_init_gets_the_users_spans_as_children_of_the_mini_batch(self, tmp_path: Path) -> None:
+        from pipeobs_otlp.testing import OtlpHttpCollector
+
+        with OtlpHttpCollector() as collector:
+            job = otel_job(tmp_path, collector.endpoint)
+            proc = pipeobs(job, *OPTIONS)
+            requests = collector.traces()
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        conn = store(job)
+        spans = mini_batch_spans(conn)
+        arrived = [
+            (resource_spans.resource, span)
+            for request in requests for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans for span in scope_spans.spans
+        ]
+        assert sorted(span.name for _, span in arrived) == ["score", "score"]  # pipeobs's own spans are not forwarded
+        for _resource, span in arrived:
+            attributes = {a.key: a.value for a in span.attributes}
+            mini_batch = spans[attributes["pipeobs.mini_batch_id"].int_value]
+            assert span.trace_id.hex() == mini_batch["trace_id"]
+            assert span.parent_span_id.hex() == mini_batch["span_id"]
+            assert attributes["pipeobs.attempt"].int_value == 1
+            assert attributes["rows"].int_value == 1
+        stored = conn.execute("SELECT * FROM spans WHERE name = 'score'").fetchall()
+        assert sorted(r["mini_batch_id"] for r in stored) == [0, 1] and {r["attempt"] for r in stored} == {1}
+        lines = "\n".join(r["text"] for r in conn.execute("SELECT text FROM log_lines"))
+        assert "Overriding of current TracerProvider" not in lines
+
+    def test_a_hanging_user_endpoint_delays_the_end_of_a_worker_by_a_bounded_time(self, tmp_path: Path) -> None:
+        from pipeobs_otlp.testing import OtlpHttpCollector, Reply
+
+        with OtlpHttpCollector(Reply(hang=True)) as collector:
+            job = otel_job(tmp_path, collector.endpoint, timeout=60)
+            proc = pipeobs(job, *OPTIONS)
+
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        conn = store(job)
+        warned = conn.execute(
+            "SELECT text, level FROM log_lines WHERE text LIKE ?", ("The entry script's own telemetry%",)
+        ).fetchall()
+        assert [(r["level"]) for r in warned] == ["WARNING"], warned
+        assert "(tracer provider) did not flush within 5 s" in warned[0]["text"]
+        assert conn.execute("SELECT count(*) FROM mini_batches WHERE status != 'done'").fetchone()[0] == 0
+        workers = conn.execute("SELECT * FROM workers").fetchall()
+        assert [(w["returncode"], w["reason"]) for w in workers] == [(0, "")], [dict(w) for w in workers]

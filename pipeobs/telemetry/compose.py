@@ -56,7 +56,7 @@ import logging
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 from opentelemetry.sdk.trace import SpanProcessor
@@ -367,10 +367,11 @@ def _patch_trace_exporter(module: Any) -> None:
     def export_with_context(self: Any, span_datas: Any) -> Any:
         added = context_attributes()
         for span_data in span_datas or ():
-            attributes = getattr(span_data, "attributes", None)
-            if isinstance(attributes, dict):
+            attributes = getattr(span_data, "attributes", None)  # opencensus's BoundedDict, a MutableMapping
+            if isinstance(attributes, MutableMapping):
                 for key, value in added.items():
-                    attributes.setdefault(key, value)
+                    if key not in attributes:
+                        attributes[key] = str(value)
         return export(self, span_datas)
 
     cls.__init__ = __init__
