@@ -472,3 +472,29 @@ class TestPlainOpenTelemetry:
         assert conn.execute("SELECT count(*) FROM mini_batches WHERE status != 'done'").fetchone()[0] == 0
         workers = conn.execute("SELECT * FROM workers").fetchall()
         assert [(w["returncode"], w["reason"]) for w in workers] == [(0, "")], [dict(w) for w in workers]
+
+
+def test_opencensus_filter_adds_context_and_the_users_dimensions_win() -> None:
+    """The filter pipeobs puts on opencensus handlers: context as strings, the user's keys win, ids of the span."""
+    import logging
+
+    from pipeobs import capture, context
+    from pipeobs.records import Invocation
+    from pipeobs.telemetry.compose import _OpencensusContext
+
+    info = context.WorkerInfo("step-1", "score", 0, "process003", "run", "out", "work", "INFO")
+    context.set_worker(info)
+    token = context.current_invocation.set(Invocation("run", 7, 2, "a" * 32, "b" * 16))
+    try:
+        record = logging.LogRecord("user", logging.ERROR, __file__, 1, "failed %(step_id)s", ({"step_id": "run-9"},), None)
+        record.custom_dimensions = {"attempt": "mine", "rows": 3}
+        assert _OpencensusContext().filter(record)
+    finally:
+        context.current_invocation.reset(token)
+        context.set_worker(None)  # type: ignore[arg-type]
+
+    assert record.custom_dimensions == {
+        "step_id": "run-9", "worker": "0/process003", "mini_batch_id": "7", "attempt": "mine", "rows": 3,
+    }
+    assert (record.traceId, record.spanId) == ("a" * 32, "b" * 16)
+    assert capture._custom_dimensions(record) == {"attempt": "mine", "rows": 3}  # pipeobs stores what the user wrote
