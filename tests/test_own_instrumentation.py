@@ -127,6 +127,19 @@ def guide_job(tmp_path: Path, key: str = USER_KEY) -> Path:
 OPTIONS = ("--mini_batch_size", "1", "--process_count_per_node", "1")
 
 
+def appinsights_env(ingestion: Ingestion, key: str = PIPEOBS_KEY) -> dict[str, str]:
+    """The connection string pipeobs's exporter reads (and opencensus takes its endpoint from)."""
+    return {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={key};IngestionEndpoint={ingestion.endpoint}/"}
+
+
+def run_guide(tmp_path: Path, ingestion: Ingestion, key: str, *args: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Run the guide's example with its handler sending to ``key``; pipeobs's exporter uses PIPEOBS_KEY."""
+    job = guide_job(tmp_path, key=key)
+    proc = pipeobs(job, *OPTIONS, *args, env=appinsights_env(ingestion))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return job, proc
+
+
 class TestOpencensusGuideExample:
     def check_user_handler_envelopes(self, ingestion: Ingestion, job: Path) -> None:
         """The user's AzureLogHandler sent each of its records once, with pipeobs's context."""
@@ -151,12 +164,7 @@ class TestOpencensusGuideExample:
             assert all(isinstance(v, str) for v in added.values()), added  # string-valued, as the schema says
 
     def test_without_export_the_users_handler_sends_once_with_context(self, tmp_path: Path, ingestion: Ingestion) -> None:
-        job = guide_job(tmp_path)
-        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={PIPEOBS_KEY};"
-                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
-        proc = pipeobs(job, *OPTIONS, env=env)
-
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        job, _ = run_guide(tmp_path, ingestion, USER_KEY)
         self.check_user_handler_envelopes(ingestion, job)
         assert not messages(ingestion, PIPEOBS_KEY)  # pipeobs exports nothing unless asked
         # pipeobs's own store still holds every line, with the dimensions the user wrote
@@ -165,12 +173,7 @@ class TestOpencensusGuideExample:
         assert len(rows) == 2 and all(r["mini_batch_id"] is not None for r in rows)
 
     def test_with_export_to_the_same_resource_each_record_arrives_once(self, tmp_path: Path, ingestion: Ingestion) -> None:
-        job = guide_job(tmp_path, key=PIPEOBS_KEY)
-        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={PIPEOBS_KEY};"
-                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
-        proc = pipeobs(job, *OPTIONS, "--export", "appinsights", env=env)
-
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        job, proc = run_guide(tmp_path, ingestion, PIPEOBS_KEY, "--export", "appinsights")
         everything = collections.Counter(key_of(e) for e in messages(ingestion, PIPEOBS_KEY))
         assert {k: everything[k] for k in HANDLED} == dict.fromkeys(HANDLED, 1), everything
         # the lines the user's handler never saw came from pipeobs, once
@@ -187,12 +190,7 @@ class TestOpencensusGuideExample:
         self.check_user_handler_envelopes(user_ingestion, job)
 
     def test_with_export_to_another_resource_both_receive_it(self, tmp_path: Path, ingestion: Ingestion) -> None:
-        job = guide_job(tmp_path, key=USER_KEY)
-        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={PIPEOBS_KEY};"
-                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
-        proc = pipeobs(job, *OPTIONS, "--export", "appinsights", env=env)
-
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        job, proc = run_guide(tmp_path, ingestion, USER_KEY, "--export", "appinsights")
         self.check_user_handler_envelopes(ingestion, job)
         mine = collections.Counter(text_of(e) for e in messages(ingestion, PIPEOBS_KEY))
         assert mine[WARNING] == mine[ERROR] == 2  # pipeobs's resource gets them too, once each
@@ -201,9 +199,7 @@ class TestOpencensusGuideExample:
     def test_opencensus_trace_exporter_spans_carry_the_context(self, tmp_path: Path, ingestion: Ingestion) -> None:
         write_script(tmp_path, OC_TRACER.format(key=USER_KEY))
         write_files(tmp_path, 2)
-        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={USER_KEY};"
-                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
-        proc = pipeobs(tmp_path, *OPTIONS, env=env)
+        proc = pipeobs(tmp_path, *OPTIONS, env=appinsights_env(ingestion, USER_KEY))
 
         assert proc.returncode == 0, proc.stdout + proc.stderr
         step_id = store(tmp_path).execute("SELECT step_id FROM runs").fetchone()[0]
@@ -331,9 +327,7 @@ class TestAzureMonitorDistro:
     def run_distro(self, tmp_path: Path, ingestion: Ingestion, *args: str) -> tuple[subprocess.CompletedProcess[str], sqlite3.Connection]:
         write_script(tmp_path, DISTRO.format(key=USER_KEY, endpoint=ingestion.endpoint))
         write_files(tmp_path, 2)
-        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={USER_KEY};"
-                                                         f"IngestionEndpoint={ingestion.endpoint}/"}
-        proc = pipeobs(tmp_path, *OPTIONS, *args, env=env)
+        proc = pipeobs(tmp_path, *OPTIONS, *args, env=appinsights_env(ingestion, USER_KEY))
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc, store(tmp_path)
 
