@@ -21,8 +21,6 @@ from appinsights_helpers import Ingestion, serve
 
 from tests.conftest import write_files, write_script
 
-pytest.importorskip("opencensus.ext.azure.log_exporter")
-
 USER_KEY = "11111111-2222-3333-4444-555555555555"  # the entry script's own Application Insights resource
 PIPEOBS_KEY = "00000000-0000-0000-0000-000000000001"
 QUIET = {  # keep the Azure SDKs on loopback: no statsbeat, SDK stats, control plane or VM metadata probes
@@ -319,10 +317,6 @@ def context_of(properties: dict[str, Any]) -> dict[str, str]:
     return {k: str(properties.get(k)) for k in ("step_id", "worker", "mini_batch_id", "attempt")}
 
 
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("azure.monitor.opentelemetry") is None,
-    reason="needs azure-monitor-opentelemetry (installed by .ci/run)",
-)
 class TestAzureMonitorDistro:
     def run_distro(self, tmp_path: Path, ingestion: Ingestion, *args: str) -> tuple[subprocess.CompletedProcess[str], sqlite3.Connection]:
         write_script(tmp_path, DISTRO.format(key=USER_KEY, endpoint=ingestion.endpoint))
@@ -474,7 +468,7 @@ def test_opencensus_filter_adds_context_and_the_users_dimensions_win() -> None:
 
     from pipeobs import capture, context
     from pipeobs.records import Invocation
-    from pipeobs.telemetry.compose import _OpencensusContext
+    from pipeobs.telemetry.opencensus import OpencensusContext
 
     info = context.WorkerInfo("step-1", "score", 0, "process003", "run", "out", "work", "INFO")
     context.set_worker(info)
@@ -482,7 +476,7 @@ def test_opencensus_filter_adds_context_and_the_users_dimensions_win() -> None:
     try:
         record = logging.LogRecord("user", logging.ERROR, __file__, 1, "failed %(step_id)s", ({"step_id": "run-9"},), None)
         record.custom_dimensions = {"attempt": "mine", "rows": 3}
-        assert _OpencensusContext().filter(record)
+        assert OpencensusContext().filter(record)
     finally:
         context.current_invocation.reset(token)
         context.set_worker(None)  # type: ignore[arg-type]

@@ -50,13 +50,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.abc
-import importlib.machinery
 import logging
-import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.trace import SpanProcessor
@@ -65,7 +62,6 @@ from pipeobs import capture, context
 from pipeobs.export.base import appinsights_destination
 
 FLUSH_SECONDS = 5.0
-ZERO_TRACE = "0" * 32
 OWN_SCOPE = "pipeobs"  # the instrumentation scope of pipeobs's own spans
 
 log = logging.getLogger("pipeobs.worker")
@@ -167,11 +163,12 @@ class _Destinations:
         return tuple(sorted(found))
 
 
-_destinations = _Destinations()
+user_destinations = _Destinations()
+to_flush: list[tuple[str, Any]] = []  # (name, provider or handler) finished by flush()
 
 
 def _sent_to(record: logging.LogRecord) -> tuple[str, ...]:
-    return _destinations.of_record(record) if _destinations.active() else ()
+    return user_destinations.of_record(record) if user_destinations.active() else ()
 
 
 # -- tracing ----------------------------------------------------------------------------------
@@ -183,7 +180,7 @@ class ComposingSpanProcessor(SpanProcessor):
 
     def __init__(self) -> None:
         self.providers: list[Any] = []
-        self._destinations: tuple[Any, frozenset[str]] = ((), frozenset())
+        self.user_destinations: tuple[Any, frozenset[str]] = ((), frozenset())
 
     def adopt(self, provider: Any) -> None:
         if provider not in self.providers:
@@ -217,11 +214,11 @@ class ComposingSpanProcessor(SpanProcessor):
         if not self.providers:
             return frozenset()
         key = tuple(getattr(p._active_span_processor, "_span_processors", None) for p in self.providers)
-        cached_key, cached = self._destinations
+        cached_key, cached = self.user_destinations
         if len(cached_key) == len(key) and all(a is b for a, b in zip(cached_key, key, strict=True)):
             return cached
         found = frozenset().union(*(destinations(p) for p in self.providers))
-        self._destinations = (key, found)
+        self.user_destinations = (key, found)
         return found
 
     def shutdown(self) -> None:
@@ -288,8 +285,8 @@ def _adopt_logger_provider(provider: Any) -> None:
             multi._log_record_processors = (_log_context_processor(), *multi._log_record_processors)
     else:
         multi._log_record_processors = (_log_context_processor(), *multi._log_record_processors)
-    _destinations.logger_providers.append(provider)
-    _flushables.append(("logger provider", provider))
+    user_destinations.logger_providers.append(provider)
+    to_flush.append(("logger provider", provider))
 
 
 def _adopt_meter_provider(provider: Any) -> None:
@@ -307,117 +304,11 @@ def _adopt_meter_provider(provider: Any) -> None:
         consume(measurement)
 
     consumer.consume_measurement = consume_measurement
-    _flushables.append(("meter provider", provider))
-
-
-# -- opencensus ----------------------------------------------------------------------------------
-
-
-class _OpencensusContext(logging.Filter):
-    """On an opencensus log handler: pipeobs's dimensions and operation ids on each record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        added: dict[str, Any] = {key: str(value) for key, value in context_attributes().items()}
-        if not added:
-            return True
-        user = record.__dict__.get("pipeobs_user_dimensions", record.__dict__.get("custom_dimensions"))
-        if "pipeobs_user_dimensions" not in record.__dict__:
-            record.pipeobs_user_dimensions = user  # what pipeobs's own capture stores
-        if isinstance(record.args, dict):
-            added.update(record.args)
-        if isinstance(user, dict):
-            added.update(user)
-        record.custom_dimensions = added
-        invocation = context.current_invocation.get()
-        if invocation.trace_id is not None:
-            record.traceId = invocation.trace_id
-            record.spanId = invocation.span_id
-        return True
-
-
-def _patch_log_exporter(module: Any) -> None:
-    base = getattr(module, "BaseLogHandler", None)
-    if base is None or getattr(base, "_pipeobs_composed", False):
-        return
-    init = base.__init__
-
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.addFilter(_OpencensusContext())
-        _destinations.handlers[self] = destinations(self)
-        _flushables.append(("opencensus " + type(self).__name__, self))
-
-    base.__init__ = __init__
-    base._pipeobs_composed = True
-
-
-def _patch_trace_exporter(module: Any) -> None:
-    cls = getattr(module, "AzureExporter", None)
-    if cls is None or getattr(cls, "_pipeobs_composed", False):
-        return
-    init, export = cls.__init__, cls.export
-
-    @functools.wraps(init)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        _flushables.append(("opencensus AzureExporter", self))
-
-    @functools.wraps(export)
-    def export_with_context(self: Any, span_datas: Any) -> Any:
-        added = context_attributes()
-        for span_data in span_datas or ():
-            attributes = getattr(span_data, "attributes", None)  # opencensus's BoundedDict, a MutableMapping
-            if isinstance(attributes, MutableMapping):
-                for key, value in added.items():
-                    if key not in attributes:
-                        attributes[key] = str(value)
-        return export(self, span_datas)
-
-    cls.__init__ = __init__
-    cls.export = export_with_context
-    cls._pipeobs_composed = True
-
-
-_PATCHES: dict[str, Callable[[Any], None]] = {
-    "opencensus.ext.azure.log_exporter": _patch_log_exporter,
-    "opencensus.ext.azure.trace_exporter": _patch_trace_exporter,
-}
-
-
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, patch: Callable[[Any], None]) -> None:
-        self._loader = loader
-        self._patch = patch
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        try:
-            self._patch(module)
-        except Exception:  # noqa: BLE001 - a library we do not know: leave it as it is
-            log.debug("could not compose with %s", module.__name__, exc_info=True)
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches opencensus's Azure modules when the entry script imports them."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        patch = _PATCHES.get(fullname)
-        if patch is None:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _PatchingLoader(spec.loader, patch)
-        return spec
+    to_flush.append(("meter provider", provider))
 
 
 # -- installing and flushing -----------------------------------------------------------------------
 
-_flushables: list[tuple[str, Any]] = []
 _installed = False
 
 
@@ -428,7 +319,7 @@ def install(pipeobs_provider: Any) -> None:
         return
     _installed = True
     pipeobs_provider.add_span_processor(_composer)
-    _flushables.append(("tracer provider", _composer))
+    to_flush.append(("tracer provider", _composer))
 
     from opentelemetry import trace
 
@@ -450,10 +341,9 @@ def install(pipeobs_provider: Any) -> None:
     _wrap_setter("opentelemetry._logs", "set_logger_provider", _adopt_logger_provider)
     _wrap_setter("opentelemetry.metrics", "set_meter_provider", _adopt_meter_provider)
     capture.set_sent_to_hook(_sent_to)
-    sys.meta_path.insert(0, _PatchOnImport())
-    for name, patch in _PATCHES.items():  # imported before the worker started (e.g. by a plugin)
-        if name in sys.modules:
-            patch(sys.modules[name])
+    from pipeobs.telemetry import opencensus
+
+    opencensus.install()
 
 
 def _wrap_setter(module_name: str, name: str, adopt: Callable[[Any], None]) -> None:
@@ -478,10 +368,10 @@ def flush(timeout: float = FLUSH_SECONDS) -> list[str]:
 
     Returns the names of those that did not finish in time (empty when all did).
     """
-    if not _flushables:
+    if not to_flush:
         return []
-    pending = list(_flushables)
-    _flushables.clear()
+    pending = list(to_flush)
+    to_flush.clear()
     done: list[str] = []
 
     def work() -> None:
@@ -509,8 +399,3 @@ def _finish(target: Any) -> None:
             target.shutdown()
     except Exception:  # noqa: BLE001 - the user's exporter failing must not fail the worker
         log.warning("flushing the entry script's telemetry failed", exc_info=True)
-
-
-def registered() -> Iterable[str]:
-    """Names of what flush() would finish (for tests and the worker log)."""
-    return [name for name, _ in _flushables]
