@@ -341,6 +341,10 @@ class TestAzureMonitorDistro:
             span = spans[int(properties["pipeobs.mini_batch_id"])]
             assert envelope["tags"]["ai.operation.id"] == span["trace_id"]
             assert envelope["tags"]["ai.operation.parentId"] == span["span_id"]
+        # with the user's resource: one cloud role for the user's spans, logs and metrics
+        assert {e["tags"]["ai.cloud.role"] for e in dependencies} == {
+            e["tags"]["ai.cloud.role"] for e in of_type(ingestion, USER_KEY, "MessageData")
+        }
         # ... and pipeobs's store records them with their mini-batch and attempt
         stored = conn.execute("SELECT * FROM spans WHERE name = 'score'").fetchall()
         assert sorted(r["mini_batch_id"] for r in stored) == [0, 1]
@@ -431,7 +435,8 @@ class TestPlainOpenTelemetry:
             for scope_spans in resource_spans.scope_spans for span in scope_spans.spans
         ]
         assert sorted(span.name for _, span in arrived) == ["score", "score"]  # pipeobs's own spans are not forwarded
-        for _resource, span in arrived:
+        for resource, span in arrived:
+            assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "my-scorer"
             attributes = {a.key: a.value for a in span.attributes}
             mini_batch = spans[attributes["pipeobs.mini_batch_id"].int_value]
             assert span.trace_id.hex() == mini_batch["trace_id"]

@@ -9,10 +9,10 @@ SDK set-up in ``init()``. pipeobs adds its context to what they send and never f
   ``trace.set_tracer_provider(its_provider)`` with an SDK provider, pipeobs adopts it instead
   of refusing it ("Overriding of current TracerProvider is not allowed"): every span the user's
   code opens through the global API is also handed to that provider's span processors (so to
-  its exporters), as a child of the mini-batch span, in the job's trace. pipeobs's own spans
-  (job, init, mini_batch, shutdown) are not forwarded: they go where pipeobs exports them. The
-  adopted provider's sampler and resource are not applied to those spans; pipeobs's resource
-  (``service.name`` = the step name) is.
+  its exporters), as a child of the mini-batch span, in the job's trace, with the adopted
+  provider's resource (the last one's, if the script sets several). pipeobs's own spans (job,
+  init, mini_batch, shutdown) are not forwarded: they go where pipeobs exports them. The adopted
+  provider's sampler is not applied: pipeobs records every span.
 * **Context on the user's records.** Spans opened in the user's code get ``pipeobs.step_id``,
   ``pipeobs.worker``, ``pipeobs.mini_batch_id`` and ``pipeobs.attempt`` (unless they set them);
   log records through an OpenTelemetry ``LoggerProvider`` the script installs, and measurements
@@ -194,8 +194,11 @@ class ComposingSpanProcessor(SpanProcessor):
             name = f"pipeobs.{key}"
             if attributes.get(name) is None:
                 span.set_attribute(name, value)
-        for provider in self.providers:
-            provider._active_span_processor.on_start(span, parent_context=parent_context)
+        if self.providers:
+            # the user's spans carry the user's resource, as their logs and metrics do (one cloud role)
+            span._resource = getattr(self.providers[-1], "_resource", span.resource)
+            for provider in self.providers:
+                provider._active_span_processor.on_start(span, parent_context=parent_context)
 
     def _on_ending(self, span: Any) -> None:
         if self.providers and not _own(span):
