@@ -338,7 +338,15 @@ def _relative_to(base: Path, path: Any) -> Path:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`pipeobs logs RUN | head -1`): stop quietly, as Unix tools do on
+        # SIGPIPE, and point stdout at /dev/null so the interpreter's last flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + 13  # SIGPIPE
+    sys.exit(code)
 
 
 if __name__ == "__main__":

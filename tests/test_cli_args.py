@@ -6,6 +6,8 @@ No test here runs a job: every ``main`` call fails before the job starts.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from pipeobs.cli import CONFIG_FLAGS, SETTING_FLAGS, build_parser, build_step, load_yaml, main, merge_values
 from pipeobs.errors import ConfigError
+from tests.conftest import RunJob
 
 
 def kebab(name: str) -> str:
@@ -493,3 +496,20 @@ class TestMainErrors:
         monkeypatch.chdir(project)
         assert exit_code(["run", "missing.py", "-i", "data", "--", "--run-max-try", "0"]) == 3
         assert capsys.readouterr().err.startswith("error: entry script 'missing.py' does not exist")
+
+
+@pytest.mark.parametrize("command", ["logs", "trace"])  # outputs larger than a pipe holds
+def test_a_closed_pipe_ends_a_command_quietly(run_job: RunJob, command: str) -> None:
+    """`pipeobs logs RUN | head -1`: no BrokenPipeError traceback, the SIGPIPE exit status."""
+    job = run_job("def run(mini_batch):\n    for i in range(3000):\n        print('line', i)\n    return mini_batch\n", files=4)
+    with subprocess.Popen([sys.executable, "-m", "pipeobs", command, str(job.run_dir)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what `head -1` does after its first line
+        errors = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+
+    assert first
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors, errors
+    assert code in (0, 141)  # 0: it had written everything before the pipe closed
