@@ -935,3 +935,14 @@ class TestParallelRunStep:
         cfg = ParallelRunConfig(entry_script=str(job["script"]))
         with raises("Parameter nice must be between 0 and 20."):
             ParallelRunStep("score-files", cfg, [job["files"]], arguments=["--nice", "30"])
+
+
+@pytest.mark.parametrize("level", ["LOUD", "", "inf0", -1, True, 2.5])
+def test_an_unknown_logging_level_is_refused_with_the_allowed_values(level: object) -> None:
+    with pytest.raises(ConfigError, match=r"is not a logging level: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+        ParallelRunConfig(entry_script="score.py", logging_level=level)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "info", "Warning", "WARN", "error", "CRITICAL", 15])
+def test_logging_levels_in_any_case_are_accepted(level: object) -> None:
+    assert ParallelRunConfig(entry_script="score.py", logging_level=level).logging_level == level  # type: ignore[arg-type]

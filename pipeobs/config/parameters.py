@@ -17,6 +17,7 @@ from pipeobs.config.validation import (
     _resolve_process_count,
     _resolve_retry,
     check_allowed_failed_percent,
+    check_logging_level,
     parse_mini_batch_size,
 )
 from pipeobs.errors import ConfigError
@@ -81,7 +82,7 @@ class ParallelRunConfig:
         self.process_count_per_node = _resolve_process_count(
             process_count_per_node, max_concurrency_per_instance
         )
-        self.logging_level = "INFO" if logging_level is None else logging_level
+        self.logging_level = "INFO" if logging_level is None else check_logging_level(logging_level)
         timeout, tries = _resolve_retry(run_invocation_timeout, run_max_try, retry_settings)
         self.run_invocation_timeout = timeout
         self.run_max_try = tries

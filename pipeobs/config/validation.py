@@ -185,3 +185,16 @@ def check_step_name(name: Any) -> str:
             "(^[a-z]([-a-z0-9]*[a-z0-9])?$)."
         )
     return name
+
+
+LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_logging_level(value: object) -> str | int:
+    """A level name (any case; ``WARN`` too) or a logging number. Azure v1 does not check it and
+    falls back to INFO, which hides a typo; v2's schema refuses anything but its enum."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().upper() in (*LOGGING_LEVELS, "WARN"):
+        return value
+    raise ConfigError(f"logging_level {value!r} is not a logging level: use one of {', '.join(LOGGING_LEVELS)}.")
