@@ -638,3 +638,12 @@ class TestServing:
 
         assert collector_module.__all__ == sorted(collector_module.__all__)
         assert all(getattr(collector_module, name) is not None for name in collector_module.__all__)
+
+
+@pytest.mark.parametrize("path", ["/v2.1/track", "/v1/traces"])
+@pytest.mark.parametrize("body", ["[" * 20_000 + "]" * 20_000, '{"a":' * 10_000 + "1" + "}" * 10_000])
+def test_deeply_nested_json_is_a_400_not_a_500(collector: Collector, path: str, body: str) -> None:
+    response = httpx.post(f"{collector.url}{path}", content=body.encode(),
+                          headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400, response.text
+    assert "nested too deeply" in response.text

@@ -123,6 +123,9 @@ class Endpoints:
             status, answer = await run_in_threadpool(self._track, raw, encoding)
         except Refused as exc:
             status, answer = exc.status, {"itemsReceived": 0, "itemsAccepted": 0, "errors": [], "message": exc.message}
+        except Exception as exc:  # noqa: BLE001 - never an unhandled error for any body: say it, let the sender retry
+            logger.exception("could not process a track request")
+            status, answer = 500, {"itemsReceived": 0, "itemsAccepted": 0, "errors": [], "message": _internal(exc)}
         return JSONResponse(answer, status_code=status)
 
     def _track(self, raw: bytes, encoding: str | None) -> tuple[int, dict[str, Any]]:
@@ -147,6 +150,10 @@ class Endpoints:
             except Refused as exc:
                 status = exc.status
                 body, content_type = _otlp.error_body(exc.status, exc.message, kind)
+            except Exception as exc:  # noqa: BLE001 - never an unhandled error for any body
+                logger.exception("could not process an OTLP %s request", signal.name)
+                status = 500
+                body, content_type = _otlp.error_body(500, _internal(exc), kind)
             return Response(body, status_code=status, media_type=content_type)
 
         return export
@@ -168,3 +175,7 @@ class Endpoints:
         except (sqlite3.Error, OSError, RuntimeError) as exc:
             logger.error("could not store %d rows in %s: %s", len(rows), self.run.path, exc)
             raise Refused(503, f"the collector could not store the telemetry: {exc}") from None
+
+
+def _internal(exc: BaseException) -> str:
+    return f"the collector failed on this request ({type(exc).__name__}); see its log"

@@ -97,6 +97,9 @@ def answer(received: int, errors: list[Error]) -> tuple[int, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- parsing
+TOO_DEEP = "JSON nested too deeply to read"
+
+
 def split_items(body: bytes) -> list[tuple[Any, str | None]]:
     """Each posted item, with why it is not JSON (None when it is)."""
     try:
@@ -110,6 +113,8 @@ def split_items(body: bytes) -> list[tuple[Any, str | None]]:
             items = json.loads(text)
         except ValueError as exc:
             raise Refused(400, f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise Refused(400, TOO_DEEP) from None
         if not items:
             raise Refused(400, "empty array: no telemetry items")
         return [(item, None) for item in items]
@@ -117,12 +122,16 @@ def split_items(body: bytes) -> list[tuple[Any, str | None]]:
         return [(json.loads(text), None)]
     except ValueError:
         pass
+    except RecursionError:
+        raise Refused(400, TOO_DEEP) from None
     parsed: list[tuple[Any, str | None]] = []
     for line in filter(None, (line.strip() for line in text.splitlines())):
         try:
             parsed.append((json.loads(line), None))
         except ValueError as exc:
             parsed.append((None, f"item is not JSON: {exc}"))
+        except RecursionError:
+            parsed.append((None, TOO_DEEP))
     if all(problem for _, problem in parsed):
         raise Refused(400, "body is neither a JSON array nor newline-delimited JSON")
     return parsed

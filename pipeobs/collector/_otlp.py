@@ -81,14 +81,13 @@ def decode(signal: Signal, body: bytes, media_type: str) -> Any:
         return request
     try:
         data = json.loads(body)
-    except ValueError as exc:
-        raise Refused(400, f"body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise Refused(400, f"body is not an OTLP {signal.name} JSON object")
-    try:
+        if not isinstance(data, dict):
+            raise Refused(400, f"body is not an OTLP {signal.name} JSON object")
         return json_format.ParseDict(_ids_as_base64(data), request, ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
+    except (ValueError, json_format.ParseError) as exc:
         raise Refused(400, f"body is not OTLP {signal.name} JSON: {exc}") from None
+    except RecursionError:
+        raise Refused(400, "JSON nested too deeply to read") from None
 
 
 def _ids_as_base64(value: Any) -> Any:
