@@ -144,3 +144,15 @@ class TestResolveConnection:
     def test_authorization_aad_is_kept(self) -> None:
         """Authorization=AAD is accepted and reported (the exporter then requires a credential)."""
         assert resolve_connection(f"InstrumentationKey={KEY};Authorization=AAD", environ={}).authorization == "aad"
+
+
+@pytest.mark.parametrize("text", [
+    "InstrumentationKey=sk-live-0123456789abcdefSECRET",
+    "sk-live-0123456789abcdefSECRET",  # a secret pasted as the whole connection string
+])
+def test_a_key_that_is_not_a_guid_is_never_echoed_in_full(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve_connection(text, environ={})
+    message = str(caught.value)
+    assert "0123456789abcdefSECRET" not in message and "SECRET" not in message, message
+    assert "'sk-live-'..." in message

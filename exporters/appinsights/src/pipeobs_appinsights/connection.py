@@ -68,7 +68,7 @@ def _pairs_of(text: str) -> dict[str, str]:
         key, sep, value = segment.partition("=")
         if not sep or not key.strip():
             raise ConfigError(
-                f"Invalid Application Insights connection string (segment {segment.strip()[:40]!r} is not Key=Value): "
+                f"Invalid Application Insights connection string (segment {_prefix(segment.strip())} is not Key=Value): "
                 f"copy it whole from {_WHERE}"
             )
         pairs[key.strip().lower()] = value.strip()
@@ -124,7 +124,7 @@ def resolve_connection(
         )
     if not _GUID.match(key):
         raise ConfigError(
-            f"Invalid Application Insights instrumentation key {key[:40]!r}: it must be a GUID; "
+            f"Invalid Application Insights instrumentation key {_prefix(key)}: it must be a GUID; "
             f"copy the connection string from {_WHERE}"
         )
     if bare:
@@ -136,3 +136,10 @@ def resolve_connection(
     endpoint = code.get("ingestionendpoint") or from_env.get("ingestionendpoint") or DEFAULT_INGESTION_ENDPOINT
     auth = (code or from_env).get("authorization") or "ikey"
     return ConnectionInfo(key, endpoint, auth.lower())
+
+
+def _prefix(secret: str, shown: int = 8) -> str:
+    """The start of something that may be a secret pasted in the wrong place: never all of it."""
+    if len(secret) <= shown:
+        return repr(secret[:2] + "..." if len(secret) > 2 else secret)
+    return f"{secret[:shown]!r}... ({len(secret)} characters)"
