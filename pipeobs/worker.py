@@ -340,6 +340,10 @@ def _close_mini_batch_span(span: Any, result: dict[str, Any]) -> None:
     )
     if result.get("error"):
         _record_error(span, result["error"])
+    elif result.get("status") == "RUN_DONE":
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.OK))  # run() returned and its result was accepted
     span.end()
 
 

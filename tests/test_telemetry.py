@@ -48,6 +48,7 @@ class TestSpans:
         batch = by_name["mini_batch"][0]
         attributes = json.loads(batch["attributes"])
         assert batch["kind"] == "CONSUMER"
+        assert {span["status"] for span in by_name["mini_batch"]} == {"OK"}  # a successful attempt says so
         assert attributes["pipeobs.step_id"] == job.result.step_id
         assert attributes["pipeobs.worker"] == "0/process000"
         assert (attributes["pipeobs.items.total"], attributes["pipeobs.items.succeeded"], attributes["pipeobs.items.failed"]) == (2, 2, 0)
