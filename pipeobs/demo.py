@@ -139,4 +139,8 @@ def run_demo(folder: Path, images: int = 200) -> int:
     ]
     print("the same job from the command line:")
     print("  " + shlex.join(command))
+    print("explore this run:")
+    for explore in (["show"], ["logs"], ["trace"]):
+        print("  " + shlex.join(["pipeobs", *explore, str(result.run_dir)]))
+    print("  " + shlex.join(["pipeobs", "runs", str(folder / "runs")]) + "   (every run of the demo)")
     return 0 if result.ok else 42

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
+from pipeobs.cli import main
 from pipeobs.demo import make_images, run_demo
 from pipeobs.errors import PipeobsError
 
@@ -53,6 +55,15 @@ def test_run_demo_scores_every_image(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "accuracy:" in out
     assert "70_driver_log.txt" in out
     assert "pipeobs run " in out and "-- --model_dir " in out
+    # the closing lines say how to explore the run, and those commands work as printed
+    explore = out.split("explore this run:\n", 1)[1].splitlines()
+    commands = [shlex.split(line.split("   (")[0]) for line in explore if line.startswith("  pipeobs ")]
+    assert [c[1] for c in commands] == ["show", "logs", "trace", "runs"]
+    assert commands[-1][2] == str(tmp_path.resolve() / "runs")
+    capsys.readouterr()
+    for command in commands:
+        assert main(command[1:]) == 0, command
+    assert "predict-digits-mnist" in capsys.readouterr().out
 
 
 def test_missing_demo_dependencies_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
