@@ -69,6 +69,10 @@ class ParallelRunStep:
 
             for name in exporters:
                 create_exporter(name).shutdown()
+        if self.output and os.path.exists(self.output) and not os.path.isdir(self.output):
+            raise ConfigError(
+                f"output '{self.output}' is an existing file, not a folder: name a folder (it is created if missing)"
+            )
         step_id = new_step_id(self.name)
         run_dir = RunDir.create(runs_dir, self.name, step_id)
         output_dir = os.path.abspath(self.output) if self.output else str(run_dir.path / "output")

@@ -76,8 +76,12 @@ class TestExitCodes:
             (["--input", "data", "--run-max-try", "0"], "error: Parameter run_max_try must be an integer greater than 0."),
             (["--input", "data", "--mini-batch-size", "1.5MB"], r"must follow regex rule ^\d+([kKmMgG][bB])*$."),
             (["--input", "bad.parquet", "--tabular"], "is not a valid Parquet file"),
+            (["--input", "data", "--output", "taken.txt"], "error: output 'taken.txt' is an existing file, not a folder"),
+            (["--input", "data", "--logging-level", "LOUD"], "is not a logging level: use one of DEBUG, INFO"),
+            (["--input", "header.csv", "--tabular"], "hold no data"),
         ],
-        ids=["missing-input", "empty-input", "bad-config", "bad-size", "corrupt-parquet"],
+        ids=["missing-input", "empty-input", "bad-config", "bad-size", "corrupt-parquet", "output-is-a-file",
+             "logging-level", "header-only-csv"],
     )
     def test_bad_input_exits_2(self, tmp_path: Path, args: list[str], expected: str) -> None:
         """Bad inputs and config values exit 2 with one line naming the problem."""
@@ -85,12 +89,15 @@ class TestExitCodes:
         write_files(tmp_path, 1)
         (tmp_path / "empty").mkdir()
         (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+        (tmp_path / "taken.txt").write_text("somebody's file\n")
+        (tmp_path / "header.csv").write_text("a,b\n")
 
         proc = pipeobs("run", "score.py", *args, cwd=tmp_path)
 
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr
         assert "Traceback" not in proc.stderr
+        assert (tmp_path / "taken.txt").read_text() == "somebody's file\n"
 
     def test_failed_job_exits_42_and_names_first_error(self, tmp_path: Path) -> None:
         """A job over its error threshold exits 42; the summary names the user's error and file:line."""

@@ -22,7 +22,7 @@ from pipeobs.driver.output import OutputFile
 from pipeobs.driver.partition import DONE, Partitioner
 from pipeobs.driver.pool import WorkerPool
 from pipeobs.driver.slots import WorkerSlot, WorkerState
-from pipeobs.errors import EntryScriptError, JobFailed, PipeobsError
+from pipeobs.errors import EntryScriptError, InputError, JobFailed, PipeobsError
 from pipeobs.executors.base import Executor
 from pipeobs.jobs import JobPlan, JobResult, ProgressView, Thresholds
 from pipeobs.protocol import Bye, InitFailed, LoadFailed, Message, Ready, Result
@@ -123,7 +123,7 @@ class Driver:
         self.ledger.all_scheduled = True
         self.journal.scheduled(len(self.ledger), self.ledger.items(), self.clock() - self.started)
         if not self.ledger:
-            self.fatal = PipeobsError("the inputs hold no data: no mini-batch was created")
+            self.fatal = InputError("the inputs hold no data: no mini-batch was created")
 
     # ----------------------------------------------------------------- executor events
     def worker_connected(self, label: str, pid: int) -> None:
