@@ -647,3 +647,14 @@ def test_deeply_nested_json_is_a_400_not_a_500(collector: Collector, path: str, 
                           headers={"Content-Type": "application/json"}, timeout=10)
     assert response.status_code == 400, response.text
     assert "nested too deeply" in response.text
+
+
+def test_collect_dir_naming_a_file_is_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeobs.cli import main
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    assert main(["collect", "--dir", str(taken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --dir '{taken}' is an existing file, not a folder") and "Traceback" not in err
+    assert taken.read_text() == "mine\n"

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from pipeobs.collector._body import DEFAULT_MAX_BODY
 from pipeobs.collector._deps import INSTALL_HINT
+from pipeobs.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeobs.collector._app import create_app
@@ -71,6 +73,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
     """Run ``collect`` until interrupted; None when ``args.command`` is another command."""
     if getattr(args, "command", None) != "collect":
         return None
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        raise ConfigError(f"--dir '{args.dir}' is an existing file, not a folder: name a folder for the "
+                          "collected telemetry (it is created if missing)")
     try:
         from pipeobs.collector._server import serve
     except ImportError as exc:
