@@ -39,7 +39,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeobs.collector._body import Refused
+from pipeobs.collector._body import TOO_DEEP, Refused
 from pipeobs.collector._mapping import (
     COLUMN_KEYS,
     WORKER_KEYS,
@@ -97,9 +97,6 @@ def answer(received: int, errors: list[Error]) -> tuple[int, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- parsing
-TOO_DEEP = "JSON nested too deeply to read"
-
-
 def split_items(body: bytes) -> list[tuple[Any, str | None]]:
     """Each posted item, with why it is not JSON (None when it is)."""
     try:

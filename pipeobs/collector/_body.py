@@ -14,6 +14,7 @@ from typing import Any
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+TOO_DEEP = "JSON nested too deeply to read"  # json.loads hit the recursion limit
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _ENCODINGS = {"": None, "identity": None, "gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate"}
 

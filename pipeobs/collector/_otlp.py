@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeobs.collector._body import Refused
+from pipeobs.collector._body import TOO_DEEP, Refused
 from pipeobs.collector._deps import INSTALL_HINT
 from pipeobs.collector._mapping import (
     COLUMN_KEYS,
@@ -87,7 +87,7 @@ def decode(signal: Signal, body: bytes, media_type: str) -> Any:
     except (ValueError, json_format.ParseError) as exc:
         raise Refused(400, f"body is not OTLP {signal.name} JSON: {exc}") from None
     except RecursionError:
-        raise Refused(400, "JSON nested too deeply to read") from None
+        raise Refused(400, TOO_DEEP) from None
 
 
 def _ids_as_base64(value: Any) -> Any:

@@ -48,6 +48,7 @@ logs and metrics SDKs unless the entry script does (the trace SDK is loaded by e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -106,8 +107,8 @@ def destinations(root: Any) -> frozenset[str]:
         if isinstance(node, tuple | list):
             stack.extend((child, depth + 1) for child in node)
             continue
-        key = node.__dict__.get("_instrumentation_key") if hasattr(node, "__dict__") else None
-        options = node.__dict__.get("options") if hasattr(node, "__dict__") else None
+        own = getattr(node, "__dict__", None) or {}
+        key, options = own.get("_instrumentation_key"), own.get("options")
         if key is None and options is not None:
             key = getattr(options, "instrumentation_key", None)
         if isinstance(key, str) and key:
@@ -119,13 +120,26 @@ def destinations(root: Any) -> frozenset[str]:
     return frozenset(found)
 
 
+_cache: dict[int, tuple[Any, frozenset[str]]] = {}
+
+
+def _destinations_of(owner: Any, version: Any) -> frozenset[str]:
+    """:func:`destinations` of ``owner``, walked again only when ``version`` changes: the SDKs
+    replace a provider's tuple of processors on each add, so its identity is the version."""
+    cached = _cache.get(id(owner))
+    if cached is not None and cached[0] is version:
+        return cached[1]
+    found = destinations(owner)
+    _cache[id(owner)] = (version, found)
+    return found
+
+
 class _Destinations:
     """Which destinations the user's log handlers send to, and which log record they send."""
 
     def __init__(self) -> None:
         self.handlers: weakref.WeakKeyDictionary[logging.Handler, frozenset[str]] = weakref.WeakKeyDictionary()
         self.logger_providers: list[Any] = []
-        self._by_provider: dict[int, tuple[Any, frozenset[str]]] = {}
 
     def active(self) -> bool:
         return bool(self.handlers) or bool(self.logger_providers)
@@ -137,17 +151,8 @@ class _Destinations:
         provider = getattr(handler, "_logger_provider", None)  # an OpenTelemetry LoggingHandler
         if provider is None or not self.logger_providers:
             return frozenset()
-        return self.of_logger_provider(provider)
-
-    def of_logger_provider(self, provider: Any) -> frozenset[str]:
         multi = getattr(provider, "_multi_log_record_processor", None)
-        processors = getattr(multi, "_log_record_processors", None)  # a new tuple on each add
-        cached = self._by_provider.get(id(provider))
-        if cached is not None and cached[0] is processors:
-            return cached[1]
-        found = destinations(provider)
-        self._by_provider[id(provider)] = (processors, found)
-        return found
+        return _destinations_of(provider, getattr(multi, "_log_record_processors", None))
 
     def of_record(self, record: logging.LogRecord) -> tuple[str, ...]:
         """The destinations of the handlers on ``record``'s way up the logger hierarchy."""
@@ -180,7 +185,6 @@ class ComposingSpanProcessor(SpanProcessor):
 
     def __init__(self) -> None:
         self.providers: list[Any] = []
-        self.user_destinations: tuple[Any, frozenset[str]] = ((), frozenset())
 
     def adopt(self, provider: Any) -> None:
         if provider not in self.providers:
@@ -213,16 +217,10 @@ class ComposingSpanProcessor(SpanProcessor):
                 provider._active_span_processor.on_end(span)
 
     def sent_to(self) -> frozenset[str]:
-        """The destinations the adopted providers send the user's spans to (cached per processor set)."""
-        if not self.providers:
-            return frozenset()
-        key = tuple(getattr(p._active_span_processor, "_span_processors", None) for p in self.providers)
-        cached_key, cached = self.user_destinations
-        if len(cached_key) == len(key) and all(a is b for a, b in zip(cached_key, key, strict=True)):
-            return cached
-        found = frozenset().union(*(destinations(p) for p in self.providers))
-        self.user_destinations = (key, found)
-        return found
+        """The destinations the adopted providers send the user's spans to."""
+        return frozenset().union(*(
+            _destinations_of(p, getattr(p._active_span_processor, "_span_processors", None)) for p in self.providers
+        ))
 
     def shutdown(self) -> None:
         pass  # the user's providers are shut down by flush() (or their own exit hooks)
@@ -282,11 +280,7 @@ def _adopt_logger_provider(provider: Any) -> None:
     multi = getattr(provider, "_multi_log_record_processor", None)
     if multi is None or not isinstance(getattr(multi, "_log_record_processors", None), tuple):
         return
-    lock = getattr(multi, "_lock", None)
-    if lock is not None:
-        with lock:
-            multi._log_record_processors = (_log_context_processor(), *multi._log_record_processors)
-    else:
+    with getattr(multi, "_lock", None) or contextlib.nullcontext():  # first: before the exporters see a record
         multi._log_record_processors = (_log_context_processor(), *multi._log_record_processors)
     user_destinations.logger_providers.append(provider)
     to_flush.append(("logger provider", provider))
