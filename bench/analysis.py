@@ -24,6 +24,7 @@ def explain(section: Section, sizes: dict[str, Any], smoke: bool, sections: dict
         "capture": _capture,
         "exporters": _exporters,
         "memory": _memory,
+        "spool": _spool,
     }[section.key]
     section.profile = handler(section, sizes, sections).strip()
 
@@ -251,3 +252,19 @@ def _memory(section: Section, _sizes: dict[str, Any], sections: dict[str, Sectio
             f"that is about {per / 1024:.1f} KB per mini-batch here (an estimate: one run, one size)."
         )
     return "\n\n".join(text)
+
+
+def _spool(section: Section, _sizes: dict[str, Any], _sections: dict[str, Section]) -> str:
+    results, n = section.data["results"], section.data["n"]
+    free = results["pipeobs Delivery, sender free"]
+    stuck = results["pipeobs Delivery, sender stuck until the burst ends"]
+    floor = results["floor: json.dumps per line into one file, read back"]
+    per_record = results["one file per record (write + rename), read back"]
+    return (
+        f"No profile: the figures split the time. `submit()` cost {free['submit_seconds'] / n * 1e6:.1f} µs per record "
+        f"with the sender free and {stuck['submit_seconds'] / n * 1e6:.1f} µs with it stuck (a full queue only appends "
+        f"to the in-memory overflow; the spool thread writes it). With the sender stuck, {n:,} records went through "
+        f"{stuck['files']:,} spool files and the whole burst, spool and delivery took {stuck['seconds']:.2f} s, "
+        f"{stuck['seconds'] / floor['seconds']:.2f}x the floor's {floor['seconds']:.2f} s (json.dumps + write + read "
+        f"back of one file); one file per record costs {per_record['us']:.0f} µs per record."
+    )

@@ -1,7 +1,8 @@
 """``pipeobs`` command line.
 
 Exit codes: 0 success; 1 internal error; 2 invalid usage, configuration or input;
-3 entry script cannot be loaded; 42 the job failed (as Azure's driver); 130 interrupted.
+3 entry script cannot be loaded; 42 the job failed (as Azure's driver); 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM); 141 the reader of the output went away.
 """
 
 from __future__ import annotations
@@ -55,10 +56,6 @@ SETTING_FLAGS = (
     "profiling_module",
     "nice",
 )
-JOB_KEYS = (
-    "entry_script", "inputs", "output", "tabular", "format", "partition_format", "name", "runs_dir", "arguments",
-    "model_dir", "export", "export_deadline",
-)
 SAME_SETTING = (
     ("run_max_try", "max_retries"),
     ("run_invocation_timeout", "timeout"),
@@ -67,7 +64,6 @@ SAME_SETTING = (
     ("allowed_failed_count", "mini_batch_error_threshold"),
     ("append_row_file_name", "append_row_to"),
 )
-YAML_NESTED = {"retry_settings": ("max_retries", "timeout"), "resources": ("instance_count",)}
 
 
 class Parser(argparse.ArgumentParser):
@@ -161,9 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipeobsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C (130), or SIGTERM while a driver runs (143)
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     return 1
 
 
@@ -177,7 +173,7 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
         with Progress() as progress:
             result = run_plan(plan, progress.update)
         print_result(result)
-        return 0 if result.ok else 42
+        return exit_code(result)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "resume")}
     values = merge_values(load_yaml(args.config) if args.config else {}, given)
     step = build_step(values, script_args)
@@ -190,6 +186,15 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
             export_deadline=float(values.get("export_deadline") or 10.0),
         )
     print_result(result)
+    return exit_code(result)
+
+
+def exit_code(result: Any) -> int:
+    """0 completed, 42 failed (as Azure's driver), 128 + the signal number when interrupted."""
+    if result.interrupted_by:
+        import signal
+
+        return 128 + signal.Signals[result.interrupted_by].value
     return 0 if result.ok else 42
 
 
@@ -291,39 +296,22 @@ def _step_name(entry: str) -> str:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    """A job YAML: the flags' names (snake or kebab case), plus retry_settings/resources blocks."""
+    """A job YAML's values (see :mod:`pipeobs.config.jobfile`), its relative paths resolved against its folder."""
     import yaml
+
+    from pipeobs.config import check_job_yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
+            data = yaml.safe_load(handle)
     except OSError as exc:
         raise ConfigError(f"cannot read job YAML '{path}': {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"job YAML '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"job YAML '{path}' must be a mapping of setting names to values")
-    known = set(CONFIG_FLAGS) | set(SETTING_FLAGS) | set(JOB_KEYS) | set(YAML_NESTED)
-    values: dict[str, Any] = {}
+    values = check_job_yaml({} if data is None else data, path)
     base = Path(path).resolve().parent
-    for raw_key, value in data.items():
-        key = str(raw_key).replace("-", "_")
-        if key == "input":
-            key, value = "inputs", value
-        if key not in known:
-            raise ConfigError(f"unknown key '{raw_key}' in {path}" + _did_you_mean(key, sorted(known)).replace("did you mean --", "did you mean "))
-        if key in YAML_NESTED:
-            for sub_key, sub_value in (value or {}).items():
-                if sub_key not in YAML_NESTED[key]:
-                    raise ConfigError(f"unknown key '{key}.{sub_key}' in {path}; allowed: {', '.join(YAML_NESTED[key])}")
-                values[sub_key] = sub_value
-            continue
-        values[key] = value
-    if isinstance(values.get("inputs"), str):
-        values["inputs"] = [values["inputs"]]
-    for key in ("inputs",):  # paths in the YAML are relative to the YAML file
-        if key in values:
-            values[key] = [str(_relative_to(base, p)) for p in values[key]]
+    if "inputs" in values:
+        values["inputs"] = [str(_relative_to(base, p)) for p in values["inputs"]]
     for key in ("output", "source_directory", "model_dir"):
         if values.get(key):
             values[key] = str(_relative_to(base, values[key]))

@@ -7,6 +7,8 @@ pipeobs's own (prefix ``PIPEOBS_``):
 * ``PIPEOBS_MODEL_DIR``: where ``Model.get_model_path(name)`` looks in workers (set from
   ``--model-dir``; ``AZUREML_MODEL_DIR`` is set to the same value, as batch endpoints do).
 * ``PIPEOBS_EXPORT_JSONL``: the file of the ``jsonl`` exporter.
+* ``PIPEOBS_ALLOW_MANY_PROCESSES``: ``1`` lets a job start more workers than the machine's limit
+  (:mod:`pipeobs.config.capacity`).
 * ``PIPEOBS_HUB``, ``PIPEOBS_AUTHKEY``, ``PIPEOBS_WORKER``: set by the driver for each worker
   (the hub address, its auth key, the worker's ``<node>/processNNN`` name); internal.
 
@@ -25,6 +27,7 @@ AZURE_GPU_COUNT = "AZ_BATCHAI_GPU_COUNT_FOUND"
 MODEL_DIR = "PIPEOBS_MODEL_DIR"
 AZURE_MODEL_DIR = "AZUREML_MODEL_DIR"
 EXPORT_JSONL = "PIPEOBS_EXPORT_JSONL"
+ALLOW_MANY_PROCESSES = "PIPEOBS_ALLOW_MANY_PROCESSES"
 HUB = "PIPEOBS_HUB"
 AUTHKEY = "PIPEOBS_AUTHKEY"
 WORKER = "PIPEOBS_WORKER"

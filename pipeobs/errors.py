@@ -8,6 +8,7 @@
     +-- EntryScriptError          the entry script cannot be loaded (missing, syntax, no run())
     +-- RunDirError               a run directory that cannot be created, locked or resumed
     +-- JobFailed                 the job ran and failed (thresholds, init failures, timeouts)
+    Terminated (KeyboardInterrupt)  SIGTERM while a driver runs: handled like Ctrl-C
 
 Each class carries the CLI exit code documented in the README.
 """
@@ -49,3 +50,10 @@ class JobFailed(PipeobsError):
     """The job ran and failed; the exit code matches Azure's driver (SystemExit: 42)."""
 
     exit_code = 42
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a driver runs: the run ends ``Interrupted`` as after Ctrl-C (exit 143, not 130)."""
+
+    signal_name = "SIGTERM"
+    exit_code = 143

@@ -164,7 +164,7 @@ class Thresholds:
 class JobResult:
     """The outcome of ``ParallelRunStep.run()`` / ``pipeobs run``."""
 
-    status: str  # "Completed" | "Failed"
+    status: str  # "Completed" | "Failed" | "Interrupted"
     step_id: str
     step_name: str
     run_dir: str
@@ -183,6 +183,7 @@ class JobResult:
     timeouts: int = 0
     worker_restarts: int = 0
     exports: dict[str, dict[str, int]] = field(default_factory=dict)
+    interrupted_by: str | None = None  # "SIGINT" | "SIGTERM" when status is "Interrupted"
 
     @property
     def ok(self) -> bool:

@@ -68,9 +68,12 @@ class Metric:
     labels: str | None = None  # JSON object of the Prometheus labels, sorted keys
 
     def number_or_json(self) -> tuple[float | None, str | None]:
-        """``(value, None)`` for a number, ``(None, JSON text)`` for anything else (lists, tags, rows)."""
+        """``(value, None)`` for a number, ``(None, JSON text)`` for anything else (lists, tags, rows).
+
+        NaN is ``(None, "NaN")``: SQLite would store it as NULL. ``±inf`` are numbers (SQLite's REAL holds them).
+        """
         value = self.value
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
             return value, None
         return None, json.dumps(value)
 

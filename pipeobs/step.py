@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from pipeobs.config import (
     ParallelRunConfig,
     Settings,
     check_step_name,
+    check_worker_count,
     make_settings,
     split_arguments,
 )
@@ -19,7 +21,7 @@ from pipeobs.entry import check_entry_script
 from pipeobs.errors import ConfigError, InputError, RunDirError
 from pipeobs.jobs import JobPlan, JobResult, ProgressView
 from pipeobs.record.rundir import RunDir, new_step_id
-from pipeobs.record.store import Store
+from pipeobs.record.store import Store, step_ids_of
 
 ProgressCallback = Callable[[ProgressView], None]
 
@@ -73,6 +75,7 @@ class ParallelRunStep:
             raise ConfigError(
                 f"output '{self.output}' is an existing file, not a folder: name a folder (it is created if missing)"
             )
+        check_worker_count(self.config.node_count, self.config.effective_process_count())
         step_id = new_step_id(self.name)
         run_dir = RunDir.create(runs_dir, self.name, step_id)
         output_dir = os.path.abspath(self.output) if self.output else str(run_dir.path / "output")
@@ -93,7 +96,7 @@ class ParallelRunStep:
         )
 
         store = Store(run_dir.store)
-        store.insert_run({**plan.record(), "started_at": _now()})
+        store.insert_run({**plan.record(), "started_at": _now(), **this_driver()})
         store.close()
         return plan
 
@@ -126,17 +129,14 @@ def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
     from pipeobs.datasets import Dataset
 
     run_dir = RunDir.existing(path)
-    store = Store(run_dir.store)
-    try:
-        row = store.run_row()
-    finally:
-        store.close()
+    row = _recorded_run(run_dir)
     if row is None:
         raise RunDirError(f"run directory '{path}' has no recorded run to resume")
     if row["status"] == "Completed":
         raise RunDirError(f"run {row['step_id']} already completed; there is nothing to resume")
     inputs = json.loads(row["inputs"])
     config = ParallelRunConfig.from_dict(json.loads(row["config"]))
+    check_worker_count(config.node_count, config.effective_process_count())
     return JobPlan(
         config=config,
         settings=make_settings(json.loads(row["settings"])),
@@ -153,6 +153,22 @@ def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
         exporters=inputs.get("exporters") or [],
         export_deadline=inputs.get("export_deadline") or 10.0,
     )
+
+
+def _recorded_run(run_dir: RunDir) -> sqlite3.Row | None:
+    """The run row of a run directory's store; a file that is no pipeobs store is refused untouched."""
+    try:
+        step_ids_of(run_dir.store)  # read-only first: never add pipeobs tables to somebody else's database
+        store = Store(run_dir.store)
+        try:
+            return store.run_row()
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as exc:
+        raise RunDirError(
+            f"cannot resume: '{run_dir.store}' is damaged or not a pipeobs store ({exc}); "
+            "start the run again without --resume"
+        ) from None
 
 
 def _check_inputs(inputs: Sequence[Any]) -> list[Any]:
@@ -193,6 +209,12 @@ def _resolve_entry_script(config: ParallelRunConfig) -> Path:
     else:
         script = Path(config.entry_script)
     return check_entry_script(script)
+
+
+def this_driver() -> dict[str, Any]:
+    from pipeobs.record.liveness import this_driver
+
+    return this_driver()
 
 
 def _now() -> float:

@@ -1,4 +1,8 @@
-"""What ``pipeobs run`` prints: a live progress bar (or plain lines) and the final summary."""
+"""What ``pipeobs run`` prints: a live progress bar (or plain lines) and the final summary.
+
+Both show text from user code (error messages, paths) with its control characters escaped, as
+the explorer's views do.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from pipeobs.explorer.terminal import printable
 from pipeobs.jobs import JobResult, ProgressView
 from pipeobs.record.reports import first_error_text
 
@@ -31,7 +36,7 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                 TextColumn("mini-batches"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                 console=Console(file=self.stream), transient=False,
             )
@@ -42,7 +47,7 @@ class Progress:
     def update(self, view: ProgressView) -> None:
         done, total = view.done, view.total
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total, description=view.step_name)
+            self._bar.update(self._task, completed=done, total=total, description=printable(view.step_name))
             return
         now = time.monotonic()
         if now - self._last_plain >= self.interval and done != self._last_done:
@@ -62,13 +67,14 @@ class Progress:
 
 def summary_text(result: JobResult) -> str:
     """The end-of-run summary: status, counts, duration, throughput, where things are."""
-    rate = result.mini_batches_total / result.duration_seconds if result.duration_seconds > 0 else 0.0
+    processed = result.mini_batches_succeeded + result.mini_batches_failed
+    rate = f" ({processed / result.duration_seconds:.1f} mini-batches/s)" if processed and result.duration_seconds > 0 else ""
     lines = [
         f"{result.status}: step {result.step_name}, run {result.step_id}",
         f"  mini-batches: {result.mini_batches_succeeded} succeeded, {result.mini_batches_failed} failed, "
         f"{result.mini_batches_total} total",
         f"  items:        {result.items_succeeded} succeeded, {result.items_failed} failed, {result.items_total} total",
-        f"  duration:     {result.duration_seconds:.2f} s ({rate:.1f} mini-batches/s); "
+        f"  duration:     {result.duration_seconds:.2f} s{rate}; "
         f"retries {result.retries}, timeouts {result.timeouts}, worker restarts {result.worker_restarts}",
     ]
     if result.output_path:
@@ -89,7 +95,7 @@ def summary_text(result: JobResult) -> str:
         lines.append("  " + first_error_text(result.first_error))
         if result.first_error.get("traceback_file"):
             lines.append(f"  traceback:    {result.first_error['traceback_file']}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def print_result(result: JobResult, stream: Any = None) -> None:

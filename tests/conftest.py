@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import textwrap
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,38 @@ def write_files(folder: Path, count: int) -> Path:
     return data
 
 
+# Importable by entry scripts next to it: workers and tests coordinate through files, each wait
+# bounded so that a missing party fails the attempt with a message instead of hanging the test.
+RENDEZVOUS = """
+import os, time
+
+def wait_for(path, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rendezvous: {path} did not appear within {timeout} s")
+        time.sleep(0.01)
+
+def arrive_and_wait(folder, parties, timeout=30.0):
+    # A barrier for worker processes, timed from this process's first arrival: once it has
+    # timed out, later calls fail at once instead of waiting again.
+    os.makedirs(folder, exist_ok=True)
+    mine = os.path.join(folder, str(os.getpid()))
+    if not os.path.exists(mine):
+        open(mine, "w").close()
+    deadline = os.path.getmtime(mine) + timeout
+    while len(os.listdir(folder)) < parties:
+        if time.time() > deadline:
+            raise TimeoutError(f"rendezvous: {len(os.listdir(folder))} of {parties} workers arrived within {timeout} s")
+        time.sleep(0.01)
+"""
+
+
+def write_rendezvous(folder: Path) -> None:
+    """Make ``import rendezvous`` work in an entry script written to ``folder``."""
+    write_script(folder, RENDEZVOUS, "rendezvous.py")
+
+
 RunJob = Callable[..., Job]
 
 
@@ -80,3 +117,72 @@ def run_job(tmp_path: Path) -> RunJob:
         return Job(result, Path(result.run_dir))
 
     return run
+
+
+@dataclass
+class MemoryCgroup:
+    """A child memory cgroup with a hard limit and no swap (cgroup v2, or v1's memory controller)."""
+
+    path: Path
+    version: int
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` started inside this cgroup: the shell joins it, then execs ``argv``."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"), *argv]
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer has killed in this cgroup."""
+        counters = (self.path / ("memory.events" if self.version == 2 else "memory.oom_control")).read_text()
+        return int(dict(line.split() for line in counters.splitlines())["oom_kill"])
+
+    def pids(self) -> list[int]:
+        return [int(pid) for pid in (self.path / "cgroup.procs").read_text().split()]
+
+
+def memory_cgroup_parent() -> tuple[Path, int] | None:
+    """Where a child memory cgroup can be made: the cgroup v2 root if it delegates memory, else
+    this process's cgroup v1 memory controller; None when neither is there."""
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for _, mount, kind, *_ in mounts:
+        if kind == "cgroup2" and "memory" in (Path(mount) / "cgroup.subtree_control").read_text().split():
+            return Path(mount), 2
+    own: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        own.update(dict.fromkeys(controllers.split(","), path.lstrip("/")))
+    for _, mount, kind, options, *_ in mounts:
+        if kind == "cgroup" and "memory" in options.split(",") and "memory" in own:
+            return Path(mount) / own["memory"], 1
+    return None
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[MemoryCgroup]:
+    """A fresh cgroup limited to 256 MiB of memory and no swap; what is left in it is killed, then it is removed."""
+    found = memory_cgroup_parent()
+    if found is None:
+        pytest.skip("no cgroup memory controller on this machine")
+    parent, version = found
+    path = parent / f"pipeobs-test-{uuid.uuid4().hex[:8]}"
+    try:
+        path.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup under {parent}: {exc}")
+    limit = str(256 << 20)
+    memory, swap = ("memory.max", "memory.swap.max") if version == 2 else ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+    cgroup = MemoryCgroup(path, version)
+    try:
+        (path / memory).write_text(limit)
+        if (path / swap).exists():
+            (path / swap).write_text("0" if version == 2 else limit)  # v1 limits memory and swap together
+        elif len(Path("/proc/swaps").read_text().splitlines()) > 1:
+            pytest.skip("swap is on and the cgroup cannot limit it, so memory would be swapped out, not OOM-killed")
+        yield cgroup
+    finally:
+        for pid in cgroup.pids():  # only processes this test started
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while cgroup.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        path.rmdir()

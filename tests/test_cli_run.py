@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_files, write_script
+from pipeobs.cli import main
+from pipeobs.config import ParallelRunConfig
+from pipeobs.datasets import FileDataset
+from pipeobs.step import ParallelRunStep
+from tests.conftest import write_files, write_rendezvous, write_script
 
 ECHO = "import os\ndef run(mb):\n    return [os.path.basename(p) for p in mb]\n"
 
@@ -121,6 +125,93 @@ class TestExitCodes:
         assert proc.returncode == 42
         assert "ParserError: Error tokenizing data" in proc.stdout
 
+    @pytest.mark.parametrize(
+        ("line", "key"),
+        [
+            ("retry_settings: 5", "retry_settings"),
+            ("retry_settings: {timeout: [60]}", "retry_settings.timeout"),
+            ("resources: [2]", "resources"),
+            ("environment_variables: [1, 2]", "environment_variables"),
+            ("environment_variables: {MODE: [fast]}", "environment_variables"),
+            ("export: 5", "export"),
+            ("export_deadline: soon", "export_deadline"),
+            ("entry_script: [score.py]", "entry_script"),
+            ("inputs: 5", "inputs"),
+            ("inputs: {data: 1}", "inputs"),
+            ("inputs: [data, 5]", "inputs"),
+            ("arguments: 5", "arguments"),
+            ("arguments: --model_dir model/", "arguments"),
+            ("output: [out]", "output"),
+            ("model_dir: [models]", "model_dir"),
+            ("tabular: maybe", "tabular"),
+            ("format: xls", "format"),
+            ("description: [a, b]", "description"),
+        ],
+    )
+    def test_yaml_value_of_the_wrong_type_exits_2_naming_the_key(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], line: str, key: str
+    ) -> None:
+        """A job YAML value of the wrong shape anywhere is one error line naming its key (exit 2)."""
+        write_script(tmp_path, ECHO)
+        write_files(tmp_path, 1)
+        (tmp_path / "job.yaml").write_text(f"entry_script: score.py\ninputs: [data]\n{line}\n")
+        monkeypatch.chdir(tmp_path)
+
+        code = main(["run", "-c", "job.yaml"])
+
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.startswith(f"error: '{key}' in job.yaml must be ")
+        assert err.count("\n") == 1
+        assert "Traceback" not in err
+
+    @pytest.mark.parametrize("damage", ["random-bytes", "truncated", "no-pipeobs-tables"])
+    def test_resume_of_a_damaged_store_exits_2_naming_it(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+    ) -> None:
+        """--resume on a pipeobs.db that is corrupt or not pipeobs's exits 2 naming the file, and leaves it alone."""
+        write_script(tmp_path, ECHO)
+        step = ParallelRunStep("damaged", ParallelRunConfig(entry_script=str(tmp_path / "score.py")),
+                               [FileDataset.from_files(str(write_files(tmp_path, 2)))])
+        store = Path(step.plan(tmp_path / "runs").run_dir.store)
+        if damage == "random-bytes":
+            store.write_bytes(os.urandom(8192))
+        elif damage == "truncated":
+            store.write_bytes(store.read_bytes()[: store.stat().st_size // 2])
+        else:
+            store.unlink()
+            sqlite3.connect(store).execute("CREATE TABLE notes (text TEXT)").connection.close()
+        before = store.read_bytes()
+
+        code = main(["run", "--resume", str(store.parent)])
+
+        err = capsys.readouterr().err
+        assert code == 2
+        assert err.startswith(f"error: cannot resume: '{store}' is damaged or not a pipeobs store (")
+        assert err.endswith("); start the run again without --resume\n")
+        assert err.count("\n") == 1
+        assert store.read_bytes() == before
+
+    @pytest.mark.parametrize(
+        "flags", [["--process-count-per-node", "100000"], ["--node-count", "50000", "--process-count-per-node", "2"]]
+    )
+    def test_more_workers_than_the_machine_can_run_exits_2_before_any_starts(
+        self, tmp_path: Path, flags: list[str]
+    ) -> None:
+        """A worker count far beyond the machine is refused with the limit and the override; no worker starts."""
+        started = tmp_path / "init-ran"
+        write_script(tmp_path, f"def init():\n    open({str(started)!r}, 'w').close()\n" + ECHO)
+        write_files(tmp_path, 2)
+
+        proc = pipeobs("run", "score.py", "--input", "data", *flags, cwd=tmp_path)
+
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: 100000 worker processes")
+        assert "more than this machine can run: the limit is " in proc.stderr
+        assert "PIPEOBS_ALLOW_MANY_PROCESSES=1" in proc.stderr
+        assert not started.exists()
+        assert not (tmp_path / "runs").exists()
+
 
 class TestYaml:
     def test_yaml_config_with_flag_override(self, tmp_path: Path) -> None:
@@ -140,27 +231,34 @@ class TestYaml:
 
 
 class TestResume:
-    SLOW = """
-    import os, time
+    GATED = """
+    import os, rendezvous
     def run(mini_batch):
-        time.sleep(0.03)
-        return [os.path.basename(p) + " row" for p in mini_batch]
+        names = [os.path.basename(p) for p in mini_batch]
+        if max(names) >= "f020.txt":  # only the first 10 mini-batches finish before the driver is killed
+            rendezvous.wait_for({gate!r}, timeout=60)
+        return [name + " row" for name in names]
     """
 
     def test_resume_after_driver_sigkill_keeps_each_row_once(self, tmp_path: Path) -> None:
         """A driver killed with SIGKILL resumes: only unfinished mini-batches run, rows exactly once."""
-        write_script(tmp_path, self.SLOW)
+        gate = tmp_path / "driver-killed"
+        write_rendezvous(tmp_path)
+        write_script(tmp_path, self.GATED.format(gate=str(gate)))
         write_files(tmp_path, 120)
         cmd = [sys.executable, "-m", "pipeobs", "run", "score.py", "--input", "data", "--mini-batch-size", "2",
                "--output-action", "append_row", "--process-count-per-node", "2", "--name", "resume-me"]
         driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        run_dir = self._wait_for_done(tmp_path / "runs" / "resume-me", at_least=10)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+        try:
+            run_dir = self._wait_for_done(tmp_path / "runs" / "resume-me", at_least=10)
+        finally:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait()
         done_before = self._done(run_dir)
         output = run_dir / "output" / "parallel_run_step.txt"
         with open(output, "a") as handle:  # rows written after the last ledger commit
             handle.write("f999.txt row\npartial")
+        gate.touch()  # the resumed run finishes every mini-batch
 
         proc = pipeobs("run", "--resume", str(run_dir), cwd=tmp_path)
 
@@ -169,7 +267,7 @@ class TestResume:
             "SELECT COUNT(DISTINCT mini_batch_id) FROM attempts WHERE status='RUN_DONE'").fetchone()[0]
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert sorted(lines) == sorted(f"f{i:03d}.txt row" for i in range(120))
-        assert done_before >= 10
+        assert done_before == 10
         assert ran_after == 60
 
     def _wait_for_done(self, root: Path, at_least: int) -> Path:

@@ -5,24 +5,32 @@ Messages are Azure's SDK v1 messages, matched exactly; where Azure has none, pip
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 
+from pipeobs.cli import build_parser
 from pipeobs.config import (
     DEFAULT_APPEND_ROW_FILE_NAME,
     RESERVED_ARGUMENTS,
     SETTING_NAMES,
     ParallelRunConfig,
     Settings,
+    check_job_yaml,
     check_step_name,
+    check_worker_count,
     make_settings,
     parse_mini_batch_size,
     split_arguments,
 )
+from pipeobs.config.capacity import MEMORY_PER_WORKER, WORKERS_PER_CPU
+from pipeobs.config.jobfile import JOB_YAML, TABULAR_FORMATS
 from pipeobs.datasets import FileDataset, TabularDataset
 from pipeobs.errors import ConfigError
 from pipeobs.step import ParallelRunStep
@@ -946,3 +954,59 @@ def test_an_unknown_logging_level_is_refused_with_the_allowed_values(level: obje
 @pytest.mark.parametrize("level", ["DEBUG", "info", "Warning", "WARN", "error", "CRITICAL", 15])
 def test_logging_levels_in_any_case_are_accepted(level: object) -> None:
     assert ParallelRunConfig(entry_script="score.py", logging_level=level).logging_level == level  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the job YAML's shapes
+
+
+class TestJobYamlSchema:
+    def test_every_run_flag_is_a_yaml_key(self) -> None:
+        """The job YAML knows every `pipeobs run` flag, the script's arguments and the v2 blocks, and --format's choices."""
+        commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        run = {a.dest: a for a in commands.choices["run"]._actions}
+        blocks = {key for key, shape in JOB_YAML.items() if isinstance(shape, dict)}
+
+        assert set(JOB_YAML) - blocks == set(run) - {"help", "config", "resume"} | {"arguments"}  # flags: after --
+        assert run["format"].choices == TABULAR_FORMATS
+
+    def test_null_values_count_as_not_given(self) -> None:
+        """A key left empty (null) is as if it were absent, also inside a v2 block."""
+        data = {"inputs": None, "output": None, "retry_settings": {"timeout": None}, "resources": None}
+
+        assert check_job_yaml(data, "job.yaml") == {}
+
+
+# --------------------------------------------------------------------------- how many workers
+
+
+def free_memory(monkeypatch: pytest.MonkeyPatch, available: int) -> None:
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available))
+
+
+class TestCheckWorkerCount:
+    def test_refuses_more_than_sixteen_workers_per_cpu(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Too many workers is a ConfigError saying the limit, why, and how to lift it."""
+        free_memory(monkeypatch, 1024**4)
+        cpus = os.cpu_count() or 1
+
+        with pytest.raises(ConfigError) as info:
+            check_worker_count(2, cpus * WORKERS_PER_CPU)
+
+        assert str(info.value).startswith(f"{2 * cpus * WORKERS_PER_CPU} worker processes (node_count 2 x ")
+        assert f"the limit is {cpus * WORKERS_PER_CPU} (16 per CPU on {cpus} CPUs, and one per 64 MiB of the 1024.0 GiB " in str(info.value)
+        assert str(info.value).endswith(", or set PIPEOBS_ALLOW_MANY_PROCESSES=1 to start them anyway")
+
+    def test_the_environment_variable_lifts_the_limit(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """PIPEOBS_ALLOW_MANY_PROCESSES=1 lets any count through."""
+        monkeypatch.setenv("PIPEOBS_ALLOW_MANY_PROCESSES", "1")
+
+        check_worker_count(1, 100_000)
+
+    def test_one_worker_per_cpu_is_allowed_with_little_memory(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Azure's default count (one per CPU) is never refused, however little memory is free."""
+        free_memory(monkeypatch, MEMORY_PER_WORKER)
+        cpus = os.cpu_count() or 1
+
+        check_worker_count(1, cpus)
+        with pytest.raises(ConfigError, match=f"the limit is {cpus} "):
+            check_worker_count(1, cpus + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ import pytest
 from pipeobs.export import delivery as delivery_module
 from pipeobs.export.base import ExportResult, Record
 from pipeobs.export.delivery import Delivery, Spool
+from tests.test_collector import wait_for
 
 
 class FakeExporter:
@@ -131,7 +133,7 @@ class TestDelivery:
 
         assert took < 1.5
         assert counts["spooled"] == 50 and counts["delivered"] == 0
-        assert Spool(tmp_path / "spool").count() == 50
+        assert sum(count for _, count in Spool(tmp_path / "spool").listing()) == 50
 
     def test_spool_is_delivered_by_a_later_delivery(self, tmp_path: Path) -> None:
         """Spooled records are carried over and delivered next time, with the counts right."""
@@ -156,6 +158,146 @@ class TestDelivery:
         assert delivery.close()["emitted"] == 0
         with pytest.raises(RuntimeError, match="closed"):
             delivery.submit({"type": "log"})
+
+
+class TestSpooling:
+    def test_full_queue_spools_a_few_files_and_keeps_order(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """2,000 submits into a queue of 10 (no-op exporter): a few spool files at most; every record once, in order."""
+        written = count_spool_writes(monkeypatch)
+        exporter = FakeExporter()
+        delivery = Delivery(exporter, tmp_path / "spool", max_queue=10, batch_size=100)
+
+        for record in records(2000):
+            delivery.submit(record)
+        counts = delivery.close()
+
+        assert len(written) <= 2000 // 100 + 2
+        assert [r["text"] for r in exporter.received] == [f"r{i}" for i in range(2000)]
+        assert counts == {"emitted": 2000, "carried": 0, "delivered": 2000, "spooled": 0, "dropped": 0}
+
+    def test_stuck_sender_spools_the_overflow_a_batch_per_file(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """While the sender is stuck the overflow goes to disk in full batches; afterwards all arrive once, in order."""
+        written = count_spool_writes(monkeypatch)
+        gate = threading.Event()
+        exporter = FakeExporter(hang=gate)
+        delivery = Delivery(exporter, tmp_path / "spool", max_queue=10, batch_size=100)
+
+        for record in records(2000):
+            delivery.submit(record)
+        wait_for(lambda: sum(written) >= 1900, what="the overflow on disk")
+        gate.set()
+        counts = delivery.close()
+
+        assert set(written) == {100} and len(written) <= 2000 // 100
+        assert [r["text"] for r in exporter.received] == [f"r{i}" for i in range(2000)]
+        assert counts == {"emitted": 2000, "carried": 0, "delivered": 2000, "spooled": 0, "dropped": 0}
+
+    def test_submit_does_no_file_io_and_spool_writes_never_hold_the_lock(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With the queue full, submit writes nothing; another thread writes the spool, not holding the lock."""
+        real_write = Spool.write
+        writers: list[threading.Thread] = []
+
+        def checked_write(spool: Spool, batch: list[Record]) -> Path:
+            writers.append(threading.current_thread())
+            free = delivery._lock.acquire(timeout=5)  # a Lock this very thread holds can never be acquired
+            if not free:
+                raise AssertionError("spool written while holding the delivery lock")
+            delivery._lock.release()
+            return real_write(spool, batch)
+
+        monkeypatch.setattr(Spool, "write", checked_write)
+        gate = threading.Event()
+        delivery = Delivery(FakeExporter(hang=gate), tmp_path / "spool", max_queue=10, batch_size=50)
+
+        for record in records(500):
+            delivery.submit(record)
+        wait_for(lambda: len(writers) >= 9, what="the overflow on disk")
+        gate.set()
+        counts = delivery.close()
+
+        assert threading.current_thread() not in writers
+        assert counts["delivered"] == 500
+
+    def test_a_drain_lists_the_spool_folder_once(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Delivering 50 spool files lists their folder once, not once per file, and sends the oldest first."""
+        folder = tmp_path / "spool"
+        spool = Spool(folder)
+        batches = records(100)
+        for i in range(0, 100, 2):
+            spool.write(batches[i : i + 2])
+        listings = count_listings(monkeypatch, folder)
+        exporter = FakeExporter()
+        delivery = Delivery(exporter, folder)
+
+        delivery.adopt_spool()
+        counts = delivery.close()
+
+        assert len(listings) == 1
+        assert [r["text"] for r in exporter.received] == [f"r{i}" for i in range(100)]
+        assert counts == {"emitted": 0, "carried": 100, "delivered": 100, "spooled": 0, "dropped": 0}
+
+    def test_overflow_left_at_the_deadline_is_spooled_in_batches_for_the_next_run(self, tmp_path: Path) -> None:
+        """A hanging endpoint and a full queue: close() spools every record in a few files; a later run sends each once."""
+        gate = threading.Event()
+        first = Delivery(FakeExporter(hang=gate), tmp_path / "run1", max_queue=10, batch_size=20, deadline=0.3)
+        for record in records(200):
+            first.submit(record)
+
+        counts = first.close()
+        gate.set()
+
+        assert counts == {"emitted": 200, "carried": 0, "delivered": 0, "spooled": 200, "dropped": 0}
+        assert len(Spool(tmp_path / "run1").files()) <= 200 // 20 + 2
+        exporter = FakeExporter()
+        second = Delivery(exporter, tmp_path / "run1")
+        second.adopt_spool()
+        assert second.close() == {"emitted": 0, "carried": 200, "delivered": 200, "spooled": 0, "dropped": 0}
+        assert sorted(r["text"] for r in exporter.received) == sorted(f"r{i}" for i in range(200))
+
+    def test_unreadable_spool_file_is_moved_aside_and_counted_as_dropped(self, tmp_path: Path) -> None:
+        """A spool file that is not JSON lines is set aside as .bad and its records counted as dropped, with the reason."""
+        folder = tmp_path / "spool"
+        Spool(folder).write(records(3))
+        (folder / "0-0-000000.jsonl").write_text('{"type": "log"}\nnot json\n')
+        exporter = FakeExporter()
+        delivery = Delivery(exporter, folder)
+
+        delivery.adopt_spool()
+        counts = delivery.close()
+
+        assert counts == {"emitted": 0, "carried": 5, "delivered": 3, "spooled": 0, "dropped": 2}
+        assert delivery.drop_reasons == {"unreadable spool file": 2}
+        assert [p.name for p in folder.iterdir()] == ["0-0-000000.bad"]
+
+
+def count_spool_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of every spool file written from now on."""
+    real_write = Spool.write
+    sizes: list[int] = []
+
+    def counting_write(spool: Spool, batch: list[Record]) -> Path:
+        sizes.append(len(batch))
+        return real_write(spool, batch)
+
+    monkeypatch.setattr(Spool, "write", counting_write)
+    return sizes
+
+
+def count_listings(monkeypatch: pytest.MonkeyPatch, folder: Path) -> list[str]:
+    """Record every listing of ``folder`` (os.scandir, which pathlib's glob uses, and os.listdir)."""
+    listings: list[str] = []
+    for name in ("scandir", "listdir"):
+        real = getattr(os, name)
+
+        def counting(path: object = ".", real: object = real, name: str = name) -> object:
+            if Path(os.fspath(path)) == folder:  # type: ignore[arg-type]
+                listings.append(name)
+            return real(path)  # type: ignore[operator]
+
+        monkeypatch.setattr(os, name, counting)
+    return listings
 
 
 class TestRouterCarryOver:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from pipeobs.datasets import FileDataset, TabularDataset
-from tests.conftest import RunJob, write_files
+from tests.conftest import MemoryCgroup, RunJob, write_files, write_rendezvous, write_script
 
+OOM_REASON = "The worker process was killed by SIGKILL (possibly out of memory: check dmesg)."
 ECHO = """
 import os
 def run(mini_batch):
@@ -84,25 +89,27 @@ class TestLifecycle:
 
         assert job.output_lines() == [f"{tmp_path / 'out'} on"]
 
-    def test_cuda_visible_devices_assignment(self, run_job: RunJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_cuda_visible_devices_assignment(
+        self, run_job: RunJob, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
         """With 2 GPUs and 4 processes, processes 0 and 1 get GPU 0 and 1, the others none."""
         monkeypatch.setenv("AZ_BATCHAI_GPU_COUNT_FOUND", "2")
+        write_rendezvous(tmp_path)
         job = run_job(
-            """
-            import os, time
+            f"""
+            import os, rendezvous
             from azureml_user.parallel_run import EntryScript
             def run(mini_batch):
-                time.sleep(0.05)
+                rendezvous.arrive_and_wait({str(tmp_path / "arrived")!r}, 4)  # every worker takes a mini-batch
                 return [EntryScript().agent_name + "=" + os.environ.get("CUDA_VISIBLE_DEVICES", "none") for _ in mini_batch]
             """,
-            files=40,
+            files=8,
             mini_batch_size=1,
             process_count_per_node=4,
         )
 
-        seen = set(job.output_lines())
-        assert seen <= {"process000=0", "process001=1", "process002=none", "process003=none"}
-        assert len(seen) >= 2
+        assert [r["error_message"] for r in job.query("SELECT error_message FROM attempts WHERE status != 'RUN_DONE'")] == []
+        assert set(job.output_lines()) == {"process000=0", "process001=1", "process002=none", "process003=none"}
 
 
 class TestReturnValues:
@@ -341,20 +348,10 @@ class TestCrashesAndTimeouts:
         assert job.result.items_failed == 1
         assert len(job.output_lines()) == 2
 
-    def test_out_of_memory_kill_is_reported(self, run_job: RunJob) -> None:
-        """A worker killed by the kernel's OOM killer (SIGKILL after RLIMIT_AS) is a crash, not a hang."""
+    def test_sigkill_is_reported_as_possibly_out_of_memory(self, run_job: RunJob) -> None:
+        """A worker killed by SIGKILL fails its mini-batch, and the reason points at memory."""
         job = run_job(
-            """
-            import resource
-            def run(mini_batch):
-                resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-                try:
-                    blob = bytearray(2 << 30)
-                except MemoryError:
-                    import os, signal
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return mini_batch
-            """,
+            "import os, signal\ndef run(mini_batch):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
             files=1,
             process_count_per_node=1,
             run_max_try=1,
@@ -362,7 +359,30 @@ class TestCrashesAndTimeouts:
 
         workers = job.query("SELECT reason FROM workers")
         assert job.result.mini_batches_failed == 1
-        assert "SIGKILL (possibly out of memory" in workers[0]["reason"]
+        assert workers[0]["reason"] == OOM_REASON
+
+    def test_kernel_out_of_memory_kill_is_reported(self, tmp_path: Path, memory_cgroup: MemoryCgroup) -> None:
+        """A worker the kernel's OOM killer kills (cgroup memory limit) is a crash reported as possibly out of memory."""
+        write_script(
+            tmp_path,
+            """
+            def run(mini_batch):
+                chunks = [b"x" * (16 << 20) for _ in range(64)]  # 1 GiB, far past the cgroup's 256 MiB
+                return mini_batch
+            """,
+        )
+        write_files(tmp_path, 1)
+        argv = [sys.executable, "-m", "pipeobs", "run", "score.py", "--input", "data", "--name", "oom",
+                "--process-count-per-node", "1", "--run-max-try", "1"]
+
+        proc = subprocess.run(memory_cgroup.command(argv), cwd=tmp_path, capture_output=True, text=True, timeout=100)
+
+        with closing(sqlite3.connect(next((tmp_path / "runs" / "oom").glob("*/pipeobs.db")))) as db:
+            attempts = db.execute("SELECT status, error_message FROM attempts").fetchall()
+        assert memory_cgroup.oom_kills() == 1
+        assert proc.returncode == 0, proc.stderr  # error_threshold -1: the failed mini-batch is tolerated
+        assert attempts == [("PROCESS_CRASHED", OOM_REASON)]
+        assert f"PROCESS_CRASHED: {OOM_REASON}" in proc.stdout
 
     def test_progress_update_timeout_stops_a_stuck_job(self, run_job: RunJob) -> None:
         """No mini-batch finishing within progress_update_timeout stops the job with a reason."""
@@ -525,17 +545,18 @@ class TestTabular:
 
 
 class TestNodes:
-    def test_node_count_runs_named_groups(self, run_job: RunJob) -> None:
+    def test_node_count_runs_named_groups(self, run_job: RunJob, tmp_path: Path) -> None:
         """node_count=2 runs two groups of workers with per-node logs folders."""
+        write_rendezvous(tmp_path)
         job = run_job(
-            """
-            import time
+            f"""
+            import rendezvous
             def run(mini_batch):
-                time.sleep(0.02)
+                rendezvous.arrive_and_wait({str(tmp_path / "arrived")!r}, 2)  # both nodes take a mini-batch
                 print("hello")
                 return mini_batch
             """,
-            files=20,
+            files=4,
             mini_batch_size=1,
             node_count=2,
             process_count_per_node=1,
@@ -543,7 +564,8 @@ class TestNodes:
 
         workers = {r["worker"] for r in job.query("SELECT worker FROM workers")}
         assert workers == {"0/process000", "1/process000"}
-        assert (job.run_dir / "logs/user/stdout/1/process000.stdout.txt").exists()
+        for node in ("0", "1"):
+            assert "hello" in (job.run_dir / f"logs/user/stdout/{node}/process000.stdout.txt").read_text()
 
 
 def test_inputs_are_never_mixed_across_datasets(run_job: RunJob, tmp_path: Path) -> None:

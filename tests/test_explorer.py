@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -277,6 +278,149 @@ class TestRunQueries:
         assert points[0]["value"] == 100 * 2**20 and points[0]["worker"] == W0
         assert queries.metric_points(conn, "loss")[1]["mini_batch_id"] == 1
         assert "pipeobs_queue_depth" in names and "loss" in names
+
+
+def add_rows(run_dir: Path, table: str, *rows: dict[str, Any]) -> None:
+    store = Store(run_dir / "pipeobs.db", STEP_ID)
+    for row in rows:
+        queue(store, table, row)
+    store.close()
+
+
+def build_failing_store(root: Path, init_error: dict[str, Any] | None = None) -> Path:
+    """A finished run whose 6 failed attempts (3 mini-batches, 2 tries each) raised 2 error types;
+    or, given an ``init_error``, one that failed in init() before any attempt."""
+    run_dir = root / "runs" / "step-f" / STEP_ID
+    run_dir.mkdir(parents=True)
+    store = Store(run_dir / "pipeobs.db", STEP_ID)
+    summary = json.dumps({"first_error": init_error}) if init_error else None
+    store.insert_run({"step_id": STEP_ID, "step_name": "step-f", "status": "Failed", "started_at": T0,
+                      "ended_at": T0 + 10, "summary": summary})
+    for mb in range(3):
+        store.add_mini_batch(mb, json.dumps({"id": mb, "item_count": 1}))
+        store.finish_mini_batch(mb, status="failed", attempts=2, total=1, succeeded=0, worker=W0, output_end=None)
+    tries = [] if init_error else [(0, 1, W0), (1, 1, W1), (2, 1, W0), (0, 2, W1), (1, 2, W0), (2, 2, W1)]
+    for start, (mb, attempt, worker) in enumerate(tries):
+        error = ("KeyError", "'label'", "score.py:9 in run") if mb == 2 else \
+            ("ValueError", f"bad pixel in f{mb}.png", "score.py:7 in run")
+        queue(store, "attempts", _attempt(mb, attempt, worker, 100, 1.0 + start, 0.5, "RUN_EXCEPTION", 1, error))
+    store.flush()
+    store.close()
+    return run_dir
+
+
+class TestFailuresByError:
+    def test_failed_attempts_are_counted_per_error_type_with_the_first_as_example(self, tmp_path: Path) -> None:
+        """Most frequent error first: attempts, mini-batches, and its first attempt as the example."""
+        with open_run(build_failing_store(tmp_path)) as conn:
+            groups = queries.failures(conn)["by_error"]
+
+        assert [(g["error_type"], g["count"], g["mini_batches"]) for g in groups] == [("ValueError", 4, 2), ("KeyError", 2, 1)]
+        assert [(g["mini_batch_id"], g["attempt"], g["worker"], g["error_message"]) for g in groups] == [
+            (0, 1, W0, "bad pixel in f0.png"), (2, 1, W0, "'label'")]
+
+    def test_show_prints_the_first_error_once_and_one_row_per_error_type(self, tmp_path: Path, capsys: Any) -> None:
+        """The first error's message once (its traceback), each other type once, no row per attempt."""
+        run_dir = build_failing_store(tmp_path)
+
+        assert explore("show", str(run_dir)) == 0
+
+        out = capsys.readouterr().out
+        assert out.count("bad pixel in f0.png") == 1 and "bad pixel in f1.png" not in out
+        assert out.count("'label'") == 1
+        assert "first error in mini-batch 0, attempt 1, on 0/process000:" in out
+        assert re.search(r"ValueError +4 +2 +the first error, above", out)
+        assert re.search(r"KeyError +2 +1 +'label' \(in mini-batch 2, attempt 1, on 0/process000\)", out)
+
+    def test_a_first_error_without_a_python_traceback_shows_its_status_and_reason_once(self, tmp_path: Path,
+                                                                                      capsys: Any) -> None:
+        """A timeout (its reason stands in for a traceback) prints as status: reason (where), once."""
+        run_dir = build_failing_store(tmp_path)
+        reason = "mini batch 3 did not finish in 1 seconds."
+        timeout = _attempt(3, 1, W1, 101, 0.5, 1.0, "RUN_TIMEOUT", 1, ("RUN_TIMEOUT", reason, ""))
+        add_rows(run_dir, "attempts", {**timeout, "traceback": reason})
+
+        explore("show", str(run_dir))
+
+        out = capsys.readouterr().out
+        assert out.count(reason) == 1
+        assert f"first error: RUN_TIMEOUT: {reason} (in mini-batch 3, attempt 1, on 0/process001)" in out
+
+    def test_an_init_error_says_where_it_happened(self, tmp_path: Path, capsys: Any) -> None:
+        """A first error outside run() names its phase and worker, not an empty mini-batch."""
+        first = {"type": "RuntimeError", "message": "no model", "location": "score.py:2", "mini_batch_id": None,
+                 "worker": W1, "phase": "init", "traceback": "Traceback ...\nRuntimeError: no model\n"}
+        run_dir = build_failing_store(tmp_path, init_error=first)
+
+        explore("show", str(run_dir))
+
+        out = capsys.readouterr().out
+        assert "first error in init() on 0/process001:" in out and "None" not in out
+
+
+
+
+def buckets(at: float, name: str, counts: dict[str, int], **labels: Any) -> list[dict[str, Any]]:
+    """A histogram's cumulative bucket, count and sum series at one time, as Prometheus stores them."""
+    rows = [_metric(at, None, f"{name}_bucket", "histogram", n, labels={**labels, "le": le}) for le, n in counts.items()]
+    return [*rows, _metric(at, None, f"{name}_count", "histogram", max(counts.values()), labels=labels),
+            _metric(at, None, f"{name}_sum", "histogram", 99.0, labels=labels)]
+
+
+LATENCY = {"0.1": 2, "0.5": 6, "1.0": 10, "+Inf": 10}
+
+
+class TestHistograms:
+    @pytest.fixture
+    def histograms(self, run_dir: Path) -> Path:
+        """Durations of 20 attempts (0.1 s to 2.0 s) as observations and buckets; a latency known by buckets only."""
+        durations = [_metric(float(i), W0, "pipeobs_mini_batch_duration_seconds", "observation", i / 10,
+                             labels={"status": "RUN_DONE"}, mb=i) for i in range(20, 0, -1)]
+        add_rows(run_dir, "metrics", *durations, *buckets(9.0, "pipeobs_mini_batch_duration_seconds", {"5": 19, "+Inf": 20}),
+                    *buckets(1.0, "req_latency_seconds", {"0.1": 1, "0.5": 2, "1.0": 3, "+Inf": 3}),
+                    *buckets(2.0, "req_latency_seconds", LATENCY))
+        return run_dir
+
+    def test_observed_values_give_exact_nearest_rank_quantiles(self, histograms: Path) -> None:
+        """With every observed value stored, p50 and p95 are observed values and max is the largest."""
+        with open_run(histograms) as conn:
+            found = {h["name"]: h for h in queries.histogram_summaries(conn)}
+
+        assert found["pipeobs_mini_batch_duration_seconds"] == {
+            "name": "pipeobs_mini_batch_duration_seconds", "source": "observations", "count": 20,
+            "p50": 1.0, "p95": 1.9, "max": 2.0}
+
+    def test_buckets_alone_give_prometheus_estimates_from_the_latest_counts(self, histograms: Path) -> None:
+        """Quantiles interpolate within a bucket of the latest point; max is the top non-empty bucket's bound."""
+        with open_run(histograms) as conn:
+            latency = {h["name"]: h for h in queries.histogram_summaries(conn)}["req_latency_seconds"]
+
+        assert (latency["source"], latency["count"], latency["max"]) == ("buckets", 10, 1.0)
+        assert latency["p50"] == pytest.approx(0.4) and latency["p95"] == pytest.approx(0.9375)
+
+    def test_bucket_series_are_summed_and_an_unbounded_max_is_unknown(self, run_dir: Path) -> None:
+        """Series of one histogram with other labels add up; a count in +Inf leaves max unknown."""
+        add_rows(run_dir, "metrics", *buckets(2.0, "req_latency_seconds", LATENCY, worker=W0),
+                    *buckets(2.0, "req_latency_seconds", {"0.1": 0, "0.5": 0, "1.0": 0, "+Inf": 2}, worker=W1))
+
+        with open_run(run_dir) as conn:
+            (latency,) = queries.histogram_summaries(conn)
+
+        assert (latency["count"], latency["max"]) == (12, None)
+        assert latency["p95"] == 1.0  # as histogram_quantile: the highest finite bound
+
+    def test_show_and_metrics_print_count_p50_p95_max_never_a_mean_of_buckets(self, histograms: Path,
+                                                                             capsys: Any) -> None:
+        """show and metrics print one row per histogram; estimates from buckets are marked as such."""
+        explore("show", str(histograms))
+        shown = capsys.readouterr().out
+        explore("metrics", str(histograms))
+        metrics = capsys.readouterr().out
+
+        for out in (shown, metrics):
+            assert re.search(r"pipeobs_mini_batch_duration_seconds +20 +1\.00 s +1\.90 s +2\.00 s", out)
+            assert re.search(r"req_latency_seconds +10 +~400\.0 ms +~937\.5 ms +<= 1\.00 s", out)
+        assert "_bucket" not in metrics and "_count" not in metrics
 
 
 class TestLogQuery:
@@ -678,3 +822,13 @@ class TestOnARealJob:
         assert list(trace) == ["traceEvents", "displayTimeUnit", "otherData"]
         assert sum(1 for e in trace["traceEvents"] if e["ph"] == "X" and e["name"].startswith("mini_batch")) == 3
         assert any(n["name"] == "job" for n in results["trace"])
+
+    def test_show_summarises_the_attempts_durations(self, real_run: Path, capsys: Any) -> None:
+        """The duration histogram of a real run counts its attempts, and its max is the slowest one."""
+        run_dir = next(real_run.glob("*/*"))
+
+        assert explore("show", str(run_dir), "--json") == 0
+
+        shown = json.loads(capsys.readouterr().out)
+        durations = {h["name"]: h for h in shown["histograms"]}["pipeobs_mini_batch_duration_seconds"]
+        assert durations["count"] == 3 and durations["max"] == pytest.approx(shown["slowest"][0]["elapsed"])

@@ -9,30 +9,49 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_files, write_script
+from pipeobs.collector import CollectorServer, create_server
+from tests.conftest import write_files, write_rendezvous, write_script
 from tests.test_collector import running, wait_for
 
 KEY = "00000000-0000-0000-0000-000000000001"
 SCRIPT = """
-import logging, time
+import logging
 from opentelemetry import trace
 def run(mini_batch):
-    time.sleep({sleep})
     with trace.get_tracer("user").start_as_current_span("score"):
         print("scored", len(mini_batch))
-        logging.getLogger("user").warning("careful", extra={{"custom_dimensions": {{"batch": len(mini_batch)}}}})
+        logging.getLogger("user").warning("careful", extra={"custom_dimensions": {"batch": len(mini_batch)}})
     return mini_batch
+"""
+GATED = """
+import os, rendezvous, score
+def run(mini_batch):
+    if max(os.path.basename(p) for p in mini_batch) >= "f010.txt":  # the first 10 finish before the kill
+        rendezvous.wait_for({gate!r}, timeout=60)
+    return score.run(mini_batch)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@contextmanager
+def serving_on(sock: socket.socket, run_dir: Path) -> Iterator[CollectorServer]:
+    """A collector serving on ``sock``, an already-bound socket, on a thread; stopped on exit."""
+    server = create_server(run_dir)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="collector", daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), what="the collector to start")
+    assert server.port == sock.getsockname()[1]
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert not thread.is_alive()
 
 
 def connection_string(port: int) -> str:
@@ -67,8 +86,16 @@ def run_dir_of(root: Path) -> Path:
 
 
 @pytest.fixture
+def refusing_socket() -> Iterator[socket.socket]:
+    """A socket bound to a free port on 127.0.0.1 but not listening: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+@pytest.fixture
 def job(tmp_path: Path) -> Path:
-    write_script(tmp_path, SCRIPT.format(sleep=0))
+    write_script(tmp_path, SCRIPT)
     write_files(tmp_path, 6)
     return tmp_path
 
@@ -102,10 +129,11 @@ class TestExportToCollector:
 
 
 class TestOutages:
-    def test_refused_endpoint_spools_then_retry_delivers_everything(self, job: Path) -> None:
+    def test_refused_endpoint_spools_then_retry_delivers_everything(
+        self, job: Path, refusing_socket: socket.socket
+    ) -> None:
         """With the endpoint down the job still completes; export --retry later delivers all of it."""
-        port = free_port()
-        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string(port)}
+        env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string(refusing_socket.getsockname()[1])}
 
         proc = pipeobs("run", "score.py", "--input", "data", "--export", "appinsights", "--export-deadline", "1", cwd=job, env=env)
 
@@ -115,7 +143,7 @@ class TestOutages:
         assert row["delivered"] == 0 and row["spooled"] == row["emitted"] > 0 and row["dropped"] == 0
         assert f"pipeobs export --retry {run_dir}" in proc.stdout
 
-        with running(job / "collected", port=port):
+        with serving_on(refusing_socket, job / "collected"):
             retry = pipeobs("export", str(run_dir), "--retry", cwd=job, env=env)
 
         assert retry.returncode == 0, retry.stdout + retry.stderr
@@ -124,19 +152,25 @@ class TestOutages:
 
     def test_driver_killed_mid_export_is_accounted_on_resume(self, tmp_path: Path) -> None:
         """A driver killed while its endpoint hangs: on --resume the lost records are counted, the rest delivered."""
-        write_script(tmp_path, SCRIPT.format(sleep=0.05))
+        gate = tmp_path / "driver-killed"
+        write_rendezvous(tmp_path)
+        write_script(tmp_path, SCRIPT)
+        write_script(tmp_path, GATED.format(gate=str(gate)), "gated.py")
         write_files(tmp_path, 60)
         with hanging_endpoint() as port:
             env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string(port)}
-            cmd = [sys.executable, "-m", "pipeobs", "run", "score.py", "--input", "data", "--mini-batch-size", "1",
+            cmd = [sys.executable, "-m", "pipeobs", "run", "gated.py", "--input", "data", "--mini-batch-size", "1",
                    "--process-count-per-node", "1", "--export", "appinsights", "--name", "killed"]
             driver = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            db = wait_for(lambda: next(iter((tmp_path / "runs").glob("killed/*/pipeobs.db")), None), what="the store")
-            wait_for(lambda: checkpoints(db), what="a checkpoint")
-            driver.send_signal(signal.SIGKILL)
-            driver.wait()
+            try:
+                db = wait_for(lambda: next(iter((tmp_path / "runs").glob("killed/*/pipeobs.db")), None), what="the store")
+                wait_for(lambda: checkpoints(db), what="a checkpoint")
+            finally:
+                driver.send_signal(signal.SIGKILL)
+                driver.wait()
 
         checkpoint = query(db, "SELECT * FROM exports WHERE action='checkpoint' ORDER BY rowid DESC LIMIT 1")[0]
+        gate.touch()  # the resumed run finishes every mini-batch
         with running(tmp_path / "collected") as server:
             env = {"APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string(server.port)}
             proc = pipeobs("run", "--resume", str(db.parent), cwd=tmp_path, env=env)

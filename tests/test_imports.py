@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
 import pipeobs
 
 HEAVY = ("pandas", "pyarrow", "numpy", "grpc", "google.protobuf", "ray", "requests", "rich", "yaml", "structlog", "opentelemetry")
+
+# The public facade: each name and the module it comes from.
+PUBLIC = {
+    "ConfigError": "pipeobs.errors",
+    "EntryScript": "pipeobs.entry",
+    "EntryScriptError": "pipeobs.errors",
+    "FileDataset": "pipeobs.datasets",
+    "InputError": "pipeobs.errors",
+    "JobFailed": "pipeobs.errors",
+    "JobResult": "pipeobs.jobs",
+    "ParallelRunConfig": "pipeobs.config",
+    "ParallelRunStep": "pipeobs.step",
+    "PipeobsError": "pipeobs.errors",
+    "RunData": "pipeobs.loading",
+    "RunDirError": "pipeobs.errors",
+    "TabularDataset": "pipeobs.datasets",
+    "add_pipeobs_context": "pipeobs.context",
+    "load": "pipeobs.loading",
+}
 
 
 class TestImports:
@@ -20,10 +40,23 @@ class TestImports:
         assert not [m for m in HEAVY if m in loaded]
 
     def test_all_matches_exports(self) -> None:
-        """Every name in __all__ resolves, and __all__ is sorted."""
-        assert pipeobs.__all__ == sorted(pipeobs.__all__)
-        for name in pipeobs.__all__:
-            assert getattr(pipeobs, name) is not None
+        """__all__ is the sorted public facade, and each name is the very object its module defines."""
+        assert pipeobs.__all__ == sorted(PUBLIC)
+        for name, module in PUBLIC.items():
+            assert getattr(pipeobs, name) is getattr(importlib.import_module(module), name), name
+
+    def test_public_names_load_on_first_use(self) -> None:
+        """import pipeobs loads none of the modules behind its names; using a name loads its module."""
+        code = (
+            "import sys, pipeobs; "
+            "print(sorted(m for m in sys.modules if m.startswith('pipeobs.'))); "
+            "pipeobs.ParallelRunStep; "
+            "print('pipeobs.step' in sys.modules)"
+        )
+
+        before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+
+        assert (before, after) == ("[]", "True")
 
     def test_unknown_attribute_raises(self) -> None:
         """A missing name is an AttributeError, not a silent None."""

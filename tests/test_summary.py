@@ -1,12 +1,13 @@
-"""What pipeobs run prints while running: a rich bar on a terminal, plain lines otherwise."""
+"""What pipeobs run prints while running (a rich bar on a terminal, plain lines otherwise) and at the end."""
 
 from __future__ import annotations
 
 import io
 import time
+from typing import Any
 
-from pipeobs.jobs import ProgressView
-from pipeobs.summary import Progress
+from pipeobs.jobs import JobResult, ProgressView
+from pipeobs.summary import Progress, summary_text
 
 
 def fake_driver(done: int, total: int) -> ProgressView:
@@ -46,3 +47,36 @@ class TestProgress:
 
         out = stream.getvalue()
         assert "7/20" in out and "mini-batches" in out and "score" in out
+
+    def test_the_step_name_is_escaped_and_never_read_as_markup(self) -> None:
+        """On a terminal, control characters in the name show escaped and its [markup] as typed."""
+        stream = TerminalStream()
+
+        with Progress(stream, interval=0) as progress:
+            progress.update(ProgressView("\x1b]0;pwned\x07[bold red]x[/]", 1, 2, time.monotonic()))
+
+        out = stream.getvalue()
+        assert "\\x1b]0;pwned\\x07[bold red]x[/]" in out and "\x1b]0;pwned" not in out
+
+
+def result(**values: Any) -> JobResult:
+    base: dict[str, Any] = {
+        "status": "Failed", "step_id": "s_1", "step_name": "s", "run_dir": "runs/s/s_1", "output_path": None,
+        "output_dir": "out", "mini_batches_total": 40, "mini_batches_succeeded": 0, "mini_batches_failed": 0,
+        "items_total": 40, "items_succeeded": 0, "items_failed": 0, "duration_seconds": 2.0,
+    }
+    return JobResult(**{**base, **values})
+
+
+class TestSummaryRate:
+    def test_no_rate_when_no_mini_batch_ran(self) -> None:
+        """init() failed everywhere: nothing ran, so there is no mini-batches/s to speak of."""
+        text = summary_text(result(reason="The init() in the entry script had failed for 4 times."))
+
+        assert "duration:     2.00 s; retries 0" in text and "mini-batches/s" not in text
+
+    def test_the_rate_counts_what_ran_not_what_was_scheduled(self) -> None:
+        """An interrupted run processed 8 of 40 in 2 s: 4.0 mini-batches/s, not 20."""
+        text = summary_text(result(status="Interrupted", mini_batches_succeeded=6, mini_batches_failed=2))
+
+        assert "duration:     2.00 s (4.0 mini-batches/s)" in text

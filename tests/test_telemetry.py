@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 
 import pipeobs
-from tests.conftest import RunJob
+from tests.conftest import RunJob, write_rendezvous
 
 CORRELATED = """
-import logging, os, time
+import logging, os
+import rendezvous
 from azureml.core import Run
 MARK = {mark!r}
 def run(mini_batch):
     name = os.path.basename(mini_batch[0])
-    time.sleep(0.05)  # so that both workers take mini-batches
+    rendezvous.arrive_and_wait({arrived!r}, 2)  # both workers take mini-batches
     print("TOKEN-" + name)
     logging.getLogger("score").info("LOGGED-" + name)
     Run.get_context().log("processed", len(mini_batch))
@@ -110,13 +111,16 @@ class TestSpans:
 class TestCorrelation:
     def test_token_log_metric_and_span_share_ids(self, run_job: RunJob, tmp_path: Path) -> None:
         """Each run()'s print, logging record and run.log share step, mini-batch, attempt, trace and span ids."""
+        write_rendezvous(tmp_path)
         job = run_job(
-            CORRELATED.format(mark=str(tmp_path / "failed-once")),
+            CORRELATED.format(mark=str(tmp_path / "failed-once"), arrived=str(tmp_path / "arrived")),
             files=12,
             mini_batch_size=1,
             process_count_per_node=2,
         )
 
+        failures = job.query("SELECT error_type, error_message FROM attempts WHERE status != 'RUN_DONE'")
+        assert [(r["error_type"], r["error_message"]) for r in failures] == [("RuntimeError", "first try fails")]
         spans = job.query("SELECT * FROM spans WHERE name='mini_batch'")
         workers = set()
         retried = False

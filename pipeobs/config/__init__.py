@@ -19,8 +19,12 @@ Import from here; the submodules are the layout:
 * :mod:`~pipeobs.config.parameters`: :class:`ParallelRunConfig` and its defaults.
 * :mod:`~pipeobs.config.validation`: the parameter checks, with Azure's messages.
 * :mod:`~pipeobs.config.settings`: :class:`Settings` and splitting the step's ``arguments``.
+* :mod:`~pipeobs.config.jobfile`: the job YAML's keys and the shapes of their values.
+* :mod:`~pipeobs.config.capacity`: how many workers this machine may start.
 """
 
+from pipeobs.config.capacity import check_worker_count
+from pipeobs.config.jobfile import check_job_yaml
 from pipeobs.config.parameters import (
     DEFAULT_FILE_MINI_BATCH_SIZE,
     DEFAULT_TABULAR_MINI_BATCH_SIZE,
@@ -58,7 +62,9 @@ __all__ = [
     "ParallelRunConfig",
     "Settings",
     "check_allowed_failed_percent",
+    "check_job_yaml",
     "check_step_name",
+    "check_worker_count",
     "make_settings",
     "parse_bool",
     "parse_mini_batch_size",

@@ -10,9 +10,12 @@ still being listed.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pipeobs.driver.clocks import Budgets, job_clock, worker_clock
@@ -22,10 +25,10 @@ from pipeobs.driver.output import OutputFile
 from pipeobs.driver.partition import DONE, Partitioner
 from pipeobs.driver.pool import WorkerPool
 from pipeobs.driver.slots import WorkerSlot, WorkerState
-from pipeobs.errors import EntryScriptError, InputError, JobFailed, PipeobsError
+from pipeobs.errors import EntryScriptError, InputError, JobFailed, PipeobsError, Terminated
 from pipeobs.executors.base import Executor
 from pipeobs.jobs import JobPlan, JobResult, ProgressView, Thresholds
-from pipeobs.protocol import Bye, InitFailed, LoadFailed, Message, Ready, Result
+from pipeobs.protocol import Bye, InitFailed, LoadFailed, Message, Ready, Result, Stop
 
 FLUSH_INTERVAL = 0.2
 COALESCE_SECONDS = 0.0005
@@ -54,6 +57,8 @@ class Driver:
         self.ledger = Ledger(Thresholds.from_config(plan.config), plan.config.run_max_try)
         self.output = OutputFile(plan.output_file, plan.settings.append_row_dataframe_header)
         self.stop_reason: str | None = None
+        self.interrupted_by: str | None = None  # "SIGINT" or "SIGTERM"
+        self.concluded = False
         self.fatal: PipeobsError | None = None
         self.started = clock()
         self.journal = RunJournal(plan, self.started)
@@ -61,6 +66,7 @@ class Driver:
         self.partitioner = Partitioner(plan.datasets, plan.mini_batch_size, plan.config.partition_keys, executor.wake)
         self.last_progress = self.started
         self.first_task_at: float | None = None
+        self.known_total: int | None = None
         self._last_flush = 0.0
         self._last_clock_check = 0.0
         self._mean_elapsed = 0.0
@@ -73,12 +79,23 @@ class Driver:
     def run(self) -> JobResult:
         self.plan.run_dir.lock()
         try:
-            self._start()
-            self._loop()
-            self._finish_workers()
-            return self._conclude()
+            with terminate_interrupts():
+                try:
+                    self._start()
+                    self._loop()
+                except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM: the run ends Interrupted
+                    self._interrupted(exc)
+                self._finish_workers()
+                return self._conclude()
         finally:
             self._close()
+
+    def _interrupted(self, exc: KeyboardInterrupt) -> None:
+        if self.journal.telemetry is None:  # before the journal opened: _close() marks the run
+            raise exc
+        self.interrupted_by = exc.signal_name if isinstance(exc, Terminated) else "SIGINT"
+        self.stop_reason = None  # the interruption is the reason, whatever else was going on
+        self._stop(f"The run was interrupted by {self.interrupted_by}.")
 
     def _start(self) -> None:
         # Workers first: they import Python and the entry script while the driver sets up the rest.
@@ -88,12 +105,15 @@ class Driver:
         self.journal.open()
         self.output.open(self.journal.committed_output_size())
         finished = self.ledger.restore(*self.journal.ledger_rows())
+        self.known_total = len(self.ledger) if self.journal.partitioned_before() else None  # a resumed run's
         self.journal.started(finished if len(self.ledger) else None, self.output.size)
         for worker in spawned:
             self.workers.announce(worker)
         self.partitioner.start()
 
     def _close(self) -> None:
+        if not self.concluded:  # interrupted again while ending, or before the journal opened
+            self.journal.abandon(self.interrupted_by or "SIGINT")
         self.executor.close()
         self.output.close()
         self.journal.close()
@@ -129,9 +149,13 @@ class Driver:
     def worker_connected(self, label: str, pid: int) -> None:
         worker = self.workers[label]
         worker.pid = worker.pid or pid
-        worker.set_state(WorkerState.INIT, self.clock())
+        stopping = worker.state is WorkerState.STOPPING  # the work ran out while it started
+        if not stopping:
+            worker.set_state(WorkerState.INIT, self.clock())
         self.executor.send(label, self.plan.worker_setup(worker.node, worker.name, self.token,
                                                          self.journal.telemetry.traceparent))
+        if stopping:
+            self.executor.send(label, Stop())
 
     def worker_message(self, label: str, message: Message) -> None:
         worker = self.workers[label]
@@ -157,7 +181,7 @@ class Driver:
 
     def _fail_inflight(self, worker: WorkerSlot, reason: str) -> None:
         status = worker.kill_reason[0] if worker.kill_reason else "PROCESS_CRASHED"
-        if worker.inflight:
+        if worker.inflight and not self.interrupted_by:  # interrupted: no attempt failed, a resume runs them
             head = worker.inflight.popleft()
             self._attempt_failed(worker, head.mini_batch.id, head.attempt, {
                 "status": status, "total": head.mini_batch.item_count or 0, "start_time": time.time(),
@@ -282,7 +306,7 @@ class Driver:
         self._flush()
         self._last_flush = now
         if self.on_progress is not None:
-            total = len(self.ledger) if self.ledger.all_scheduled else None
+            total = len(self.ledger) if self.ledger.all_scheduled else self.known_total
             self.on_progress(ProgressView(self.plan.step_name, self.ledger.finished, total, self.started))
 
     def _flush(self) -> None:
@@ -293,7 +317,7 @@ class Driver:
     def _finish_workers(self) -> None:
         """Ask every worker to shutdown(), or kill them all when the job stops early."""
         self.journal.last_sample(self.workers.live(), self.clock())
-        self.workers.stop_all(bool(self.fatal or self.stop_reason), max(30.0, self.config.run_invocation_timeout))
+        self.workers.stop_all(bool(self.fatal or self.stop_reason), max(30.0, self.budgets.init))
 
     def _conclude(self) -> JobResult:
         if not self.fatal and not self.stop_reason:
@@ -305,6 +329,7 @@ class Driver:
         result = self.result()
         self.journal.conclude(result, self.ledger.all_scheduled and not self.stop_reason and not self.fatal,
                              len(self.ledger), self.config.error_threshold)
+        self.concluded = True
         if self.fatal is not None and not isinstance(self.fatal, JobFailed):
             raise self.fatal
         return result
@@ -312,7 +337,8 @@ class Driver:
     def result(self) -> JobResult:
         counts = self.journal.counts
         return JobResult(
-            status="Failed" if (self.fatal or self.stop_reason) else "Completed",
+            status="Interrupted" if self.interrupted_by else "Failed" if (self.fatal or self.stop_reason) else "Completed",
+            interrupted_by=self.interrupted_by,
             step_id=self.plan.step_id, step_name=self.plan.step_name, run_dir=str(self.plan.run_dir.path),
             output_path=self.plan.output_file, output_dir=self.plan.output_dir, **self.ledger.totals(),  # type: ignore[arg-type]
             duration_seconds=self.clock() - self.started,
@@ -320,6 +346,23 @@ class Driver:
             first_error=self.journal.first_error, retries=counts["retries"], timeouts=counts["timeouts"],
             worker_restarts=counts["worker_restarts"],
         )
+
+
+@contextlib.contextmanager
+def terminate_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the driver's thread (the main thread only), as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 NO_RESULT_MESSAGE = (

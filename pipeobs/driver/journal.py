@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipeobs.jobs import JobPlan, JobResult
 from pipeobs.record.driverlog import DriverLogSink
 from pipeobs.record.files import RunFiles
+from pipeobs.record.liveness import INTERRUPTED, RUNNING, this_driver
 from pipeobs.record.perf import ResourceMonitor
 from pipeobs.record.pipeline import Pipeline
 from pipeobs.record.store import LedgerRow, Store, WorkerRow
@@ -49,16 +50,18 @@ class RunJournal:
         """Exporters and the job span (imported after the workers started: they take a while)."""
         from pipeobs.telemetry.job import JobTelemetry
 
+        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline)
         if self.plan.exporters:
             from pipeobs.export.run import RunExports
 
             self.exports = RunExports(self.plan.run_dir.path, self.store, self.plan.step_name, self.plan.exporters,
-                                      self.plan.export_deadline, self.say)
+                                      self.plan.export_deadline, self.say,
+                                      job=(self.telemetry.trace_id, self.telemetry.span_id))
             self.pipeline.add(self.exports)
             self.exports.carry_over()
-        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline)
 
     def started(self, resumed_finished: int | None, output_size: int) -> None:
+        self.store.update_run(status=RUNNING, ended_at=None, error=None, summary=None, **this_driver())
         if resumed_finished is not None:
             self.say("INFO", "resume", f"Resuming: {resumed_finished} mini batches already finished, output cut "
                                        f"back to {output_size} bytes.")
@@ -85,6 +88,11 @@ class RunJournal:
     def committed_output_size(self) -> int:
         row = self.store.run_row()
         return row["output_size"] if row is not None else 0
+
+    def partitioned_before(self) -> bool:
+        """A resumed run whose inputs were all partitioned: its mini-batch count is known from the start."""
+        row = self.store.run_row()
+        return bool(row is not None and row["partitioned"])
 
     def ledger_rows(self) -> tuple[list[LedgerRow], Any]:
         from pipeobs.datasets import MiniBatch
@@ -214,6 +222,7 @@ class RunJournal:
     def last_sample(self, live: list[tuple[int, str, int]], now: float) -> None:
         if self.monitor.interval > 0:  # a last sample while the workers still live
             self.monitor.sample(live, now)
+            self.telemetry.resources(self.monitor.last)
 
     # ------------------------------------------------------------------ the end
     def conclude(self, result: JobResult, all_processed: bool, total: int, error_threshold: int) -> None:
@@ -238,6 +247,13 @@ class RunJournal:
         from pipeobs.record.reports import write_reports
 
         write_reports(self.files, self.store, result)
+
+    def abandon(self, signal_name: str) -> None:
+        """The run could not conclude (interrupted again while ending): say so in the run row."""
+        message = f"The run was interrupted by {signal_name} before it could conclude."
+        self.say("ERROR", "end", message)
+        self.store.update_run(status=INTERRUPTED, ended_at=time.time(), error=message)
+        self.pipeline.flush()
 
     def close(self) -> None:
         self.monitor.close()

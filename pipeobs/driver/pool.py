@@ -150,18 +150,22 @@ class WorkerPool:
             self.executor.send(worker.label, Tasks(batch))  # a worker that is gone re-queues them on exit
 
     def stop_all(self, early: bool, grace: float) -> None:
-        """Ask every ready worker to shutdown() (kill them all when ``early``); wait until all exited."""
+        """Ask every worker to shutdown() (kill them all when ``early``); wait until all exited.
+
+        A worker still starting or in init() finishes it first (as on Azure, every worker that
+        starts runs init() and shutdown()): its Stop waits in its channel, or is sent when it
+        connects. ``grace`` bounds the wait; then the stragglers are killed.
+        """
         for worker in self:
             if worker.is_dead:
                 continue
-            if early or worker.state is not WorkerState.READY:
-                reason = "stopped: the job is ending" if early else "stopped: all work was done before its init() finished"
-                worker.kill_reason = worker.kill_reason or ("STOPPED", reason)
+            if early:
+                worker.kill_reason = worker.kill_reason or ("STOPPED", "stopped: the job is ending")
                 worker.state = WorkerState.STOPPING
                 self.executor.kill(worker.label)
             else:
                 worker.set_state(WorkerState.STOPPING, self.clock())
-                self.executor.send(worker.label, Stop())
+                self.executor.send(worker.label, Stop())  # not connected yet: sent by connected()
         deadline = self.clock() + grace
         while not self.all_dead():
             if self.clock() > deadline:

@@ -6,4 +6,6 @@
 * :mod:`pipeobs.explorer.chrome`: the Chrome Trace Event export (ui.perfetto.dev, chrome://tracing).
 * :mod:`pipeobs.explorer.commands`: the ``pipeobs runs|show|logs|trace|metrics|export`` commands,
   drawn by :mod:`pipeobs.explorer.render` (rich, imported only when a command prints).
+* :mod:`pipeobs.explorer.terminal`: the one escaping of user text for a terminal, used by every
+  view (and by ``pipeobs run``'s progress and summary).
 """

@@ -3,13 +3,14 @@
 :func:`add_subcommands` adds them to the CLI's subparsers, :func:`dispatch` runs one. Every
 command takes ``--json`` (print the query's result as JSON, nothing else) and ``--runs-dir``
 (where a step_id is looked up). ``logs --follow --json`` prints one JSON object per line.
+Text from user code is printed with its control characters escaped
+(:func:`pipeobs.explorer.terminal.printable`); ``logs --raw`` prints it as captured.
 Importing this module costs no rich or pandas import: they load when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pipeobs.errors import ConfigError, RunDirError
 COMMANDS = ("runs", "show", "logs", "trace", "metrics", "export")
 RUN_HELP = "a run directory (holding pipeobs.db) or a step_id under --runs-dir"
 FOLLOW_POLL_SECONDS = 0.5
+HISTOGRAM_KINDS = ("histogram", "observation")
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -45,6 +47,8 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--grep", metavar="RE", help="only lines matching the regular expression RE")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines while the run is live")
     p.add_argument("--timeout", type=float, metavar="S", help="with --follow: stop after S seconds")
+    p.add_argument("--raw", action="store_true",
+                   help="print the text as captured, control characters and escape sequences included")
     p = add("trace", "a run's spans as a tree, with log lines in time order")
     p.add_argument("run", metavar="RUN", help=RUN_HELP)
     p.add_argument("--mini-batch", "--mini_batch", dest="mini_batch", type=int, metavar="N", help="only mini-batch N")
@@ -103,7 +107,7 @@ def command_logs(args: argparse.Namespace) -> int:
     filters = {"mini_batch": args.mini_batch, "worker": args.worker, "level": args.level, "grep": args.grep}
     with open_run(resolve_run(args.run, args.runs_dir)) as conn:
         if args.follow:
-            emit = _json_line if args.json else _print_log_line
+            emit = _json_line if args.json else _log_printer(args.raw)
             try:
                 follow_logs(conn, emit, filters, timeout=args.timeout)
             except KeyboardInterrupt:
@@ -112,8 +116,9 @@ def command_logs(args: argparse.Namespace) -> int:
         lines = queries.log_lines(conn, **filters)
     if args.json:
         return _print_json(lines)
+    emit = _log_printer(args.raw)
     for line in lines:
-        _print_log_line(line)
+        emit(line)
     return 0
 
 
@@ -161,25 +166,29 @@ def command_trace(args: argparse.Namespace) -> int:
 
 def command_metrics(args: argparse.Namespace) -> int:
     from pipeobs.explorer import queries
+    from pipeobs.explorer.terminal import printable
 
     def ask(conn: Any) -> Any:
         if args.name is None:
-            return queries.metric_summaries(conn)
+            return queries.metric_summaries(conn), queries.histogram_summaries(conn)
         points = queries.metric_points(conn, args.name)
         if not points:
             names = queries.metric_names(conn)
-            raise ConfigError(f"no metric '{args.name}' in this run" + _did_you_mean(args.name, names))
+            raise ConfigError(printable(f"no metric '{args.name}' in this run" + _did_you_mean(args.name, names)))
         return points
 
     _run_dir, result = _query(args, ask)
     if args.json:
-        return _print_json(result)
+        return _print_json(result if args.name else result[0])
     from pipeobs.explorer import render
 
-    if args.name is None:
-        render.metric_table(_console(), result)
-    else:
+    if args.name is not None:
         render.points_table(_console(), args.name, result)
+        return 0
+    summaries, histograms = result
+    console = _console()
+    render.metric_table(console, [m for m in summaries if m["kind"] not in HISTOGRAM_KINDS])
+    render.histogram_table(console, histograms)  # in place of their bucket, count and sum series
     return 0
 
 
@@ -205,13 +214,19 @@ def command_export(args: argparse.Namespace) -> int:
 def _retry_exports(run_dir: Path, args: argparse.Namespace) -> int:
     """Deliver the spools; record and print per exporter what was delivered and what is left."""
     from pipeobs.export.routing import retry_spool
+    from pipeobs.record.rundir import RunDir
     from pipeobs.record.store import Store
 
-    results = retry_spool(run_dir, deadline=args.deadline)
-    store = Store(run_dir / "pipeobs.db")
-    for name, c in results.items():
-        store.add_export_counts(name, "retry", c)
-    store.close()
+    lock = RunDir(run_dir)
+    lock.lock()  # a live driver still writes its spool; two retries would deliver twice
+    try:
+        results = retry_spool(run_dir, deadline=args.deadline)
+        store = Store(run_dir / "pipeobs.db")
+        for name, c in results.items():
+            store.add_export_counts(name, "retry", c)
+        store.close()
+    finally:
+        lock.unlock()
     if args.json:
         return _print_json(results)
     if not results:
@@ -259,12 +274,16 @@ def _console() -> Any:
 
 
 def _print_json(result: Any) -> int:
-    print(json.dumps(result, default=str))
+    from pipeobs.explorer.terminal import json_text
+
+    print(json_text(result))
     return 0
 
 
 def _json_line(line: dict[str, Any]) -> None:
-    print(json.dumps(line, default=str), flush=True)
+    from pipeobs.explorer.terminal import json_text
+
+    print(json_text(line), flush=True)
 
 
 def utc_stamp(when: float) -> str:
@@ -282,8 +301,15 @@ def format_log_line(line: dict[str, Any]) -> str:
     return f"{utc_stamp(line['time'])} {line.get('worker') or '-'} {where} {line['level']} {line['text']}"
 
 
-def _print_log_line(line: dict[str, Any]) -> None:
-    print(format_log_line(line), flush=True)
+def _log_printer(raw: bool) -> Callable[[dict[str, Any]], None]:
+    """Print a line as the driver log has it: escaped, or ``raw`` (as captured)."""
+    from pipeobs.explorer.terminal import printable
+
+    def emit(line: dict[str, Any]) -> None:
+        text = format_log_line(line)
+        print(text if raw else printable(text), flush=True)
+
+    return emit
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

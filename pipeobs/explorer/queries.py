@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from pipeobs.errors import ConfigError
+from pipeobs.record.liveness import shown_status
 
 USER_METRIC_KINDS = ("scalar", "list", "row", "table", "tag")
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
@@ -52,7 +53,7 @@ def run_summary(conn: sqlite3.Connection, now: float | None = None) -> Row:
     """Status, step, times and mini-batch / item counts (ledger, or the final summary if any)."""
     row = conn.execute("SELECT * FROM runs ORDER BY started_at LIMIT 1").fetchone()
     run = dict(row) if row is not None else {}
-    status = run.get("status") or "unknown"
+    status = shown_status(run)
     start, end = run.get("started_at"), run.get("ended_at")
     if start is not None and end is None and status == "Running":
         end_for_duration: float | None = time.time() if now is None else now
@@ -103,7 +104,8 @@ def slowest_mini_batches(conn: sqlite3.Connection, limit: int = 10) -> list[Row]
 
 
 def failures(conn: sqlite3.Connection) -> Row:
-    """Failed attempts in time order, the failed mini-batches, and the first error with its traceback."""
+    """Failed attempts in time order and grouped by error type, the failed mini-batches, and the
+    first error with its traceback."""
     attempts = fetch_rows(
         conn,
         "SELECT mini_batch_id, attempt, worker, pid, start_time, elapsed, status, error_category, error_type, "
@@ -118,7 +120,21 @@ def failures(conn: sqlite3.Connection) -> Row:
     for attempt in attempts:
         attempt.pop("traceback", None)
     failed = [r[0] for r in conn.execute("SELECT id FROM mini_batches WHERE status = 'failed' ORDER BY id")]
-    return {"count": len(attempts), "failed_mini_batches": failed, "first_error": first, "attempts": attempts}
+    return {"count": len(attempts), "failed_mini_batches": failed, "first_error": first,
+            "by_error": failures_by_error(conn), "attempts": attempts}
+
+
+def failures_by_error(conn: sqlite3.Connection) -> list[Row]:
+    """Per error type (a timeout or crash: its status), most frequent first: how many attempts and
+    mini-batches failed so, and the first such attempt as an example."""
+    # With one min() in the query, SQLite takes the other bare columns from the row holding the minimum.
+    return fetch_rows(
+        conn,
+        "SELECT coalesce(error_type, status) AS error_type, count(*) AS count, "
+        "count(DISTINCT mini_batch_id) AS mini_batches, min(start_time) AS first_time, mini_batch_id, attempt, "
+        "worker, status, error_message, error_location FROM attempts WHERE status != 'RUN_DONE' "
+        "GROUP BY coalesce(error_type, status) ORDER BY count DESC, first_time",
+    )
 
 
 def retries_and_timeouts(conn: sqlite3.Connection) -> Row:
@@ -156,23 +172,33 @@ def worker_stats(conn: sqlite3.Connection) -> list[Row]:
 
 # ----------------------------------------------------------------------------- metrics
 def metric_summaries(conn: sqlite3.Connection, kinds: tuple[str, ...] | None = None) -> list[Row]:
-    """Per metric name: kind, count, last value, and min / max / mean of its numbers (list elements too)."""
+    """Per metric name: kind, count, last value, and min / max / mean of its numbers (list elements too).
+
+    Non-finite values count: min and max may be ``±inf`` (NaN is skipped by both), and the mean of
+    numbers holding a NaN, or both infinities, is NaN.
+    """
     where, args = (f"WHERE kind IN ({','.join('?' * len(kinds))})", kinds) if kinds else ("", ())
     summaries = fetch_rows(
         conn,
-        f"SELECT name, count(*) AS count, count(value) AS n, sum(value) AS total, min(value) AS min, "
-        f"max(value) AS max, max(id) AS last_id FROM metrics {where} GROUP BY name ORDER BY name",
+        f"SELECT name, count(*) AS count, count(value) AS n, sum(value) AS total, sum(value_json = 'NaN') AS nans, "
+        f"min(value) AS min, max(value) AS max, max(id) AS last_id FROM metrics {where} GROUP BY name ORDER BY name",
         *args,
     )
     lists = _list_numbers(conn) if kinds is None or "list" in kinds else {}
     for s in summaries:
         last = conn.execute("SELECT kind, time, value, value_json FROM metrics WHERE id = ?", (s.pop("last_id"),)).fetchone()
         numbers = lists.get(s["name"], [])
-        n, total = s.pop("n") + len(numbers), (s.pop("total") or 0.0) + sum(numbers)
-        if numbers:
-            s["min"] = min(numbers if s["min"] is None else [s["min"], *numbers])
-            s["max"] = max(numbers if s["max"] is None else [s["max"], *numbers])
-        s.update(mean=total / n if n else None, kind=last["kind"], last_time=last["time"], last=_value(last))
+        n, nans, total = s.pop("n"), s.pop("nans") or 0, s.pop("total")
+        if n and total is None:  # SQLite's sum of inf and -inf
+            total = math.nan
+        total = (total or 0.0) + sum(numbers)
+        ordered = [v for v in numbers if not math.isnan(v)]  # min and max skip NaN, as SQLite's do
+        if ordered:
+            s["min"] = min(ordered if s["min"] is None else [s["min"], *ordered])
+            s["max"] = max(ordered if s["max"] is None else [s["max"], *ordered])
+        n += len(numbers)
+        mean = math.nan if nans else total / n if n else None
+        s.update(mean=mean, kind=last["kind"], last_time=last["time"], last=_value(last))
     return summaries
 
 
@@ -182,7 +208,7 @@ def _list_numbers(conn: sqlite3.Connection) -> dict[str, list[float]]:
         values = parse_json(value_json, [])
         numbers.setdefault(name, []).extend(
             v for v in (values if isinstance(values, list) else [])
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            if isinstance(v, int | float) and not isinstance(v, bool)
         )
     return numbers
 
@@ -205,6 +231,72 @@ def metric_points(conn: sqlite3.Connection, name: str) -> list[Row]:
         p.pop("value_json")
         p["labels"] = parse_json(p["labels"], {})
     return points
+
+
+def histogram_summaries(conn: sqlite3.Connection) -> list[Row]:
+    """count, p50, p95 and max of each histogram, and of each series of per-attempt observations.
+
+    Where the store has the observed values (kind ``observation``: the built-in mini-batch
+    duration and peak RSS, one point per attempt), the quantiles are exact: the nearest-rank
+    value, found by SQLite (``source`` ``observations``). A histogram known only by its buckets
+    (an OTLP histogram received by ``pipeobs collect``, stored as Prometheus stores one: the
+    cumulative ``<name>_bucket`` series, with an ``le`` label) is estimated from the latest count
+    of each bucket, summed over its other labels: quantiles are interpolated within their
+    bucket as Prometheus's ``histogram_quantile`` does, and max is the upper bound of the highest
+    bucket with a count, None when that is ``+Inf`` (``source`` ``buckets``).
+    """
+    observed = [r[0] for r in conn.execute("SELECT DISTINCT name FROM metrics WHERE kind = 'observation'")]
+    summaries = [_observed(conn, name) for name in observed]
+    for (name,) in conn.execute("SELECT DISTINCT name FROM metrics WHERE kind = 'histogram'"):
+        base = name.removesuffix("_bucket")
+        if base != name and base not in observed:
+            summaries.append(_from_buckets(base, _latest_buckets(conn, name)))
+    return sorted(summaries, key=lambda s: s["name"])
+
+
+def _observed(conn: sqlite3.Connection, name: str) -> Row:
+    where = "FROM metrics WHERE name = ? AND kind = 'observation' AND value IS NOT NULL"
+    count, top = conn.execute(f"SELECT count(*), max(value) {where}", (name,)).fetchone()
+
+    def rank(q: float) -> float | None:
+        if not count:
+            return None
+        offset = math.ceil(q * count) - 1
+        return conn.execute(f"SELECT value {where} ORDER BY value LIMIT 1 OFFSET ?", (name, offset)).fetchone()[0]
+
+    return {"name": name, "source": "observations", "count": count, "p50": rank(0.5), "p95": rank(0.95), "max": top}
+
+
+def _latest_buckets(conn: sqlite3.Connection, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of each bucket, ascending: the latest point of each series, summed."""
+    counts: dict[float, float] = {}
+    for labels, value in conn.execute(
+        "SELECT labels, value FROM metrics WHERE id IN (SELECT max(id) FROM metrics WHERE name = ? GROUP BY labels)",
+        (name,),
+    ):
+        bound = float((parse_json(labels, {}) or {}).get("le", "+Inf"))
+        counts[bound] = counts.get(bound, 0.0) + value
+    return sorted(counts.items())
+
+
+def _from_buckets(name: str, buckets: list[tuple[float, float]]) -> Row:
+    total = buckets[-1][1]
+    top = next(bound for bound, cumulative in buckets if cumulative >= total)
+    return {"name": name, "source": "buckets", "count": int(total), "p50": _bucket_quantile(0.5, buckets, total),
+            "p95": _bucket_quantile(0.95, buckets, total), "max": None if not total or math.isinf(top) else top}
+
+
+def _bucket_quantile(q: float, buckets: list[tuple[float, float]], total: float) -> float | None:
+    """Prometheus's estimate: linear within the bucket holding rank q * total; in ``+Inf``, the last finite bound."""
+    if not total:
+        return None
+    rank = q * total
+    lower, below = min(0.0, buckets[0][0]), 0.0
+    for bound, cumulative in buckets:  # the last one holds every rank: its count is the total
+        if cumulative >= rank:
+            break
+        lower, below = bound, cumulative
+    return lower if math.isinf(bound) else lower + (bound - lower) * (rank - below) / (cumulative - below)
 
 
 def metric_names(conn: sqlite3.Connection) -> list[str]:
@@ -283,18 +375,20 @@ def log_max_id(conn: sqlite3.Connection) -> int:
 
 
 def run_status(conn: sqlite3.Connection) -> str:
-    row = conn.execute("SELECT status FROM runs LIMIT 1").fetchone()
-    return row[0] if row is not None else "unknown"
+    """The status a reader shows (``Driver lost`` for a Running run whose driver is gone)."""
+    row = conn.execute("SELECT * FROM runs LIMIT 1").fetchone()
+    return shown_status(dict(row)) if row is not None else "unknown"
 
 
 # ----------------------------------------------------------------------------- everything
 def show_run(conn: sqlite3.Connection, slowest: int = 10) -> Row:
-    """What ``pipeobs show`` prints: summary, slowest, failures, retries, workers, user metrics."""
+    """What ``pipeobs show`` prints: summary, slowest, failures, retries, workers, histograms, user metrics."""
     return {
         "summary": run_summary(conn),
         "slowest": slowest_mini_batches(conn, slowest),
         "failures": failures(conn),
         "retries": retries_and_timeouts(conn),
         "workers": worker_stats(conn),
+        "histograms": histogram_summaries(conn),
         "metrics": user_metrics(conn),
     }

@@ -1,7 +1,9 @@
 """Rich views of the explorer's query results (tables, a span tree).
 
-User data (log text, error messages, metric values) goes into ``Text`` objects, never into
-markup, so square brackets in a user's line print as they are.
+User data (log text, error messages, metric names and values, span names, paths) goes into
+``Text`` objects through :func:`_text`, never into markup, so square brackets in a user's line
+print as they are, and through :func:`~pipeobs.explorer.terminal.printable`, so its control
+characters are shown, not obeyed.
 """
 
 from __future__ import annotations
@@ -10,17 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich import box
+from rich import box, filesize
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from pipeobs.explorer.terminal import printable
+
 STATUS_STYLES = {"Completed": "green", "Failed": "red", "Running": "yellow", "OK": "green", "ERROR": "red",
                  "UNSET": "dim", "RUN_DONE": "green"}
 LEVEL_STYLES = {"STDOUT": "", "STDERR": "red", "DEBUG": "dim", "INFO": "", "WARNING": "yellow", "ERROR": "red",
                 "CRITICAL": "bold red"}
-MAX_FAILED_ROWS = 20
 
 
 def seconds(value: float | None) -> str:
@@ -44,23 +47,24 @@ def utc(when: float | None) -> str:
 
 
 def _text(value: Any, style: str = "") -> Text:
+    """Any value as Text, control characters escaped: the only way data reaches a view."""
     if value is None:
         return Text("-", style="dim")
     if isinstance(value, float):
         value = f"{value:.6g}"
-    return Text(str(value), style=style)
+    return Text(printable(str(value)), style=style)
 
 
 def _status(status: Any) -> Text:
     return _text(status, STATUS_STYLES.get(str(status), ""))
 
 
-NUMERIC_COLUMNS = ("mb", "attempt", "attempts", "pid", "failed", "items", "count", "exit")
-SHRINKING_COLUMNS = ("step", "step_id", "start", "reason", "error", "name", "last", "labels", "value")
+NUMERIC_COLUMNS = ("mb", "attempt", "attempts", "mini-batches", "pid", "failed", "items", "count", "exit")
+SHRINKING_COLUMNS = ("step", "step_id", "start", "reason", "error", "example", "name", "last", "labels", "value")
 
 
 def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    table = Table(title=_text(title), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
     for column in columns:
         table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left", overflow="fold")
     return table
@@ -79,7 +83,7 @@ def _print_table(console: Console, table: Table) -> None:
 # ----------------------------------------------------------------------------- runs
 def runs_table(console: Console, runs: list[dict[str, Any]], root: Path) -> None:
     if not runs:
-        console.print(Text(f"no runs below {root}"))
+        console.print(_text(f"no runs below {root}"))
         return
     table = _table(f"runs below {root}", "step", "step_id", "status", "start", "duration",
                    "mini-batches\ndone/failed/total", "items\nok/failed")
@@ -102,6 +106,7 @@ def show(console: Console, result: dict[str, Any]) -> None:
     failures_block(console, result["failures"])
     retries_line(console, result["retries"])
     workers_table(console, result["workers"])
+    histogram_table(console, result["histograms"])
     if result["metrics"]:
         metric_table(console, result["metrics"], title="user metrics")
 
@@ -139,33 +144,52 @@ def slowest_table(console: Console, slowest: list[dict[str, Any]]) -> None:
 
 
 def failures_block(console: Console, failures: dict[str, Any]) -> None:
+    """The first error once (its traceback, else its message), then the failed attempts by error type."""
     first = failures["first_error"]
     if not failures["count"] and not first:
         console.print(Text("no failed attempts", style="green"))
         return
     if first:
-        where = f"mini-batch {first.get('mini_batch_id')} attempt {first.get('attempt')} on {first.get('worker')}"
-        kind = first.get("error_type") or first.get("type") or first.get("status")
-        message = first.get("error_message") or first.get("message") or ""
-        console.print(Text.assemble(("first error: ", "bold red"), f"{kind}: {message} ({where})"))
-        location = first.get("error_location") or first.get("location")
-        if location:
-            console.print(Text(f"  at {location}"))
-        if first.get("traceback"):
-            console.print(Text(str(first["traceback"]).rstrip(), style="dim"))
-    attempts = failures["attempts"]
-    if attempts:
-        table = _table(f"failed attempts ({failures['count']})", "mb", "attempt", "worker", "status", "error")
-        for a in attempts[:MAX_FAILED_ROWS]:
-            error = f"{a['error_type'] or ''}: {a['error_message'] or ''}".strip(": ")
-            table.add_row(_text(a["mini_batch_id"]), _text(a["attempt"]), _text(a["worker"]), _status(a["status"]),
-                          _text(error))
+        _first_error(console, first)
+    if failures["by_error"]:
+        table = _table(f"failed attempts ({failures['count']}) by error", "error", "attempts", "mini-batches", "example")
+        for group in failures["by_error"]:
+            table.add_row(_text(group["error_type"], "red"), _text(group["count"]), _text(group["mini_batches"]),
+                          _text(_example(group, first)))
         _print_table(console, table)
-        if len(attempts) > MAX_FAILED_ROWS:
-            console.print(Text(f"... and {len(attempts) - MAX_FAILED_ROWS} more (--json for all)", style="dim"))
     if failures["failed_mini_batches"]:
         ids = ", ".join(str(i) for i in failures["failed_mini_batches"][:50])
         console.print(Text(f"failed mini-batches: {ids}", style="red"))
+
+
+def _first_error(console: Console, first: dict[str, Any]) -> None:
+    traceback = str(first.get("traceback") or "").rstrip()
+    if traceback.startswith("Traceback"):  # the user's, ending with the exception's type and message
+        console.print(Text.assemble(("first error ", "bold red"), _text(f"{_where(first)}:")))
+        console.print(_text(traceback))
+        return
+    kind = first.get("error_type") or first.get("type") or first.get("status")
+    message = first.get("error_message") or first.get("message") or ""
+    console.print(Text.assemble(("first error: ", "bold red"), _text(f"{kind}: {message} ({_where(first)})")))
+    location = first.get("error_location") or first.get("location")
+    if location:
+        console.print(_text(f"  at {location}"))
+
+
+def _where(error: dict[str, Any]) -> str:
+    """``in mini-batch 3, attempt 2, on 0/process001``; ``in init() on ...`` for an error outside run()."""
+    if error.get("mini_batch_id") is not None:
+        return f"in mini-batch {error['mini_batch_id']}, attempt {error.get('attempt')}, on {error.get('worker')}"
+    if error.get("phase"):
+        return f"in {error['phase']}() on {error.get('worker')}"
+    return f"on {error.get('worker')}"
+
+
+def _example(group: dict[str, Any], first: dict[str, Any] | None) -> str:
+    if first is not None and (first.get("mini_batch_id"), first.get("attempt")) == (group["mini_batch_id"], group["attempt"]):
+        return "the first error, above"
+    message = group["error_message"] or group["status"]
+    return f"{message} ({_where(group)})"
 
 
 def retries_line(console: Console, r: dict[str, Any]) -> None:
@@ -189,6 +213,30 @@ def workers_table(console: Console, workers: list[dict[str, Any]]) -> None:
 
 
 # ----------------------------------------------------------------------------- metrics
+def histogram_table(console: Console, histograms: list[dict[str, Any]]) -> None:
+    """count / p50 / p95 / max per histogram; ``~`` and ``<=`` mark estimates from bucket bounds."""
+    if not histograms:
+        return
+    table = _table("histograms", "name", "count", "p50", "p95", "max")
+    for h in histograms:
+        exact = h["source"] == "observations"
+        p50, p95, top = (_quantity(h["name"], h[key]) for key in ("p50", "p95", "max"))
+        if not exact:
+            p50, p95, top = f"~{p50}", f"~{p95}", f"<= {top}"
+        table.add_row(_text(h["name"]), _text(h["count"]), _text(p50), _text(p95), _text(top))
+    _print_table(console, table)
+
+
+def _quantity(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if name.endswith("_seconds"):
+        return seconds(value)
+    if name.endswith("_bytes"):
+        return filesize.decimal(int(value))
+    return f"{value:.6g}"
+
+
 def metric_table(console: Console, metrics: list[dict[str, Any]], title: str = "metrics") -> None:
     if not metrics:
         console.print(Text("no metrics recorded"))
@@ -221,7 +269,7 @@ def _clock(when: float) -> str:
 
 # ----------------------------------------------------------------------------- trace
 def trace_tree(console: Console, nodes: list[dict[str, Any]], summary: dict[str, Any], mini_batch: int | None) -> None:
-    label = Text.assemble(("run ", "bold"), f"{summary['step_id']} ", _status(summary["status"]))
+    label = Text.assemble(("run ", "bold"), _text(f"{summary['step_id']} "), _status(summary["status"]))
     if mini_batch is not None:
         label.append(f"  mini-batch {mini_batch}")
     tree = Tree(label)
@@ -238,11 +286,11 @@ def _add_node(parent: Tree, node: dict[str, Any]) -> None:
         for child in node["children"]:
             _add_node(branch, child)
     elif node["type"] == "event":
-        parent.add(Text(f"• {_event_text(node)}", style="magenta"))
+        parent.add(_text(f"• {_event_text(node)}", "magenta"))
     else:
         style = LEVEL_STYLES.get(str(node["level"]).upper(), "")
-        parent.add(Text.assemble((f"{_clock(node['time'])} ", "dim"), (f"{node['worker']} ", "cyan"),
-                                 (f"{node['level']} ", style or "dim"), (node["text"], style)))
+        parent.add(Text.assemble((f"{_clock(node['time'])} ", "dim"), _text(f"{node['worker']} ", "cyan"),
+                                 _text(f"{node['level']} ", style or "dim"), _text(node["text"], style)))
 
 
 def _event_text(event: dict[str, Any]) -> str:
@@ -256,7 +304,7 @@ def _event_text(event: dict[str, Any]) -> str:
 
 
 def _span_label(span: dict[str, Any]) -> Text:
-    label = Text(span["name"], style="bold")
+    label = _text(span["name"], "bold")
     if span.get("mini_batch_id") is not None:
         label.append(f" mb={span['mini_batch_id']} a={span['attempt']}")
     label.append(f" {seconds(span['duration'])}", style="cyan")
@@ -266,7 +314,7 @@ def _span_label(span: dict[str, Any]) -> Text:
         label.append(" ")
         label.append_text(_status(span["status"]))
     if span.get("status_message"):
-        label.append(f" {span['status_message']}", style="red")
+        label.append_text(_text(f" {span['status_message']}", "red"))
     if span.get("worker"):
-        label.append(f"  [{span['worker']}]", style="dim")
+        label.append_text(_text(f"  [{span['worker']}]", "dim"))
     return label

@@ -51,17 +51,24 @@ class Router:
                 self.destinations[name] = destination
 
     def carry_over(self, runs_root: Path) -> dict[str, int]:
-        """Adopt what earlier runs under ``runs_root`` left in their spools ("the next run")."""
-        carried = {}
-        for name, delivery in self.deliveries.items():
-            files = [
-                f
-                for folder in runs_root.glob(f"*/*/{SPOOL_DIR}/{name}")
-                if folder.resolve() != delivery.spool.folder.resolve()
-                for f in Spool(folder).files()
-            ]
-            own = delivery.adopt_spool()  # first: what a killed driver of this run left (before moving others in)
-            carried[name] = own + (delivery.carry_over(files) if files else 0)
+        """Adopt what earlier runs under ``runs_root`` left in their spools ("the next run").
+
+        A run whose lock is held (its driver is alive, or an ``export --retry`` delivers its spool)
+        is left alone; the others are locked while their spool files move.
+        """
+        from pipeobs.record.rundir import RunDir
+
+        carried = {name: delivery.adopt_spool() for name, delivery in self.deliveries.items()}  # this run's own first
+        for run_dir in sorted({p.parent.resolve() for p in runs_root.glob(f"*/*/{SPOOL_DIR}")} - {self.run_dir.resolve()}):
+            other = RunDir(run_dir)
+            if not other.try_lock():
+                continue
+            try:
+                for name, delivery in self.deliveries.items():
+                    files = Spool(run_dir / SPOOL_DIR / name).files()
+                    carried[name] += delivery.carry_over(files) if files else 0
+            finally:
+                other.unlock()
         return carried
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -26,8 +26,9 @@ class RunExports:
     """The exporters of one run: a sink for records, with counts written to the store."""
 
     def __init__(self, run_dir: Path, store: Store, step_name: str, names: list[str], deadline: float,
-                 say: EventSink) -> None:
+                 say: EventSink, job: tuple[str | None, str | None] = (None, None)) -> None:
         self.store = store
+        self.job = job  # (trace_id, span_id) of the job span: the operation of the driver's own records
         self.step_id = store.step_id
         self.step_name = step_name
         self._say = say
@@ -49,7 +50,7 @@ class RunExports:
             "type": "log", "time": line.time, "step_id": self.step_id, "step_name": self.step_name,
             "worker": line.worker, "stream": line.stream, "phase": inv.phase, "mini_batch_id": inv.mini_batch_id,
             "attempt": inv.attempt, "level": line.level, "logger": line.logger, "text": line.text,
-            "trace_id": inv.trace_id, "span_id": inv.span_id, "custom_dimensions": line.custom_dimensions or {},
+            **self._operation(inv.trace_id, inv.span_id), "custom_dimensions": line.custom_dimensions or {},
             **({"sent_to": line.sent_to} if line.sent_to else {}),
         })
 
@@ -61,8 +62,7 @@ class RunExports:
             "worker": metric.worker, "phase": inv.phase, "mini_batch_id": inv.mini_batch_id, "attempt": inv.attempt,
             "name": metric.name, "kind": metric.kind, "value": number,
             "value_json": encoded, "description": metric.description,
-            "labels": json.loads(metric.labels) if metric.labels else {}, "trace_id": inv.trace_id,
-            "span_id": inv.span_id,
+            "labels": json.loads(metric.labels) if metric.labels else {}, **self._operation(inv.trace_id, inv.span_id),
         })
 
     def add_span(self, span: Span) -> None:
@@ -79,8 +79,14 @@ class RunExports:
             "type": "log", "time": event.time, "step_id": self.step_id, "step_name": self.step_name,
             "worker": event.worker or "driver", "stream": "log", "phase": "driver", "mini_batch_id": None,
             "attempt": None, "level": event.level, "logger": "pipeobs.driver", "text": event.message,
-            "trace_id": None, "span_id": None, "custom_dimensions": {"event": event.kind},
+            **self._operation(None, None), "custom_dimensions": {"event": event.kind},
         })
+
+    def _operation(self, trace_id: str | None, span_id: str | None) -> dict[str, str | None]:
+        """A record's trace and parent span; outside any span, the job's (one operation holds the whole run)."""
+        if trace_id is None:
+            trace_id, span_id = self.job
+        return {"trace_id": trace_id, "span_id": span_id}
 
     # ------------------------------------------------------------------ accounting
     def _account_killed_driver(self) -> None:

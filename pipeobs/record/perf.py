@@ -53,11 +53,13 @@ class ResourceMonitor:
     def _sample_process(self, pid: int) -> dict[str, float] | None:
         proc = self._processes.get(pid)
         try:
-            if proc is None:
+            if proc is None:  # first sight: the mean since the process started (and a start for the next)
                 proc = self._processes[pid] = psutil.Process(pid)
+                cpu = _cpu_since_start(proc)
                 proc.cpu_percent(None)
-            with proc.oneshot():
+            else:
                 cpu = proc.cpu_percent(None)
+            with proc.oneshot():
                 rss = proc.memory_info().rss
                 threads = proc.num_threads()
             children_rss = 0
@@ -93,6 +95,13 @@ class ResourceMonitor:
         for handle, _ in self._files.values():
             handle.close()
         self._files.clear()
+
+
+def _cpu_since_start(proc: psutil.Process) -> float:
+    """CPU percent (of one core) over the process's life so far."""
+    times = proc.cpu_times()
+    alive = time.time() - proc.create_time()
+    return 100.0 * (times.user + times.system) / alive if alive > 0 else 0.0
 
 
 def _node_row() -> tuple[str, ...]:

@@ -46,14 +46,21 @@ class RunDir:
         return run_dir
 
     def lock(self) -> None:
-        """An exclusive lock for the driver's lifetime; a killed driver releases it."""
+        """An exclusive lock for the driver's lifetime (or an ``export --retry``); a killed driver releases it."""
+        if not self.try_lock():
+            raise RunDirError(f"run directory '{self.path}' is in use by another pipeobs process (its driver, or "
+                              "an 'export --retry'); wait until it ends")
+
+    def try_lock(self) -> bool:
+        """Take the lock if nobody holds it; whether it was taken."""
         fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunDirError(f"run directory '{self.path}' is in use by another pipeobs driver") from None
+            return False
         self._lock_fd = fd
+        return True
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

@@ -8,7 +8,8 @@ makes output rows exactly-once across a driver kill.
 Schema (documented in the README):
 
 * ``runs``: one row per run (step_id, step name, status, times, config, settings, inputs,
-  output path, ``output_size`` = bytes of the output file covered by done mini-batches).
+  output path, ``output_size`` = bytes of the output file covered by done mini-batches, and the
+  driver writing it: ``driver_pid``, ``driver_host``, ``driver_since`` = its process start time).
 * ``mini_batches``: the ledger: descriptor JSON, status (pending/done/failed), attempts, items.
 * ``attempts``: one row per mini-batch attempt (the ``processed_mini-batches.csv`` columns).
 * ``log_lines``: every captured line with step_id, worker, stream, phase, mini_batch_id,
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS runs (
     step_id TEXT PRIMARY KEY, step_name TEXT, status TEXT, started_at REAL, ended_at REAL,
     entry_script TEXT, config TEXT, settings TEXT, inputs TEXT, output_path TEXT,
     output_size INTEGER NOT NULL DEFAULT 0, partitioned INTEGER NOT NULL DEFAULT 0,
-    error TEXT, summary TEXT
+    error TEXT, summary TEXT, driver_pid INTEGER, driver_host TEXT, driver_since REAL
 );
 CREATE TABLE IF NOT EXISTS mini_batches (
     id INTEGER PRIMARY KEY, descriptor TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
@@ -112,8 +113,29 @@ _SQL = {
 _SQL["ledger"] = (
     "UPDATE mini_batches SET status=?, attempts=?, total=?, succeeded=?, failed=?, worker=?, output_end=? WHERE id=?"
 )
+ADDED_RUN_COLUMNS = {"driver_pid": "INTEGER", "driver_host": "TEXT", "driver_since": "REAL"}  # older stores lack them
 _JSON_COLUMNS = {"attributes", "events", "labels", "value_json", "drop_reasons"}
 _NOT_NULL_JSON = {"attributes": "{}", "events": "[]"}
+
+
+_VALUE, _VALUE_JSON = COLUMNS["metrics"].index("value"), COLUMNS["metrics"].index("value_json")
+
+
+def _nan_as_json(values: list[Any]) -> list[Any]:
+    """A NaN metric value as the driver stores it (SQLite would make it NULL): value NULL, value_json ``NaN``."""
+    value = values[_VALUE]
+    if isinstance(value, float) and value != value:
+        values[_VALUE] = None
+        values[_VALUE_JSON] = values[_VALUE_JSON] or "NaN"
+    return values
+
+
+def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Columns a store written by an older pipeobs lacks (a resumed run, the collector's store)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
@@ -176,6 +198,7 @@ class Store:
         self.step_id = step_id
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
+        _add_missing_columns(self.conn, "runs", ADDED_RUN_COLUMNS)
         self._queued: dict[str, list[tuple[Any, ...]]] = {k: [] for k in _SQL}
         self._lines = self._queued["log_lines"]
         self._metrics = self._queued["metrics"]
@@ -260,6 +283,8 @@ class Store:
             if value is None and table == "spans":
                 value = _NOT_NULL_JSON.get(column)
             values.append(value)
+        if table == "metrics":
+            values = _nan_as_json(values)
         self._queued[table].append(tuple(values))
 
     def update_run(self, **values: Any) -> None:

@@ -338,7 +338,7 @@ class TestInsideRun:
         log.warning("slow batch", {"step_id": "step-1", "seconds": 9.5}, extra={"custom_dimensions": {"rows": 7}})
 
         record, dims = calls[0]
-        assert record.getMessage is not None and record.msg == "slow batch"
+        assert (record.getMessage(), record.levelname) == ("slow batch", "WARNING")
         assert (dims["step_id"], dims["seconds"], dims["rows"], dims["level"]) == ("step-1", 9.5, 7, "WARNING")
         assert StandInDelivery.instances == []
 
