@@ -155,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(Path(args.dir), args.images)
     except PipeobsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from pipeobs.explorer.terminal import printable
+
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:  # Ctrl-C (130), or SIGTERM while a driver runs (143)
         print("error: interrupted", file=sys.stderr)
@@ -183,7 +185,7 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
             on_progress=progress.update,
             model_dir=values.get("model_dir"),
             exporters=_as_list(values.get("export")),
-            export_deadline=float(values.get("export_deadline") or 10.0),
+            export_deadline=float(values.get("export_deadline", 10.0)),
         )
     print_result(result)
     return exit_code(result)

@@ -87,6 +87,7 @@ class CollectedRun:
             return
         if self.state is RunState.CLOSED:
             raise RuntimeError("the collector's store is closed")
+        from pipeobs.record.liveness import this_driver
         from pipeobs.record.store import Store
 
         self.check()
@@ -96,10 +97,10 @@ class CollectedRun:
             if store.run_row() is None:
                 store.insert_run({
                     "step_id": STEP_ID, "step_name": STEP_NAME, "status": "Running", "started_at": time.time(),
-                    "config": json.dumps({"collector": self.config}, sort_keys=True),
+                    "config": json.dumps({"collector": self.config}, sort_keys=True), **this_driver(),
                 })
             else:  # a directory collected into before: the same run goes on
-                store.update_run(status="Running", ended_at=None)
+                store.update_run(status="Running", ended_at=None, **this_driver())
                 store.flush()
         except BaseException:
             store.conn.close()

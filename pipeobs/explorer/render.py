@@ -20,8 +20,8 @@ from rich.tree import Tree
 
 from pipeobs.explorer.terminal import printable
 
-STATUS_STYLES = {"Completed": "green", "Failed": "red", "Running": "yellow", "OK": "green", "ERROR": "red",
-                 "UNSET": "dim", "RUN_DONE": "green"}
+STATUS_STYLES = {"Completed": "green", "Failed": "red", "Running": "yellow", "Interrupted": "red", "Driver lost": "red",
+                 "OK": "green", "ERROR": "red", "UNSET": "dim", "RUN_DONE": "green"}
 LEVEL_STYLES = {"STDOUT": "", "STDERR": "red", "DEBUG": "dim", "INFO": "", "WARNING": "yellow", "ERROR": "red",
                 "CRITICAL": "bold red"}
 
