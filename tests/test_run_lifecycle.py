@@ -224,3 +224,19 @@ def test_workers_are_gone_with_their_driver(gated: GatedRun) -> None:
 
     assert [pid for pid in pids if not wait_gone(pid, timeout=5)] == []
     assert os.path.exists(gated.run_dir / "pipeobs.db")
+
+
+def test_the_collector_names_itself_as_its_runs_driver(tmp_path: Path) -> None:
+    """pipeobs collect records its pid like a driver, so a killed collector's run is shown Driver lost."""
+    import httpx
+
+    from tests.test_collector import message, running
+
+    with running(tmp_path / "collected") as server:
+        answer = httpx.post(f"http://127.0.0.1:{server.port}/v2.1/track", content=json.dumps([message("hi")]),
+                            timeout=10)
+        row = query(tmp_path / "collected", "SELECT * FROM runs")[0]
+
+    assert answer.status_code == 200, answer.text
+    assert (row["status"], row["driver_pid"], row["driver_host"]) == ("Running", os.getpid(), liveness.this_driver()["driver_host"])
+    assert liveness.shown_status(dict(row)) == "Running"

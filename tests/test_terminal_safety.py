@@ -90,6 +90,18 @@ class TestWhenPiped:
         assert f"did you mean {SHOWN}?" in err
         assert not [c for c in CONTROLS if c in err]
 
+    def test_an_error_line_escapes_the_users_text(self, tmp_path: Path, capsys: Any) -> None:
+        """An entry script that fails to import: the error: line (with the user's traceback) is escaped."""
+        write_script(tmp_path, f"raise ImportError({EVIL!r})\ndef run(mb):\n    return mb\n")
+        write_files(tmp_path, 1)
+
+        code = main(["run", str(tmp_path / "score.py"), "--input", str(tmp_path / "data"),
+                     "--runs-dir", str(tmp_path / "runs")])
+
+        err = capsys.readouterr().err
+        assert code == 3 and err.startswith("error: ")
+        assert "\\x1b]0;pwned\\x07" in err and not [c for c in CONTROLS if c in err]
+
     def test_the_end_of_run_summary_escapes_the_first_error(self, evil_run: tuple[Path, str]) -> None:
         """pipeobs run's summary names the first error, escaped."""
         printed = evil_run[1]
