@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -55,13 +56,16 @@ def walk(nodes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 @contextmanager
-def running(run_dir: Path, **options: Any) -> Iterator[CollectorServer]:
-    """A collector serving on a thread (uvicorn.Server on 127.0.0.1, port 0), stopped on exit."""
+def running(run_dir: Path, sock: socket.socket | None = None, **options: Any) -> Iterator[CollectorServer]:
+    """A collector serving on a thread (uvicorn.Server on 127.0.0.1, port 0, or on ``sock``, an
+    already-bound socket), stopped on exit."""
     server = create_server(run_dir, **options)
-    thread = threading.Thread(target=server.run, name="collector", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]} if sock else {}, name="collector",
+                              daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), what="the collector to start")
     assert server.started and server.port
+    assert sock is None or server.port == sock.getsockname()[1]
     try:
         yield server
     finally:

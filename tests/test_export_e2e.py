@@ -10,12 +10,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from pipeobs.collector import CollectorServer, create_server
 from tests.conftest import write_files, write_rendezvous, write_script
 from tests.test_collector import running, wait_for
 
@@ -36,22 +34,6 @@ def run(mini_batch):
         rendezvous.wait_for({gate!r}, timeout=60)
     return score.run(mini_batch)
 """
-
-
-@contextmanager
-def serving_on(sock: socket.socket, run_dir: Path) -> Iterator[CollectorServer]:
-    """A collector serving on ``sock``, an already-bound socket, on a thread; stopped on exit."""
-    server = create_server(run_dir)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="collector", daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), what="the collector to start")
-    assert server.port == sock.getsockname()[1]
-    try:
-        yield server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
 def connection_string(port: int) -> str:
@@ -143,7 +125,7 @@ class TestOutages:
         assert row["delivered"] == 0 and row["spooled"] == row["emitted"] > 0 and row["dropped"] == 0
         assert f"pipeobs export --retry {run_dir}" in proc.stdout
 
-        with serving_on(refusing_socket, job / "collected"):
+        with running(job / "collected", refusing_socket):
             retry = pipeobs("export", str(run_dir), "--retry", cwd=job, env=env)
 
         assert retry.returncode == 0, retry.stdout + retry.stderr
