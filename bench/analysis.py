@@ -25,6 +25,7 @@ def explain(section: Section, sizes: dict[str, Any], smoke: bool, sections: dict
         "exporters": _exporters,
         "memory": _memory,
         "spool": _spool,
+        "explorer": _explorer,
     }[section.key]
     section.profile = handler(section, sizes, sections).strip()
 
@@ -267,4 +268,22 @@ def _spool(section: Section, _sizes: dict[str, Any], _sections: dict[str, Sectio
         f"{stuck['files']:,} spool files and the whole burst, spool and delivery took {stuck['seconds']:.2f} s, "
         f"{stuck['seconds'] / floor['seconds']:.2f}x the floor's {floor['seconds']:.2f} s (json.dumps + write + read "
         f"back of one file); one file per record costs {per_record['us']:.0f} µs per record."
+    )
+
+
+def _explorer(section: Section, _sizes: dict[str, Any], _sections: dict[str, Section]) -> str:
+    results = section.data["results"]
+    trace, logs = results["pipeobs trace RUN"], results["pipeobs logs RUN --json"]
+    floor = next(r for name, r in results.items() if name.startswith("floor"))
+
+    def per_line(result: dict[str, Any]) -> float:
+        return (result["seconds"] - result["first_line"]) / max(1, result["lines"]) * 1e6
+
+    return (
+        f"No profile: the figures split the time. Before its first line `pipeobs trace` spends {trace['first_line']:.2f} s "
+        "(the interpreter and imports, the spans' ids, parents and start times, and one SQLite statement placing every "
+        f"line under its span in a temporary table); then {per_line(trace):.0f} µs per line of the tree (a span's row, "
+        f"events and lines read when the walk reaches it, a rich `Text` label per node). `pipeobs logs --json` writes "
+        f"{per_line(logs):.1f} µs per line against the floor's {per_line(floor):.1f} µs (`json.dumps` of the row as it "
+        "is, without the level, the parsed attributes or the check for non-finite numbers)."
     )

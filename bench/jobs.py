@@ -68,7 +68,8 @@ def run_step(
         environment_variables=environment or {},
     )
     arguments = [item for key, value in (settings or {}).items() for item in (f"--{key}", str(value))]
-    step = ParallelRunStep(name, config, [FileDataset.from_files(str(inputs))], arguments=arguments or None)
+    step = ParallelRunStep(name, config, [FileDataset.from_files(str(inputs))], arguments=arguments or None,
+                           allow_reuse=False)  # repeated jobs measure runs, never a reuse
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import dispatch, exporters, linecost, memory, spool, startup, throughput  # noqa: E402
+from bench import dispatch, explorer, exporters, linecost, memory, spool, startup, throughput  # noqa: E402
 from bench.analysis import explain  # noqa: E402
 from bench.common import REPO, Section, machine_info  # noqa: E402
 
@@ -39,6 +39,7 @@ SIZES: dict[str, dict[str, object]] = {
         "capture_print": (40, 5_000), "capture_log": (20, 5_000),
         "export_n": 100_000,
         "spool_n": 50_000, "spool_queue": 1_000, "spool_single_files": 5_000,
+        "explorer_lines": 200_000, "explorer_mini_batches": 20_000,
         "memory_mini_batches": 100_000, "memory_lines": 10, "memory_interval": 0.5,
         "profile_n": 5_000, "profile_lines": 20_000, "profile_batches": 40,
         "engines": True, "line_variants": True, "sleep_count": 500,
@@ -52,6 +53,7 @@ SIZES: dict[str, dict[str, object]] = {
         "capture_print": (4, 100), "capture_log": (4, 50),
         "export_n": 300,
         "spool_n": 500, "spool_queue": 10, "spool_single_files": 200,
+        "explorer_lines": 2_000, "explorer_mini_batches": 200,
         "memory_mini_batches": 200, "memory_lines": 5, "memory_interval": 0.05,
         "profile_n": 100, "profile_lines": 200, "profile_batches": 2,
         "engines": False, "line_variants": False, "sleep_count": 50,
@@ -67,6 +69,7 @@ BENCHMARKS: dict[str, Callable[[dict[str, object]], Section]] = {
     "exporters": exporters.bench_exporters,
     "memory": memory.bench_memory,
     "spool": spool.bench_spool,
+    "explorer": explorer.bench_explorer,
 }
 
 

@@ -13,9 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeobs.errors import ConfigError, PipeobsError
+
+if TYPE_CHECKING:
+    from pipeobs.jobs import DebugTarget
 
 CONFIG_FLAGS: dict[str, dict[str, Any]] = {
     # v1 ParallelRunConfig
@@ -100,6 +103,8 @@ def _flag_names(name: str) -> list[str]:
 
 
 def build_parser() -> Parser:
+    from pipeobs.replay import parse_address  # one spelling of [HOST:]PORT for run and replay
+
     parser = Parser(prog="pipeobs", description="Run ParallelRunStep entry scripts locally, observably.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", help="run an entry script over inputs", allow_abbrev=False)
@@ -117,6 +122,13 @@ def build_parser() -> Parser:
                      help="how long delivery may go on after the job before the rest is spooled (default 10)")
     run.add_argument("-c", "--config", metavar="YAML", help="job YAML with the same keys as the flags")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only unfinished mini-batches run")
+    run.add_argument("--debug-mini-batch", "--debug_mini_batch", dest="debug_mini_batch", type=int, metavar="N",
+                     help="the worker that gets mini-batch N waits for a debugger (debugpy) before calling run()")
+    run.add_argument("--debugpy", type=parse_address, metavar="[HOST:]PORT",
+                     help="where --debug-mini-batch listens (default: 127.0.0.1, any free port)")
+    run.add_argument("--no-reuse", "--no_reuse", dest="allow_reuse", action="store_false", default=None,
+                     help="always run, even when a completed run of the step has the same fingerprint "
+                          "(YAML: allow_reuse: false)")
     for name, options in CONFIG_FLAGS.items():
         run.add_argument(*_flag_names(name), dest=name, default=None, **options)
     for name in SETTING_FLAGS:
@@ -126,6 +138,13 @@ def build_parser() -> Parser:
 
     add_subcommands(sub)
     add_collect(sub)
+    why = sub.add_parser("why", help="why a run re-ran or reused an earlier run, component by component", allow_abbrev=False)
+    why.add_argument("run", metavar="RUN", help="a run directory or a step_id under --runs-dir")
+    why.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", metavar="DIR")
+    why.add_argument("--json", action="store_true", help="print the answer as JSON")
+    from pipeobs.replay import add_subcommand as add_replay
+
+    add_replay(sub)
     demo = sub.add_parser("demo", help="run the digit-identification demo job", allow_abbrev=False)
     demo.add_argument("--dir", default="pipeobs-demo", help="folder for the demo's images and runs")
     demo.add_argument("--images", type=int, default=200, help="how many digit images to score")
@@ -150,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         if args.command == "run":
             return command_run(args, script_args)
+        if args.command == "why":
+            from pipeobs.reuse import command_why
+
+            return command_why(args.run, args.runs_dir, args.json)
+        if args.command == "replay":
+            from pipeobs.replay import command_replay
+
+            return command_replay(args)
         if args.command == "demo":
             from pipeobs.demo import run_demo
 
@@ -166,29 +193,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
+    from pipeobs.step import resume_plan, run_plan
     from pipeobs.summary import Progress, print_result
 
+    debug = debug_target(args)
     if args.resume:
-        from pipeobs.step import resume_plan, run_plan
-
         plan = resume_plan(args.resume)
+        plan.debug = debug
         with Progress() as progress:
             result = run_plan(plan, progress.update)
         print_result(result)
         return exit_code(result)
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config", "resume")}
+    not_values = ("command", "config", "resume", "debug_mini_batch", "debugpy")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in not_values}
     values = merge_values(load_yaml(args.config) if args.config else {}, given)
     step = build_step(values, script_args)
+    runs_dir = values.get("runs_dir") or "runs"
+    options = {"model_dir": values.get("model_dir"), "exporters": _as_list(values.get("export")),
+               "export_deadline": float(values.get("export_deadline", 10.0))}
     with Progress() as progress:
-        result = step.run(
-            values.get("runs_dir") or "runs",
-            on_progress=progress.update,
-            model_dir=values.get("model_dir"),
-            exporters=_as_list(values.get("export")),
-            export_deadline=float(values.get("export_deadline", 10.0)),
-        )
+        if debug is None:
+            result = step.run(runs_dir, on_progress=progress.update, **options)
+        else:  # a run to debug runs: it never reuses an earlier run's outputs
+            plan = step.plan(runs_dir, **options)
+            plan.debug = debug
+            result = run_plan(plan, progress.update)
     print_result(result)
     return exit_code(result)
+
+
+def debug_target(args: argparse.Namespace) -> DebugTarget | None:
+    """``--debug-mini-batch N [--debugpy [HOST:]PORT]`` as a checked :class:`~pipeobs.jobs.DebugTarget`, or None."""
+    if args.debug_mini_batch is None:
+        if args.debugpy is not None:
+            raise ConfigError("--debugpy says where a debugger attaches: add --debug-mini-batch N, the mini-batch to debug")
+        return None
+    from pipeobs.jobs import DebugTarget
+
+    target = DebugTarget(args.debug_mini_batch, *(args.debugpy or ()))
+    target.check()
+    return target
 
 
 def exit_code(result: Any) -> int:
@@ -234,7 +278,8 @@ def build_step(values: dict[str, Any], script_args: list[str]) -> Any:
     datasets = [make_dataset(values, path) for path in values["inputs"]]
     name = values.get("name") or _step_name(entry)
     arguments = list(values.get("arguments") or []) + script_args
-    step = ParallelRunStep(name, config, datasets, output=values.get("output"), arguments=arguments or None)
+    step = ParallelRunStep(name, config, datasets, output=values.get("output"), arguments=arguments or None,
+                           allow_reuse=values.get("allow_reuse", True))
     settings_values = {**step.settings_values, **{k: values[k] for k in SETTING_FLAGS if k in values}}
     step.settings = make_settings(settings_values)
     return step

@@ -118,6 +118,7 @@ def run_demo(folder: Path, images: int = 200) -> int:
         [FileDataset.from_files(str(images_dir))],
         output=str(folder / "output"),
         arguments=["--model_dir", str(model_dir)],
+        allow_reuse=False,  # the demo shows a run each time, not a reuse of the last one
     )
     with Progress() as progress:
         result = step.run(folder / "runs", on_progress=progress.update)

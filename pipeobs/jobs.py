@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeobs import env as variables
 from pipeobs.config import ParallelRunConfig, Settings
+from pipeobs.errors import ConfigError
 from pipeobs.protocol import Setup
 from pipeobs.record.rundir import RunDir
 
@@ -40,6 +41,7 @@ class JobPlan:
     model_dir: str | None = None
     exporters: list[str] = field(default_factory=list)
     export_deadline: float = 10.0
+    debug: DebugTarget | None = None  # not recorded: a resumed run debugs only when asked again
 
     @property
     def tabular(self) -> bool:
@@ -126,6 +128,34 @@ class JobPlan:
         }
 
 
+@dataclass(frozen=True)
+class DebugTarget:
+    """``pipeobs run --debug-mini-batch N [--debugpy [HOST:]PORT]``: the first attempt of mini-batch N
+    that gets as far as calling ``run()`` waits for a debugger (debugpy) on ``host:port`` (port 0:
+    any free one) and stops at run()'s first line; later attempts run as usual."""
+
+    mini_batch_id: int
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def check(self) -> None:
+        """Fail before anything starts: a negative id, debugpy missing, or an address that cannot be listened on."""
+        import importlib.util
+        import socket
+
+        if self.mini_batch_id < 0:
+            raise ConfigError(f"--debug-mini-batch takes a mini-batch id (0 or more), not {self.mini_batch_id}")
+        if importlib.util.find_spec("debugpy") is None:
+            raise ConfigError("--debug-mini-batch needs debugpy, which is not installed: pip install 'pipeobs[debug]'")
+        try:
+            with socket.create_server((self.host, self.port)):
+                pass
+        except OSError as exc:  # create_server's message repeats the address: the errno's words suffice
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            raise ConfigError(f"cannot listen for a debugger on {self.host}:{self.port} ({reason}): "
+                              "choose another --debugpy [HOST:]PORT (port 0: any free one)") from None
+
+
 @dataclass
 class Thresholds:
     """The three failure thresholds of section 2.5 (None or -1/100: not checked)."""
@@ -184,6 +214,7 @@ class JobResult:
     worker_restarts: int = 0
     exports: dict[str, dict[str, int]] = field(default_factory=dict)
     interrupted_by: str | None = None  # "SIGINT" | "SIGTERM" when status is "Interrupted"
+    reused_from: str | None = None  # the run whose outputs this one reused (no worker started)
 
     @property
     def ok(self) -> bool:

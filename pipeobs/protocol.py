@@ -1,8 +1,10 @@
 """The messages between a worker process and the driver: one typed protocol, one dispatch per side.
 
 Worker -> driver: :class:`Hello` (first, answered by :class:`Setup`), :class:`Ready`,
-:class:`InitFailed`, :class:`LoadFailed`, :class:`Result` (one per task), :class:`Bye` (last).
-Driver -> worker: :class:`Setup`, :class:`Tasks` (a batch of mini-batch attempts), :class:`Stop`.
+:class:`InitFailed`, :class:`LoadFailed`, :class:`Result` (one per task), :class:`Bye` (last),
+:class:`Debugging` (before the attempt a :class:`Debug` named calls run()).
+Driver -> worker: :class:`Setup`, :class:`Tasks` (a batch of mini-batch attempts), :class:`Stop`,
+:class:`Debug` (before the Tasks that hold the attempt it names).
 
 Output, log records, metric points and spans do not travel here: they are marker lines on the
 worker's fds 1 and 2 (:mod:`pipeobs.capture`), so a kill loses none of them. A worker sends a
@@ -90,8 +92,30 @@ class Bye(NamedTuple):
     profile: bytes | None
 
 
-Message = Hello | Setup | Tasks | Stop | Ready | InitFailed | LoadFailed | Result | Bye
-MESSAGES: tuple[type[Any], ...] = (Hello, Setup, Tasks, Stop, Ready, InitFailed, LoadFailed, Result, Bye)
+class Debug(NamedTuple):
+    """Run this attempt under a debugger: listen with debugpy on host:port (0: any free port), wait
+    for a debugger to attach, and stop at the first line of run()."""
+
+    mini_batch_id: int
+    attempt: int
+    host: str
+    port: int
+
+
+class Debugging(NamedTuple):
+    """debugpy listens on host:port (the port it got) and the attempt waits for a debugger; its
+    Result comes when run() returns."""
+
+    mini_batch_id: int
+    attempt: int
+    host: str
+    port: int
+
+
+Message = Hello | Setup | Tasks | Stop | Ready | InitFailed | LoadFailed | Result | Bye | Debug | Debugging
+MESSAGES: tuple[type[Any], ...] = (
+    Hello, Setup, Tasks, Stop, Ready, InitFailed, LoadFailed, Result, Bye, Debug, Debugging,
+)
 _TAGS = {kind: tag for tag, kind in enumerate(MESSAGES)}  # append new kinds: a tag never changes meaning
 
 

@@ -18,6 +18,7 @@ from pipeobs.config import (
     split_arguments,
 )
 from pipeobs.entry import check_entry_script
+from pipeobs.environment import record_environment
 from pipeobs.errors import ConfigError, InputError, RunDirError
 from pipeobs.jobs import JobPlan, JobResult, ProgressView
 from pipeobs.record.rundir import RunDir, new_step_id
@@ -98,6 +99,7 @@ class ParallelRunStep:
         store = Store(run_dir.store)
         store.insert_run({**plan.record(), "started_at": _now(), **this_driver()})
         store.close()
+        record_environment(run_dir.path, self.config.environment_variables, self.inputs)
         return plan
 
     def run(
@@ -114,8 +116,24 @@ class ParallelRunStep:
         ``model_dir`` is where ``Model.get_model_path(name)`` looks (``<model_dir>/<name>``).
         ``exporters`` names exporter plugins (``"appinsights"``, ``"otlp"``); what they cannot
         deliver within ``export_deadline`` seconds after the job is spooled to the run directory.
+
+        With ``allow_reuse``, an earlier completed run of this step under ``runs_dir`` with the same
+        fingerprint is reused (see :mod:`pipeobs.reuse`): the result is its result, in a run directory
+        of its own, and no worker starts. One line on stdout says, before anything runs, whether
+        the run is reused or why it runs.
         """
-        return run_plan(self.plan(runs_dir, settings, model_dir, exporters, export_deadline), on_progress)
+        from pipeobs import reuse
+        from pipeobs.explorer.terminal import printable
+
+        settings = settings or self.settings
+        fingerprint = reuse.take_fingerprint(self, runs_dir, settings, model_dir)
+        decision = reuse.decide(fingerprint, self.name, runs_dir, self.allow_reuse)
+        print(printable(decision.text()), flush=True)
+        plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline)
+        reuse.record(plan, fingerprint, decision)
+        if decision.reused_from:
+            return reuse.complete_reused(plan, decision)
+        return run_plan(plan, on_progress)
 
 
 def run_plan(plan: JobPlan, on_progress: ProgressCallback | None = None) -> JobResult:
@@ -126,19 +144,24 @@ def run_plan(plan: JobPlan, on_progress: ProgressCallback | None = None) -> JobR
 
 def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
     """Rebuild the plan of an interrupted run from its store (``pipeobs run --resume``)."""
-    from pipeobs.datasets import Dataset
-
     run_dir = RunDir.existing(path)
     row = _recorded_run(run_dir)
     if row is None:
         raise RunDirError(f"run directory '{path}' has no recorded run to resume")
     if row["status"] == "Completed":
         raise RunDirError(f"run {row['step_id']} already completed; there is nothing to resume")
+    plan = recorded_plan(row, run_dir)
+    check_worker_count(plan.config.node_count, plan.config.effective_process_count())
+    return plan
+
+
+def recorded_plan(row: sqlite3.Row, run_dir: RunDir) -> JobPlan:
+    """The plan a ``runs`` row records (:meth:`JobPlan.record`), in ``run_dir`` (``--resume``, ``pipeobs replay``)."""
+    from pipeobs.datasets import Dataset
+
     inputs = json.loads(row["inputs"])
-    config = ParallelRunConfig.from_dict(json.loads(row["config"]))
-    check_worker_count(config.node_count, config.effective_process_count())
     return JobPlan(
-        config=config,
+        config=ParallelRunConfig.from_dict(json.loads(row["config"])),
         settings=make_settings(json.loads(row["settings"])),
         datasets=[Dataset.from_dict(d) for d in inputs["datasets"]],
         step_name=row["step_name"],

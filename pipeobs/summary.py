@@ -6,15 +6,19 @@ the explorer's views do.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pipeobs.explorer.terminal import printable
 from pipeobs.jobs import JobResult, ProgressView
 from pipeobs.record.reports import first_error_text
+from pipeobs.replay import replay_command
 
 PLAIN_INTERVAL = 10.0
+MAKEDIRS_FIX = "os.makedirs(path, exist_ok=True)"
 
 
 class Progress:
@@ -77,8 +81,14 @@ def summary_text(result: JobResult) -> str:
         f"  duration:     {result.duration_seconds:.2f} s{rate}; "
         f"retries {result.retries}, timeouts {result.timeouts}, worker restarts {result.worker_restarts}",
     ]
+    if result.reused_from:
+        lines.insert(1, f"  reused run {result.reused_from}: nothing changed since it ran, so no worker started "
+                        "(the counts and duration are that run's)")
     if result.output_path:
         lines.append(f"  output:       {result.output_path}")
+    empty = empty_output(result)
+    if empty:
+        lines.append(f"  output:       {empty}")
     lines.append(f"  run dir:      {result.run_dir}")
     for name, c in result.exports.items():
         carried = f" (+{c['carried']} carried over)" if c.get("carried") else ""
@@ -95,7 +105,29 @@ def summary_text(result: JobResult) -> str:
         lines.append("  " + first_error_text(result.first_error))
         if result.first_error.get("traceback_file"):
             lines.append(f"  traceback:    {result.first_error['traceback_file']}")
+        lines.append(f"  replay:       {replay_command(result.run_dir, result.first_error)}")
     return printable("\n".join(lines))
+
+
+def empty_output(result: JobResult) -> str | None:
+    """What is wrong with the output folder of a ``summary_only`` step that declared one and ran
+    ``run()``, when the script never created it or left it empty, with the guide's fix; else None.
+
+    ``append_row`` output is written by the driver, and a step that declared no output (its
+    folder is then ``<run dir>/output``) expects none, so neither is called out.
+    """
+    folder = Path(result.output_dir)
+    processed = result.mini_batches_succeeded + result.mini_batches_failed
+    if result.output_path is not None or folder == Path(result.run_dir) / "output" or not processed:
+        return None
+    if not folder.is_dir():
+        return (f"{folder} was never created, so nothing could be written there: create it before writing, "
+                f"with {MAKEDIRS_FIX} (path = os.environ['AZUREML_BI_OUTPUT_PATH'])")
+    with os.scandir(folder) as entries:
+        if next(entries, None) is not None:
+            return None
+    return (f"{folder} is empty: write the output under os.environ['AZUREML_BI_OUTPUT_PATH'] (a relative path lands "
+            f"in the worker's scratch folder), creating it with {MAKEDIRS_FIX}")
 
 
 def print_result(result: JobResult, stream: Any = None) -> None:

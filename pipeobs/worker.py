@@ -11,10 +11,13 @@ script could not be loaded.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import inspect
 import os
 import sys
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
@@ -23,6 +26,8 @@ from pipeobs.capture import Invocation, WorkerCapture
 from pipeobs.entry import describe_error, load_entry_script
 from pipeobs.protocol import (
     Bye,
+    Debug,
+    Debugging,
     Hello,
     InitFailed,
     LoadFailed,
@@ -39,6 +44,7 @@ from pipeobs.protocol import (
 EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
 EXIT_ORPHANED = 82  # Azure's "asked to stop"
+BREAKPOINT_ID = -1  # the breakpoint at run()'s first line: debugpy numbers a client's breakpoints from 0
 WRONG_TYPE_HINT = (
     "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
     "For append_row output_action, these returned elements are appended into the common output "
@@ -64,6 +70,7 @@ class WorkerLoop:
         self.tracer: Any = None
         self.parent_context: Any = None
         self.skip_exit_hooks = False  # the user's exporters hang: do not wait for them again at exit
+        self.debug: Debug | None = None  # the attempt to run under a debugger, when the driver names one
         info = setup.worker
         self.base_attributes = {"pipeobs.step_id": info["step_id"], "pipeobs.worker": f"{info['node']}/{info['name']}"}
 
@@ -85,6 +92,8 @@ class WorkerLoop:
             if type(message) is Tasks:
                 for mini_batch, attempt in message.items:
                     self.send(Result(mini_batch.id, attempt, self.run_task(mini_batch, attempt)))
+            elif type(message) is Debug:
+                self.debug = message
             elif type(message) is Stop:
                 break
             else:
@@ -239,23 +248,46 @@ class WorkerLoop:
             result.update(status="LOAD_ERROR", error=describe_error(exc, self.setup.source_dir), run_seconds=0.0)
             return
         result["total"] = len(data)
+        debug = self.debug if self.debug and self.debug[:2] == (mini_batch.id, invocation.attempt) else None
+        if debug is not None and not self._wait_for_debugger(debug, result):
+            return
         run_started = time.perf_counter()
         result["_begun"] = True
         try:
-            returned = self._invoke(span, invocation, lambda: self._call_run(mini_batch, data))
+            returned = self._invoke(span, invocation, lambda: self._call_run(mini_batch, data, debug is not None))
             result.update(self._accept(returned, len(data)))
             result["status"] = "RUN_DONE"
         except BaseException as exc:  # noqa: BLE001 - user code
             result.update(status="RUN_EXCEPTION", error=describe_error(exc, self.setup.source_dir))
         result["run_seconds"] = time.perf_counter() - run_started
 
-    def _call_run(self, mini_batch: Any, data: Any) -> Any:
-        run = self.module.run
-        if not self.setup.partition_keys:
-            return run(data)
-        from pipeobs.datasets import mini_batch_context
+    def _wait_for_debugger(self, debug: Debug, result: dict[str, Any]) -> bool:
+        """Listen with debugpy where the driver asked, tell it the address, and wait until a debugger
+        attaches (as ``debugpy --wait-for-client`` does: no time limit; Ctrl-C ends the run)."""
+        self.debug = None
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no "frozen modules" warning on the user's stderr
+        try:
+            import debugpy
 
-        return run(data, mini_batch_context(mini_batch, self.datasets[mini_batch.input_index]))
+            host, port = debugpy.listen((debug.host, debug.port))
+        except Exception as exc:  # noqa: BLE001 - the attempt fails with the reason, in the summary
+            result.update(status="DEBUGGER_ERROR", error=describe_error(exc, self.setup.source_dir), run_seconds=0.0)
+            return False
+        self.send(Debugging(debug.mini_batch_id, debug.attempt, host, port))
+        debugpy.wait_for_client()
+        return True
+
+    def _call_run(self, mini_batch: Any, data: Any, debugged: bool = False) -> Any:
+        run = self.module.run
+        args = [data]
+        if self.setup.partition_keys:
+            from pipeobs.datasets import mini_batch_context
+
+            args.append(mini_batch_context(mini_batch, self.datasets[mini_batch.input_index]))
+        if not debugged:
+            return run(*args)
+        with _breakpoint_at_first_line(run):
+            return run(*args)
 
     def _accept(self, returned: Any, total: int) -> dict[str, Any]:
         """Section 2.3: type check, success counting capped at the input count, output rows."""
@@ -282,6 +314,36 @@ class WorkerLoop:
         if self.setup.output_action == "append_row":
             accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
         return accepted
+
+
+@contextlib.contextmanager
+def _breakpoint_at_first_line(function: Any) -> Iterator[None]:
+    """While in the block, the attached debugger stops at the first line of ``function`` (the user's
+    run(), through any ``functools.wraps`` decorator), once.
+
+    debugpy has no public call for a breakpoint; this adds one the way its ``setBreakpoints``
+    request does (pydevd's API, with an id no client uses), after the client's own breakpoints
+    are set. A ``run`` without Python code (a builtin, a callable object) stops just before it is called.
+    """
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    if code is None:
+        import debugpy
+
+        debugpy.breakpoint()
+        yield
+        return
+    import pydevd  # debugpy's engine: importable once debugpy listens
+    from _pydevd_bundle.pydevd_api import PyDevdAPI
+
+    api, debugger = PyDevdAPI(), pydevd.get_global_debugger()
+    line = min((n for *_, n in code.co_lines() if n is not None and n > code.co_firstlineno), default=code.co_firstlineno)
+    policy = "ALL" if debugger.multi_threads_single_notification else "NONE"
+    api.add_breakpoint(debugger, code.co_filename, "python-line", BREAKPOINT_ID, line, None, "None", None, policy,
+                       "@HIT@ == 1", False, adjust_line=True)  # once: not again on each turn of a loop there
+    try:
+        yield
+    finally:
+        api.remove_breakpoint(debugger, code.co_filename, "python-line", BREAKPOINT_ID)
 
 
 def _start_profiler(module: str) -> Any:

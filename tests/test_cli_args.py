@@ -498,10 +498,11 @@ class TestMainErrors:
         assert capsys.readouterr().err.startswith("error: entry script 'missing.py' does not exist")
 
 
-@pytest.mark.parametrize("command", ["logs", "trace"])  # outputs larger than a pipe holds
+@pytest.mark.parametrize("command", ["logs", "trace", "metrics"])  # outputs larger than a pipe holds
 def test_a_closed_pipe_ends_a_command_quietly(run_job: RunJob, command: str) -> None:
     """`pipeobs logs RUN | head -1`: no BrokenPipeError traceback, the SIGPIPE exit status."""
-    job = run_job("def run(mini_batch):\n    for i in range(3000):\n        print('line', i)\n    return mini_batch\n", files=4)
+    job = run_job("from azureml.core import Run\ndef run(mini_batch):\n    for i in range(3000):\n        print('line', i)\n"
+                  "        Run.get_context().log(f'metric_{i}', i)\n    return mini_batch\n", files=4)
     with subprocess.Popen([sys.executable, "-m", "pipeobs", command, str(job.run_dir)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stderr is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import subprocess
@@ -16,7 +17,7 @@ from pipeobs.errors import ConfigError, RunDirError
 from pipeobs.explorer import queries, spans
 from pipeobs.explorer.chrome import chrome_trace
 from pipeobs.explorer.commands import add_subcommands, dispatch, follow_logs, format_log_line
-from pipeobs.explorer.runs import list_runs, open_run, resolve_run
+from pipeobs.explorer.runs import connect_readonly, list_runs, open_run, resolve_run
 from pipeobs.record.store import Store, WorkerRow
 
 T0 = 1_800_000_000.0
@@ -763,6 +764,135 @@ class TestCommands:
     def test_other_commands_are_not_dispatched(self) -> None:
         """dispatch returns None for a command that is not the explorer's."""
         assert dispatch(argparse.Namespace(command="run")) is None
+
+
+LINE_MARK = "@@"  # ends the text of every line of a large run, to count the lines written
+
+
+def build_large_store(root: Path, mini_batches: int, lines: int) -> Path:
+    """A finished run of many mini-batches, each with its span and ``lines`` lines ending in LINE_MARK."""
+    run_dir = root / "runs" / "step-a" / STEP_ID
+    run_dir.mkdir(parents=True)
+    store = Store(run_dir / "pipeobs.db", STEP_ID)
+    store.insert_run({"step_id": STEP_ID, "step_name": "step-a", "status": "Completed", "started_at": T0,
+                      "ended_at": T0 + mini_batches + 1})
+    queue(store, "spans", _span("j", None, "job", 0.0, mini_batches + 1.0, "driver"))
+    for mb in range(mini_batches):
+        store.add_mini_batch(mb, json.dumps({"id": mb, "item_count": 1}))
+        queue(store, "spans", _span(f"m{mb}", "j", "mini_batch", mb + 0.1, mb + 0.9, W0, mb, 1))
+        for k in range(lines):
+            queue(store, "log_lines", _line(mb + 0.2 + k / 100, W0, "stdout", f"mb {mb} line {k} {LINE_MARK}", mb, 1,
+                                            span_id=f"m{mb}"))
+    store.flush()
+    store.close()
+    return run_dir
+
+
+class CountingConnection:
+    """A read-only connection that counts the log-line rows (those with text and stream) it hands out."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.lines_read = 0
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any:
+        return CountingCursor(self.conn.execute(sql, parameters), self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+class CountingCursor:
+    def __init__(self, cursor: Any, owner: CountingConnection) -> None:
+        self.cursor = cursor
+        self.owner = owner
+        self.of_lines = {"text", "stream"} <= {column[0] for column in cursor.description or ()}
+
+    def __iter__(self) -> CountingCursor:
+        return self
+
+    def __next__(self) -> Any:
+        return self.counted([next(self.cursor)])[0]
+
+    def fetchone(self) -> Any:
+        row = self.cursor.fetchone()
+        return row if row is None else self.counted([row])[0]
+
+    def fetchall(self) -> list[Any]:
+        return self.counted(self.cursor.fetchall())
+
+    def counted(self, rows: list[Any]) -> list[Any]:
+        if self.of_lines:
+            self.owner.lines_read += len(rows)
+        return rows
+
+
+class RecordingStdout(io.StringIO):
+    """Standard output recording, at each write, (lines read so far, lines written before it)."""
+
+    def __init__(self, lines_read: Any) -> None:
+        super().__init__()
+        self.lines_read = lines_read
+        self.lines_written = 0
+        self.read_at_first_line: int | None = None
+        self.writes: list[tuple[int, int]] = []
+
+    def write(self, text: str) -> int:
+        read = self.lines_read()
+        self.writes.append((read, self.lines_written))
+        if LINE_MARK in text and self.read_at_first_line is None:
+            self.read_at_first_line = read
+        self.lines_written += text.count(LINE_MARK)
+        return super().write(text)
+
+
+STREAMING_COMMANDS = [("logs",), ("logs", "--json"), ("trace",), ("trace", "--json")]
+
+
+class TestStreaming:
+    """logs and trace write a run's lines as they read them, so a run of any size prints at once and in bounded memory."""
+
+    MINI_BATCHES, LINES = 300, 10
+    TOTAL = MINI_BATCHES * LINES
+
+    @pytest.fixture
+    def large_run(self, tmp_path: Path) -> Path:
+        return build_large_store(tmp_path, self.MINI_BATCHES, self.LINES)
+
+    @staticmethod
+    def watch(monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...], run_dir: Path) -> RecordingStdout:
+        """Run an explorer command, counting the lines it reads from the store and writes to stdout."""
+        connections: list[CountingConnection] = []
+
+        def connect(path: Any) -> CountingConnection:
+            connections.append(CountingConnection(connect_readonly(path)))
+            return connections[-1]
+
+        monkeypatch.setattr("pipeobs.explorer.runs.connect_readonly", connect)
+        recording = RecordingStdout(lambda: sum(c.lines_read for c in connections))
+        monkeypatch.setattr(sys, "stdout", recording)
+        assert explore(command[0], str(run_dir), *command[1:]) == 0
+        monkeypatch.undo()
+        return recording
+
+    @pytest.mark.parametrize("command", STREAMING_COMMANDS)
+    def test_the_first_line_is_written_before_most_lines_are_read(self, large_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   command: tuple[str, ...]) -> None:
+        """The first line of the run is written when a small part of its lines has been read, not all of them."""
+        stdout = self.watch(monkeypatch, command, large_run)
+
+        assert stdout.read_at_first_line is not None and stdout.read_at_first_line < self.TOTAL / 4
+
+    @pytest.mark.parametrize("command", STREAMING_COMMANDS)
+    def test_lines_read_are_written_before_many_more_are_read(self, large_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              command: tuple[str, ...]) -> None:
+        """At every write, the lines read and not yet written are a small part of the run; in the end all are written."""
+        stdout = self.watch(monkeypatch, command, large_run)
+
+        assert max(read - written for read, written in stdout.writes) < self.TOTAL / 4
+        assert stdout.lines_written == self.TOTAL
+        if "--json" in command:
+            assert json.loads(stdout.getvalue())
 
 
 SCORE = """\

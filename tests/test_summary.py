@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from typing import Any
 
 from pipeobs.jobs import JobResult, ProgressView
 from pipeobs.summary import Progress, summary_text
+from tests.conftest import RunJob
 
 
 def fake_driver(done: int, total: int) -> ProgressView:
@@ -80,3 +82,65 @@ class TestSummaryRate:
         text = summary_text(result(status="Interrupted", mini_batches_succeeded=6, mini_batches_failed=2))
 
         assert "duration:     2.00 s (4.0 mini-batches/s)" in text
+
+
+MAKEDIRS = "os.makedirs(path, exist_ok=True)"
+
+
+class TestEmptyOutputCallout:
+    def declared(self, tmp_path: Path, **values: Any) -> JobResult:
+        """A summary_only step that declared tmp_path/out as its output and ran some mini-batches."""
+        return result(**{"run_dir": str(tmp_path / "run"), "output_dir": str(tmp_path / "out"),
+                         "mini_batches_succeeded": 3, **values})
+
+    def test_a_folder_the_script_never_created(self, tmp_path: Path) -> None:
+        """A declared output folder that does not exist at the end is called out with the fix."""
+        text = summary_text(self.declared(tmp_path))
+
+        assert f"output:       {tmp_path / 'out'} was never created" in text and MAKEDIRS in text
+
+    def test_a_folder_left_empty(self, tmp_path: Path) -> None:
+        """A declared output folder with nothing in it is called out with the fix."""
+        (tmp_path / "out").mkdir()
+
+        text = summary_text(self.declared(tmp_path))
+
+        assert f"output:       {tmp_path / 'out'} is empty" in text and MAKEDIRS in text
+
+    def test_called_out_only_for_a_declared_summary_only_folder_with_nothing_in_it(self, tmp_path: Path) -> None:
+        """Not when the script wrote there, nor for append_row (the driver writes its file), nor for the default
+        folder of a step that declared no output, nor when run() was never called (init() failed, say)."""
+        (tmp_path / "written").mkdir()
+        (tmp_path / "written" / "scores.csv").write_text("1\n")
+        cases = {
+            "missing": self.declared(tmp_path),
+            "written": self.declared(tmp_path, output_dir=str(tmp_path / "written")),
+            "append_row": self.declared(tmp_path, output_path=str(tmp_path / "out" / "parallel_run_step.txt")),
+            "not declared": self.declared(tmp_path, output_dir=str(tmp_path / "run" / "output")),
+            "nothing ran": self.declared(tmp_path, mini_batches_succeeded=0),
+        }
+
+        called_out = {name: MAKEDIRS in summary_text(r) for name, r in cases.items()}
+
+        assert called_out == {"missing": True, "written": False, "append_row": False, "not declared": False,
+                              "nothing ran": False}
+
+    def test_a_real_run_writing_into_a_missing_output_folder(self, run_job: RunJob, tmp_path: Path) -> None:
+        """A summary_only script that opens files in AZUREML_BI_OUTPUT_PATH without creating it gets the fix."""
+        job = run_job(
+            """
+            import os
+
+            def run(mini_batch):
+                for path in mini_batch:
+                    with open(os.path.join(os.environ["AZUREML_BI_OUTPUT_PATH"], os.path.basename(path)), "w") as out:
+                        out.write("scored\\n")
+                return list(mini_batch)
+            """,
+            files=2, output_action="summary_only", process_count_per_node=1, run_max_try=1,
+        )
+
+        text = summary_text(job.result)
+
+        assert job.result.mini_batches_failed == 1
+        assert f"output:       {tmp_path / 'out'} was never created" in text and MAKEDIRS in text

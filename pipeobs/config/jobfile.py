@@ -63,6 +63,7 @@ JOB_YAML: dict[str, Shape | dict[str, Shape]] = {
     "format": Shape(f"one of {', '.join(TABULAR_FORMATS)}", lambda value: value in TABULAR_FORMATS),
     "partition_format": Shape("a string such as '{user}/{season}/{genres}.wav'", _of(str)),
     "name": TEXT,
+    "allow_reuse": SWITCH,
     "runs_dir": PATH,
     "model_dir": PATH,
     "arguments": Shape("a list of arguments such as [--model_dir, model/]", _list_of(str, int, float, bool)),

@@ -4,6 +4,10 @@ The driver owns the clock (a worker cannot time itself out once stuck in C code)
 when each worker started, when each mini-batch was dispatched and when its ``run()`` began (the
 worker's begin marker). Nothing here reads a clock or acts: the caller passes ``now`` and
 carries out the decision, so the rules are tested with plain numbers.
+
+An attempt run under a debugger (``pipeobs run --debug-mini-batch N``) has no clock: from the
+moment its worker says it listens for a debugger until its result, neither its loading nor its
+``run()`` is timed, and the job owes no progress meanwhile.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def worker_clock(worker: WorkerSlot, now: float, budgets: Budgets) -> Kill | Non
         return None
     if worker.is_starting and now - worker.since > budgets.init:
         return Kill("INIT_TIMEOUT", f"init() did not finish in {budgets.init:g} seconds.")
-    if not worker.inflight:
+    if not worker.inflight or worker.held_by_debugger:  # a debugger holds it as long as the user wants
         return None
     head = worker.inflight[0]
     mb_id = head.mini_batch.id
@@ -73,13 +77,16 @@ def worker_clock(worker: WorkerSlot, now: float, budgets: Budgets) -> Kill | Non
 
 
 def job_clock(started: float, first_task_at: float | None, last_progress: float, now: float,
-              budgets: Budgets) -> str | None:
-    """Why the job must stop for want of progress (Azure's words), or None."""
+              budgets: Budgets, debugging: bool = False) -> str | None:
+    """Why the job must stop for want of progress (Azure's words), or None.
+
+    While a debugger holds a worker (``debugging``), no progress is owed: the user is stepping.
+    """
     if first_task_at is None and now - started > budgets.first_task_creation:
         return (
             f"Unable to create any task within {budgets.first_task_creation:g} seconds. Reduce the single input "
             "size or set the advanced argument '--first_task_creation_timeout' to a larger value."
         )
-    if now - last_progress > budgets.progress:
+    if now - last_progress > budgets.progress and not debugging:
         return f"No progress update in {budgets.progress:g} seconds."
     return None

@@ -28,7 +28,7 @@ from pipeobs.driver.slots import WorkerSlot, WorkerState
 from pipeobs.errors import EntryScriptError, InputError, JobFailed, PipeobsError, Terminated
 from pipeobs.executors.base import Executor
 from pipeobs.jobs import JobPlan, JobResult, ProgressView, Thresholds
-from pipeobs.protocol import Bye, InitFailed, LoadFailed, Message, Ready, Result, Stop
+from pipeobs.protocol import Bye, Debugging, InitFailed, LoadFailed, Message, Ready, Result, Stop
 
 FLUSH_INTERVAL = 0.2
 COALESCE_SECONDS = 0.0005
@@ -72,7 +72,7 @@ class Driver:
         self._mean_elapsed = 0.0
         self._handlers: dict[type, Callable[[WorkerSlot, Any], None]] = {
             Result: self._on_result, Ready: self._on_ready, InitFailed: self._on_init_failed,
-            LoadFailed: self._on_load_failed, Bye: self._on_bye,
+            LoadFailed: self._on_load_failed, Bye: self._on_bye, Debugging: self.workers.debugger_waiting,
         }
 
     # ----------------------------------------------------------------- lifecycle
@@ -297,7 +297,8 @@ class Driver:
                 if kill.is_timeout:
                     self.journal.count("timeouts")
                 self.workers.kill(worker, kill.status, kill.message)
-        self._stop(job_clock(self.started, self.first_task_at, self.last_progress, now, self.budgets))
+        self._stop(job_clock(self.started, self.first_task_at, self.last_progress, now, self.budgets,
+                             self.workers.debugging()))
 
     def _periodic(self, now: float) -> None:
         self.journal.periodic(now, self.workers.live(), len(self.ledger.pending))

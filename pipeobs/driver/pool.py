@@ -1,12 +1,15 @@
 """The driver's workers as a pool: started with names, GPUs and scratch folders; killed, stopped, given tasks.
 
 The pool turns the driver's decisions into executor calls and keeps each :class:`WorkerSlot`
-current from what the executor reports (begin markers, exits).
+current from what the executor reports (begin markers, exits). With ``--debug-mini-batch N`` it
+also hands mini-batch N to a worker under a debugger: as the last task of its batch, announced by
+a :class:`~pipeobs.protocol.Debug` message, with no task queued behind it while it is held.
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,7 +18,7 @@ from pipeobs import env as variables
 from pipeobs.capture import Boundary
 from pipeobs.driver.slots import Names, Task, WorkerSlot, WorkerState
 from pipeobs.executors.base import Executor, WorkerSpec
-from pipeobs.protocol import Stop, Tasks
+from pipeobs.protocol import Debug, Debugging, Stop, Tasks
 from pipeobs.records import Line, Span
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ class WorkerPool:
         self.names = Names(plan.config.node_count, plan.gpu_count)
         self.per_node = plan.config.effective_process_count()
         self.init_failures: collections.Counter[int] = collections.Counter()  # per node
+        self.debug = plan.debug  # armed until a worker listens for the debugger
 
     def __getitem__(self, label: str) -> WorkerSlot:
         return self.slots[label]
@@ -141,13 +145,42 @@ class WorkerPool:
         for worker in self.slots.values():
             if not ledger.pending:
                 return
-            if worker.state is not WorkerState.READY or len(worker.inflight) >= prefetch:
+            if worker.state is not WorkerState.READY or len(worker.inflight) >= prefetch or worker.holds_debug_task:
                 continue
             batch = ledger.take(prefetch - len(worker.inflight))
+            if self.debug is not None:
+                batch = self._debug_last(worker, batch, ledger)
             if not worker.inflight:
                 worker.head_since = self.clock()
             worker.inflight.extend(Task(descriptor, attempt) for descriptor, attempt in batch)
             self.executor.send(worker.label, Tasks(batch))  # a worker that is gone re-queues them on exit
+
+    def _debug_last(self, worker: WorkerSlot, batch: list[tuple[Any, int]], ledger: Ledger) -> list[tuple[Any, int]]:
+        """``batch``, ending with the attempt to debug if it holds one (the rest goes back to the queue),
+        announced to the worker before its Tasks: no task of the job waits behind a debugger."""
+        assert self.debug is not None
+        found = next((i for i, (descriptor, _) in enumerate(batch) if descriptor.id == self.debug.mini_batch_id), None)
+        if found is None:
+            return batch
+        ledger.put_back([(descriptor.id, attempt) for descriptor, attempt in batch[found + 1:]])
+        worker.debug_task = (self.debug.mini_batch_id, batch[found][1])
+        self.executor.send(worker.label, Debug(*worker.debug_task, self.debug.host, self.debug.port))
+        return batch[: found + 1]
+
+    def debugger_waiting(self, worker: WorkerSlot, message: Debugging) -> None:
+        """The worker listens for a debugger: its attempt is no longer timed, and later attempts of
+        that mini-batch (a retry) run without one. Said in the driver log and on stderr."""
+        self.debug = None
+        worker.debug_task = (message.mini_batch_id, message.attempt)
+        worker.debugger = f"{message.host}:{message.port}"
+        text = (f"mini-batch {message.mini_batch_id} waits for a debugger on {worker.debugger} "
+                f"({worker.label}, attempt {message.attempt}); run() starts when one attaches")
+        self.journal.say("WARNING", "debugger", text, worker.label)
+        print(text, file=sys.stderr, flush=True)
+
+    def debugging(self) -> bool:
+        """A debugger holds some worker (or it waits for one)."""
+        return any(w.held_by_debugger for w in self.slots.values())
 
     def stop_all(self, early: bool, grace: float) -> None:
         """Ask every worker to shutdown() (kill them all when ``early``); wait until all exited.

@@ -2,7 +2,8 @@
 
 The executor owns the processes; the driver owns what they are doing: their state, the tasks
 they hold (dispatched, not yet finished), when the head task's ``run()`` began, the spans they
-opened, and why the driver killed them. All of it plain values, read by the clocks.
+opened, why the driver killed them, and the attempt they run under a debugger. All of it plain
+values, read by the clocks.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class WorkerSlot:
     run_began: dict[tuple[int, int], float] = field(default_factory=dict)  # (mini-batch, attempt) -> monotonic
     open_spans: dict[str, tuple[Invocation, float]] = field(default_factory=dict)  # span_id -> (invocation, start)
     kill_reason: tuple[str, str] | None = None  # (attempt status, message)
+    debug_task: tuple[int, int] | None = None  # (mini-batch, attempt) it runs under a debugger
+    debugger: str | None = None  # "host:port" once it listens there for a debugger, for debug_task
 
     @property
     def label(self) -> str:
@@ -61,6 +64,19 @@ class WorkerSlot:
     def is_starting(self) -> bool:
         """Not serving yet: starting the process, loading the entry script or in init()."""
         return self.state in (WorkerState.STARTING, WorkerState.INIT)
+
+    @property
+    def holds_debug_task(self) -> bool:
+        """Its debug_task is dispatched and unfinished: it gets no more tasks, so none waits behind a debugger."""
+        return any((task.mini_batch.id, task.attempt) == self.debug_task for task in self.inflight)
+
+    @property
+    def held_by_debugger(self) -> bool:
+        """Its running attempt waits for a debugger, or runs under one: the driver's clocks leave it alone."""
+        if self.debugger is None or not self.inflight:
+            return False
+        head = self.inflight[0]
+        return (head.mini_batch.id, head.attempt) == self.debug_task
 
     def set_state(self, state: WorkerState, now: float) -> None:
         self.state = state

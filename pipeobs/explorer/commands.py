@@ -1,8 +1,10 @@
-"""``pipeobs runs | show | logs | trace | metrics | export``: the explorer's commands.
+"""``pipeobs runs | show | logs | trace | metrics | export | diff``: the explorer's commands.
 
 :func:`add_subcommands` adds them to the CLI's subparsers, :func:`dispatch` runs one. Every
 command takes ``--json`` (print the query's result as JSON, nothing else) and ``--runs-dir``
-(where a step_id is looked up). ``logs --follow --json`` prints one JSON object per line.
+(where a step_id is looked up). ``logs`` and ``trace`` write as they read the store, so a run of
+any size prints at once, in bounded memory: ``logs --json`` is one JSON array with an item a line,
+``logs --follow --json`` one JSON object per line.
 Text from user code is printed with its control characters escaped
 (:func:`pipeobs.explorer.terminal.printable`); ``logs --raw`` prints it as captured.
 Importing this module costs no rich or pandas import: they load when a command runs.
@@ -13,13 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from pipeobs.errors import ConfigError, RunDirError
 
-COMMANDS = ("runs", "show", "logs", "trace", "metrics", "export")
+COMMANDS = ("runs", "show", "logs", "trace", "metrics", "export", "diff")
 RUN_HELP = "a run directory (holding pipeobs.db) or a step_id under --runs-dir"
 FOLLOW_POLL_SECONDS = 0.5
 HISTOGRAM_KINDS = ("histogram", "observation")
@@ -61,6 +64,9 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="where to write (default: <run dir>/trace.json)")
     p.add_argument("--retry", action="store_true", help="deliver what the run's exporters spooled")
     p.add_argument("--deadline", type=float, default=60.0, metavar="S", help="with --retry: give up after S seconds")
+    p = add("diff", "what differs between two runs: config, arguments, environment, inputs and outcome")
+    p.add_argument("run_a", metavar="RUN_A", help=RUN_HELP)
+    p.add_argument("run_b", metavar="RUN_B", help=RUN_HELP)
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -107,18 +113,18 @@ def command_logs(args: argparse.Namespace) -> int:
     filters = {"mini_batch": args.mini_batch, "worker": args.worker, "level": args.level, "grep": args.grep}
     with open_run(resolve_run(args.run, args.runs_dir)) as conn:
         if args.follow:
-            emit = _json_line if args.json else _log_printer(args.raw)
+            emit = _json_line if args.json else _log_printer(args.raw, flush=True)
             try:
                 follow_logs(conn, emit, filters, timeout=args.timeout)
             except KeyboardInterrupt:
                 return 130
             return 0
-        lines = queries.log_lines(conn, **filters)
-    if args.json:
-        return _print_json(lines)
-    emit = _log_printer(args.raw)
-    for line in lines:
-        emit(line)
+        lines = queries.iter_log_lines(conn, **filters)
+        if args.json:
+            return _print_json_array(lines)
+        emit = _log_printer(args.raw, flush=False)
+        for line in lines:
+            emit(line)
     return 0
 
 
@@ -143,7 +149,7 @@ def follow_logs(
     while True:
         live = queries.run_status(conn) == "Running"
         top = queries.log_max_id(conn)
-        for line in queries.log_lines(conn, after_id=last, until_id=top, **filters):
+        for line in queries.iter_log_lines(conn, after_id=last, until_id=top, **filters):
             emit(line)
             emitted += 1
         last = top
@@ -154,13 +160,14 @@ def follow_logs(
 
 def command_trace(args: argparse.Namespace) -> int:
     from pipeobs.explorer import queries, spans
+    from pipeobs.explorer.runs import resolve_run
 
-    _run_dir, (tree, summary) = _query(args, lambda conn: (spans.span_tree(conn, args.mini_batch), queries.run_summary(conn)))
-    if args.json:
-        return _print_json(tree)
-    from pipeobs.explorer import render
+    with _open(resolve_run(args.run, args.runs_dir)) as conn, closing(spans.walk_trace(conn, args.mini_batch)) as nodes:
+        if args.json:
+            return _print_json_tree(nodes)
+        from pipeobs.explorer import render
 
-    render.trace_tree(_console(), tree, summary, args.mini_batch)
+        render.trace_tree(_console(), nodes, queries.run_summary(conn), args.mini_batch)
     return 0
 
 
@@ -236,6 +243,17 @@ def _retry_exports(run_dir: Path, args: argparse.Namespace) -> int:
     return 0 if all(not c["spooled"] for c in results.values()) else 1
 
 
+def command_diff(args: argparse.Namespace) -> int:
+    from pipeobs.explorer.diff import diff_runs, diff_text
+    from pipeobs.explorer.runs import resolve_run
+
+    diff = diff_runs(resolve_run(args.run_a, args.runs_dir), resolve_run(args.run_b, args.runs_dir))
+    if args.json:
+        return _print_json(diff)
+    print(diff_text(diff))
+    return 0
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "runs": command_runs,
     "show": command_show,
@@ -243,6 +261,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "trace": command_trace,
     "metrics": command_metrics,
     "export": command_export,
+    "diff": command_diff,
 }
 
 
@@ -269,8 +288,13 @@ def _console() -> Any:
 
     from rich.console import Console
 
+    class PipedConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich would exit 1; the CLI ends with SIGPIPE's status, as Unix tools do
+            self.quiet = True
+            raise BrokenPipeError
+
     piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(file=sys.stdout, highlight=False, width=PIPE_WIDTH if piped else None)
+    return PipedConsole(file=sys.stdout, highlight=False, width=PIPE_WIDTH if piped else None)
 
 
 def _print_json(result: Any) -> int:
@@ -301,15 +325,48 @@ def format_log_line(line: dict[str, Any]) -> str:
     return f"{utc_stamp(line['time'])} {line.get('worker') or '-'} {where} {line['level']} {line['text']}"
 
 
-def _log_printer(raw: bool) -> Callable[[dict[str, Any]], None]:
+def _log_printer(raw: bool, flush: bool) -> Callable[[dict[str, Any]], None]:
     """Print a line as the driver log has it: escaped, or ``raw`` (as captured)."""
     from pipeobs.explorer.terminal import printable
 
     def emit(line: dict[str, Any]) -> None:
         text = format_log_line(line)
-        print(text if raw else printable(text), flush=True)
+        print(text if raw else printable(text), flush=flush)
 
     return emit
+
+
+def _print_json_array(items: Iterable[Any]) -> int:
+    """A JSON array written an item at a time: ``[``, the items joined by ``,\\n``, ``]``."""
+    from pipeobs.explorer.terminal import json_text
+
+    write, separator = sys.stdout.write, "["
+    for item in items:
+        write(separator + json_text(item))
+        separator = ",\n"
+    write("[]\n" if separator == "[" else "]\n")
+    return 0
+
+
+def _print_json_tree(nodes: Iterable[Any]) -> int:
+    """:func:`~pipeobs.explorer.spans.span_tree` as JSON, written from the walk a node at a time:
+    a span is written up to its ``"children": [``, closed by ``]}`` when the walk leaves it."""
+    from pipeobs.explorer.terminal import json_text
+
+    write, separator, open_spans = sys.stdout.write, "", 0
+    write("[")
+    for depth, _last, node in nodes:
+        if open_spans >= depth:  # the walk has left the spans deeper than depth - 1
+            write("]}" * (open_spans - depth + 1))
+            open_spans, separator = depth - 1, ", "
+        if node["type"] == "span":
+            write(separator + json_text({**node, "children": []})[:-2])
+            separator, open_spans = "", open_spans + 1
+        else:
+            write(separator + json_text(node))
+            separator = ", "
+    write("]}" * open_spans + "]\n")
+    return 0
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -17,6 +17,7 @@ import math
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pipeobs.errors import ConfigError
@@ -53,7 +54,7 @@ def run_summary(conn: sqlite3.Connection, now: float | None = None) -> Row:
     """Status, step, times and mini-batch / item counts (ledger, or the final summary if any)."""
     row = conn.execute("SELECT * FROM runs ORDER BY started_at LIMIT 1").fetchone()
     run = dict(row) if row is not None else {}
-    status = shown_status(run)
+    status = "Reused" if run.get("reused_from") else shown_status(run)  # completed without a worker
     start, end = run.get("started_at"), run.get("ended_at")
     if start is not None and end is None and status == "Running":
         end_for_duration: float | None = time.time() if now is None else now
@@ -90,6 +91,7 @@ def run_summary(conn: sqlite3.Connection, now: float | None = None) -> Row:
         "worker_restarts": final.get("worker_restarts") if isinstance(final, dict) else None,
         "error": run.get("error"),
         "first_error": final.get("first_error") if isinstance(final, dict) else None,
+        "reused_from": run.get("reused_from"),
     }
 
 
@@ -329,7 +331,12 @@ def compile_grep(pattern: str | None) -> re.Pattern[str] | None:
         raise ConfigError(f"invalid regular expression '{pattern}': {exc}") from None
 
 
-def log_lines(
+def log_lines(conn: sqlite3.Connection, **filters: Any) -> list[Row]:
+    """The lines of :func:`iter_log_lines` as a list."""
+    return list(iter_log_lines(conn, **filters))
+
+
+def iter_log_lines(
     conn: sqlite3.Connection,
     mini_batch: int | None = None,
     worker: str | None = None,
@@ -337,9 +344,12 @@ def log_lines(
     grep: str | None = None,
     after_id: int = 0,
     until_id: int | None = None,
-    limit: int | None = None,
-) -> list[Row]:
-    """Captured lines in the order the driver read them, filtered; ``after_id``/``until_id`` for following."""
+) -> Iterator[Row]:
+    """Captured lines in the order the driver read them, filtered, each as the cursor reads it
+    (a run's lines need not fit in memory); ``after_id``/``until_id`` for following.
+
+    A bad ``grep`` or ``level`` is a ConfigError here, before any line.
+    """
     pattern = compile_grep(grep)
     clauses: list[str] = ["id > ?"]
     args: list[Any] = [after_id]
@@ -355,19 +365,20 @@ def log_lines(
     if level is not None:
         clauses.append(f"({_LEVEL_SQL}) >= ?")
         args.append(level_number(level))
-    lines = []
-    for row in conn.execute(f"SELECT * FROM log_lines WHERE {' AND '.join(clauses)} ORDER BY id", args):
-        if pattern is not None and not pattern.search(row["text"]):
-            continue
-        line = dict(row)
-        line.pop("step_id", None)
-        if "attributes" in line:  # structured fields of a log record, where the store has them
-            line["attributes"] = parse_json(line["attributes"])
-        line["level"] = line["level"] or ("STDERR" if line["stream"] == "stderr" else "STDOUT")
-        lines.append(line)
-        if limit is not None and len(lines) >= limit:
-            break
-    return lines
+    rows = conn.execute(f"SELECT * FROM log_lines WHERE {' AND '.join(clauses)} ORDER BY id", args)
+    matching = rows if pattern is None else (row for row in rows if pattern.search(row["text"]))
+    return map(log_line, matching)
+
+
+def log_line(row: sqlite3.Row) -> Row:
+    """A stored line as the explorer gives it: without step_id, attributes parsed, and a level
+    (``STDOUT``/``STDERR`` for a captured line without one)."""
+    line = dict(row)
+    line.pop("step_id", None)
+    if "attributes" in line:  # structured fields of a log record, where the store has them
+        line["attributes"] = parse_json(line["attributes"])
+    line["level"] = line["level"] or ("STDERR" if line["stream"] == "stderr" else "STDOUT")
+    return line
 
 
 def log_max_id(conn: sqlite3.Connection) -> int:

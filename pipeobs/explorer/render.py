@@ -9,18 +9,22 @@ characters are shown, not obeyed.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from rich import box, filesize
+from rich.cells import cell_len
 from rich.console import Console
+from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from pipeobs.explorer.terminal import printable
+from pipeobs.replay import replay_command
 
-STATUS_STYLES = {"Completed": "green", "Failed": "red", "Running": "yellow", "Interrupted": "red", "Driver lost": "red",
+STATUS_STYLES = {"Completed": "green", "Reused": "green", "Failed": "red", "Running": "yellow", "Interrupted": "red", "Driver lost": "red",
                  "OK": "green", "ERROR": "red", "UNSET": "dim", "RUN_DONE": "green"}
 LEVEL_STYLES = {"STDOUT": "", "STDERR": "red", "DEBUG": "dim", "INFO": "", "WARNING": "yellow", "ERROR": "red",
                 "CRITICAL": "bold red"}
@@ -103,7 +107,7 @@ def runs_table(console: Console, runs: list[dict[str, Any]], root: Path) -> None
 def show(console: Console, result: dict[str, Any]) -> None:
     summary_block(console, result["summary"], result.get("run_dir"))
     slowest_table(console, result["slowest"])
-    failures_block(console, result["failures"])
+    failures_block(console, result["failures"], result.get("run_dir"))
     retries_line(console, result["retries"])
     workers_table(console, result["workers"])
     histogram_table(console, result["histograms"])
@@ -143,14 +147,17 @@ def slowest_table(console: Console, slowest: list[dict[str, Any]]) -> None:
     _print_table(console, table)
 
 
-def failures_block(console: Console, failures: dict[str, Any]) -> None:
-    """The first error once (its traceback, else its message), then the failed attempts by error type."""
+def failures_block(console: Console, failures: dict[str, Any], run_dir: str | None = None) -> None:
+    """The first error once (its traceback, else its message) and the command replaying it, then the failed
+    attempts by error type."""
     first = failures["first_error"]
     if not failures["count"] and not first:
         console.print(Text("no failed attempts", style="green"))
         return
     if first:
         _first_error(console, first)
+    if first and run_dir:
+        console.print(Text.assemble(("replay: ", "bold"), _text(replay_command(run_dir, first))))
     if failures["by_error"]:
         table = _table(f"failed attempts ({failures['count']}) by error", "error", "attempts", "mini-batches", "example")
         for group in failures["by_error"]:
@@ -268,29 +275,79 @@ def _clock(when: float) -> str:
 
 
 # ----------------------------------------------------------------------------- trace
-def trace_tree(console: Console, nodes: list[dict[str, Any]], summary: dict[str, Any], mini_batch: int | None) -> None:
+TREE_BATCH = 256  # lines of the trace tree printed at a time
+
+
+def trace_tree(console: Console, nodes: Iterable[tuple[int, bool, dict[str, Any]]], summary: dict[str, Any],
+               mini_batch: int | None) -> None:
+    """The run's span tree, printed as the walk yields its nodes (``(depth, last, node)``, depth-first)."""
     label = Text.assemble(("run ", "bold"), _text(f"{summary['step_id']} "), _status(summary["status"]))
     if mini_batch is not None:
         label.append(f"  mini-batch {mini_batch}")
-    tree = Tree(label)
-    if not nodes:
-        tree.add(Text("no spans or log lines recorded", style="dim"))
-    for node in nodes:
-        _add_node(tree, node)
-    console.print(tree)
+    tree = _TreePrinter(console)
+    tree.add(0, True, label)
+    for depth, last, node in nodes:
+        tree.add(depth, last, _node_label(node))
+    if tree.count == 1:
+        tree.add(1, True, Text("no spans or log lines recorded", style="dim"))
+    tree.flush()
 
 
-def _add_node(parent: Tree, node: dict[str, Any]) -> None:
+def _node_label(node: dict[str, Any]) -> Text:
     if node["type"] == "span":
-        branch = parent.add(_span_label(node))
-        for child in node["children"]:
-            _add_node(branch, child)
-    elif node["type"] == "event":
-        parent.add(_text(f"• {_event_text(node)}", "magenta"))
-    else:
-        style = LEVEL_STYLES.get(str(node["level"]).upper(), "")
-        parent.add(Text.assemble((f"{_clock(node['time'])} ", "dim"), _text(f"{node['worker']} ", "cyan"),
-                                 _text(f"{node['level']} ", style or "dim"), _text(node["text"], style)))
+        return _span_label(node)
+    if node["type"] == "event":
+        return _text(f"• {_event_text(node)}", "magenta")
+    style = LEVEL_STYLES.get(str(node["level"]).upper(), "")
+    return Text.assemble((f"{_clock(node['time'])} ", "dim"), _text(f"{node['worker']} ", "cyan"),
+                         _text(f"{node['level']} ", style or "dim"), _text(node["text"], style))
+
+
+class _TreePrinter:
+    """A tree drawn as rich's ``Tree`` draws it (guides, labels wrapped within the width), but a node
+    at a time in depth-first order, so a tree of any size is printed without being held."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.options = console.options.update(height=None)
+        self.guides = Tree.ASCII_GUIDES if self.options.ascii_only else Tree.TREE_GUIDES[0]
+        self.indent: list[str] = []  # the guide under each open node of depth 1 and deeper
+        self.segments: list[Segment] = []
+        self.count = 0
+
+    def add(self, depth: int, last: bool, label: Text) -> None:
+        space, down, fork, end = self.guides
+        del self.indent[max(0, depth - 1):]
+        inner = "".join(self.indent)
+        first, rest = (inner + (end if last else fork), inner + (space if last else down)) if depth else ("", "")
+        if depth:
+            self.indent.append(space if last else down)
+        for index, line in enumerate(self._lines(label, cell_len(first))):
+            self.segments += [Segment(rest if index else first), *line, Segment.line()]
+        self.count += 1
+        if self.count % TREE_BATCH == 0:
+            self.flush()
+
+    def _lines(self, label: Text, indent: int) -> list[list[Segment]]:
+        width = self.options.max_width - indent
+        plain = label.plain
+        if "\n" in plain or "\t" in plain or cell_len(plain) > width:
+            return self.console.render_lines(label, self.options.update(width=width), pad=False)
+        # What render_lines makes of a label that fits, in a fraction of the time: without colours (a pipe), its
+        # text; else its segments, its own style first (as a span).
+        if self.console.color_system is None:
+            return [[Segment(plain)]]
+        label.stylize_before(label.style)
+        label.style = ""
+        return [list(label.render(self.console))]
+
+    def flush(self) -> None:
+        with self.console.capture() as captured:
+            self.console.print(Segments(self.segments))
+        self.segments.clear()
+        # Written here, not by rich, which exits with status 1 when the reader has gone (`| head`).
+        self.console.file.write(captured.get())
+        self.console.file.flush()
 
 
 def _event_text(event: dict[str, Any]) -> str:
