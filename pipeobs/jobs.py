@@ -147,12 +147,12 @@ class DebugTarget:
             raise ConfigError(f"--debug-mini-batch takes a mini-batch id (0 or more), not {self.mini_batch_id}")
         if importlib.util.find_spec("debugpy") is None:
             raise ConfigError("--debug-mini-batch needs debugpy, which is not installed: pip install 'pipeobs[debug]'")
-        try:
-            with socket.create_server((self.host, self.port)):
-                pass
-        except OSError as exc:  # create_server's message repeats the address: the errno's words suffice
-            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
-            raise ConfigError(f"cannot listen for a debugger on {self.host}:{self.port} ({reason}): "
+        try:  # bound as debugpy binds its listener
+            with socket.socket(socket.AF_INET6 if self.host.count(":") > 1 else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((self.host, self.port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen for a debugger on {self.host}:{self.port} ({exc.strerror or exc}): "
                               "choose another --debugpy [HOST:]PORT (port 0: any free one)") from None
 
 

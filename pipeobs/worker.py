@@ -323,15 +323,9 @@ def _breakpoint_at_first_line(function: Any) -> Iterator[None]:
 
     debugpy has no public call for a breakpoint; this adds one the way its ``setBreakpoints``
     request does (pydevd's API, with an id no client uses), after the client's own breakpoints
-    are set. A ``run`` without Python code (a builtin, a callable object) stops just before it is called.
+    are set. (``debugpy.breakpoint()`` would stop in pipeobs's frame, before run() is called.)
     """
-    code = getattr(inspect.unwrap(function), "__code__", None)
-    if code is None:
-        import debugpy
-
-        debugpy.breakpoint()
-        yield
-        return
+    code = inspect.unwrap(function).__code__
     import pydevd  # debugpy's engine: importable once debugpy listens
     from _pydevd_bundle.pydevd_api import PyDevdAPI
 

@@ -61,21 +61,18 @@ class TestClocks:
         slot.debug_task, slot.debugger = (7, 1), debugger
         return slot
 
-    def test_a_worker_held_by_a_debugger_is_not_timed(self) -> None:
-        """Long past run_invocation_timeout the debugged attempt is left alone; without the debugger it is killed."""
-        assert worker_clock(self.held(), 1e6, BUDGETS) is None
+    def test_only_the_attempt_held_by_a_debugger_is_not_timed(self) -> None:
+        """Long past run_invocation_timeout the debugged attempt is left alone; without the debugger it
+        is killed, and so is the worker's next attempt, once the debugged one's result is in."""
+        slot = self.held()
+
+        assert worker_clock(slot, 1e6, BUDGETS) is None
         kill = worker_clock(self.held(debugger=None), 1e6, BUDGETS)
         assert kill is not None and kill.status == "RUN_TIMEOUT"
-
-    def test_the_attempt_after_the_debugged_one_is_timed_again(self) -> None:
-        """Once the debugged attempt's result is in, the worker's next run() has its timeout."""
-        slot = self.held()
         slot.inflight.popleft()
         slot.inflight.append(Task(mini_batch(8), 1))
         slot.run_began[(8, 1)] = 200.0
-
         kill = worker_clock(slot, 202.5, BUDGETS)
-
         assert kill is not None and kill.mini_batch_id == 8
 
     def test_no_progress_is_owed_while_a_debugger_holds_a_worker(self) -> None:
@@ -166,7 +163,7 @@ class TestDispatch:
             ("0/process001", [(0, 1), (1, 1), (2, 1)]),
             ("0/process001", [(3, 1), (4, 1), (5, 1), (2, 2)]),
         ]
-        assert said == [("WARNING", "debugger", text, "0/process001")]
+        assert said == [("INFO", "debugger", text, "0/process001")]
         assert capsys.readouterr().err == text + "\n"
 
 
@@ -281,8 +278,16 @@ class DapClient:
 
 
 SCRIPT = """
-import os, rendezvous
+import functools, os, rendezvous
 
+def logged(function):
+    @functools.wraps(function)
+    def calling(mini_batch):
+        print("calling run()")
+        return function(mini_batch)
+    return calling
+
+@logged
 def run(mini_batch):
     name = os.path.basename(mini_batch[0])
     if name == "f003.txt":  # the control: each try waits until its clock kills it, until released
@@ -359,8 +364,8 @@ class TestDebuggedRun:
     def test_a_debugger_attaches_stops_in_run_and_holds_it_past_its_timeout_while_the_job_goes_on(
         self, debug_run: Callable[..., DebugRun]
     ) -> None:
-        """DAP over the socket: initialize, attach, configurationDone; stopped at run()'s first line
-        (stackTrace); held while the other worker's clock kills a control mini-batch whose try began
+        """DAP over the socket: initialize, attach, configurationDone; stopped at run()'s first line,
+        inside its decorator (stackTrace); held while the other worker's clock kills a control mini-batch whose try began
         after the stop and every other mini-batch finishes; continue: all done, only the control timed out."""
         run = debug_run("--debug-mini-batch", "1", "--run-invocation-timeout", "2", "--run-max-try", "10")
         port = run.debugger_port()

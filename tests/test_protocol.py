@@ -10,6 +10,8 @@ from pipeobs.datasets import MiniBatch
 from pipeobs.protocol import (
     MESSAGES,
     Bye,
+    Debug,
+    Debugging,
     Hello,
     InitFailed,
     LoadFailed,
@@ -34,6 +36,8 @@ SAMPLES = [
     LoadFailed(ERROR),
     Result(3, 1, {"status": "RUN_DONE", "total": 1, "succeeded": 1, "rows": b"a\n"}),
     Bye(None, b"profile"),
+    Debug(3, 1, "127.0.0.1", 0),
+    Debugging(3, 1, "127.0.0.1", 5678),
 ]
 
 

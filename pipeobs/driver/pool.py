@@ -175,7 +175,7 @@ class WorkerPool:
         worker.debugger = f"{message.host}:{message.port}"
         text = (f"mini-batch {message.mini_batch_id} waits for a debugger on {worker.debugger} "
                 f"({worker.label}, attempt {message.attempt}); run() starts when one attaches")
-        self.journal.say("WARNING", "debugger", text, worker.label)
+        self.journal.say("INFO", "debugger", text, worker.label)
         print(text, file=sys.stderr, flush=True)
 
     def debugging(self) -> bool:
