@@ -204,8 +204,7 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
             result = run_plan(plan, progress.update)
         print_result(result)
         return exit_code(result)
-    not_values = ("command", "config", "resume", "debug_mini_batch", "debugpy")
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in not_values}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_LINE_ONLY}
     values = merge_values(load_yaml(args.config) if args.config else {}, given)
     step = build_step(values, script_args)
     runs_dir = values.get("runs_dir") or "runs"
@@ -233,6 +232,10 @@ def debug_target(args: argparse.Namespace) -> DebugTarget | None:
     target = DebugTarget(args.debug_mini_batch, *(args.debugpy or ()))
     target.check()
     return target
+
+
+# `pipeobs run` flags that are not job values (no YAML key): what to do with the job, not what it is.
+COMMAND_LINE_ONLY = ("command", "config", "resume", "debug_mini_batch", "debugpy")
 
 
 def exit_code(result: Any) -> int:

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from pipeobs.cli import build_parser
+from pipeobs.cli import COMMAND_LINE_ONLY, build_parser
 from pipeobs.config import (
     DEFAULT_APPEND_ROW_FILE_NAME,
     RESERVED_ARGUMENTS,
@@ -966,7 +966,7 @@ class TestJobYamlSchema:
         run = {a.dest: a for a in commands.choices["run"]._actions}
         blocks = {key for key, shape in JOB_YAML.items() if isinstance(shape, dict)}
 
-        assert set(JOB_YAML) - blocks == set(run) - {"help", "config", "resume"} | {"arguments"}  # flags: after --
+        assert set(JOB_YAML) - blocks == set(run) - {"help", *COMMAND_LINE_ONLY} | {"arguments"}  # flags: after --
         assert run["format"].choices == TABULAR_FORMATS
 
     def test_null_values_count_as_not_given(self) -> None:
