@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeobs.record.rundir import read_json_record
+
 if TYPE_CHECKING:
     from pipeobs.datasets import Dataset
 
@@ -49,11 +51,7 @@ def record_environment(run_dir: Path, config_variables: Iterable[str], datasets:
 
 def read_environment(run_dir: Path) -> dict[str, Any] | None:
     """A run's environment record; None when it has none (an older run) or it is not JSON."""
-    try:
-        record = json.loads((run_dir / ENVIRONMENT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_json_record(run_dir / ENVIRONMENT_FILE)
 
 
 def installed_packages() -> dict[str, str]:

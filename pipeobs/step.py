@@ -124,9 +124,10 @@ class ParallelRunStep:
         """
         from pipeobs import reuse
         from pipeobs.explorer.terminal import printable
+        from pipeobs.fingerprint import take_fingerprint
 
         settings = settings or self.settings
-        fingerprint = reuse.take_fingerprint(self, runs_dir, settings, model_dir)
+        fingerprint = take_fingerprint(self, runs_dir, settings, model_dir)
         decision = reuse.decide(fingerprint, self.name, runs_dir, self.allow_reuse)
         print(printable(decision.text()), flush=True)
         plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline)

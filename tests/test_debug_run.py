@@ -4,7 +4,6 @@ while the rest of the job goes on."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import sqlite3
@@ -31,6 +30,7 @@ from pipeobs.protocol import Debug, Debugging, Message, Result, Tasks
 from pipeobs.step import ParallelRunStep, run_plan
 from pipeobs.testing import FakeExecutor
 from tests.conftest import write_files, write_rendezvous, write_script
+from tests.dap import DapClient
 
 T = TypeVar("T")
 BUDGETS = Budgets(run_invocation=2, task_overhead=30, first_task_creation=600, progress=10)
@@ -223,60 +223,6 @@ def test_a_debugger_may_hold_a_worker_far_past_every_timeout(tmp_path: Path) -> 
 
 
 # ----------------------------------------------------------------------------- real workers, a real debugger
-class DapClient:
-    """The client side of the Debug Adapter Protocol on a socket: JSON framed by a Content-Length header."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.buffer = b""
-        self.seq = 0
-        self.unread: list[dict[str, Any]] = []
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, command: str, **arguments: Any) -> int:
-        self.seq += 1
-        body = json.dumps({"seq": self.seq, "type": "request", "command": command, "arguments": arguments}).encode()
-        self.sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        return self.seq
-
-    def request(self, command: str, **arguments: Any) -> dict[str, Any]:
-        return self.response(self.send(command, **arguments))
-
-    def response(self, seq: int) -> dict[str, Any]:
-        answer = self._next(lambda m: m["type"] == "response" and m["request_seq"] == seq)
-        assert answer["success"], answer
-        return answer
-
-    def event(self, name: str) -> dict[str, Any]:
-        return self._next(lambda m: m["type"] == "event" and m["event"] == name)
-
-    def _next(self, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        while True:
-            found = next((m for m in self.unread if wanted(m)), None)
-            if found is not None:
-                self.unread.remove(found)
-                return found
-            self.unread.append(self._read())
-
-    def _read(self) -> dict[str, Any]:
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self._recv()
-        header, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        length = int(header.split(b"Content-Length:")[1].split(b"\r\n")[0])
-        while len(self.buffer) < length:
-            self.buffer += self._recv()
-        body, self.buffer = self.buffer[:length], self.buffer[length:]
-        return json.loads(body)  # type: ignore[no-any-return]
-
-    def _recv(self) -> bytes:
-        data = self.sock.recv(65536)
-        if not data:
-            raise ConnectionError("the debug adapter closed the connection")
-        return data
-
-
 SCRIPT = """
 import functools, os, rendezvous
 
@@ -369,13 +315,8 @@ class TestDebuggedRun:
         after the stop and every other mini-batch finishes; continue: all done, only the control timed out."""
         run = debug_run("--debug-mini-batch", "1", "--run-invocation-timeout", "2", "--run-max-try", "10")
         port = run.debugger_port()
-        client = DapClient(port)
-        client.request("initialize", clientID="pipeobs-test", adapterID="debugpy", pathFormat="path",
-                       linesStartAt1=True, columnsStartAt1=True)
-        attach = client.send("attach", justMyCode=True)
-        client.event("initialized")
-        client.request("configurationDone")
-        client.response(attach)
+        client = DapClient("127.0.0.1", port)
+        client.attach()
         stopped = client.event("stopped")
         held_since = time.time()
         thread = stopped["body"]["threadId"]
@@ -389,8 +330,7 @@ class TestDebuggedRun:
                      count=5)
         still_held = run.query("SELECT * FROM attempts WHERE mini_batch_id = 1")
         client.request("continue", threadId=thread)
-        client.request("disconnect")
-        client.close()
+        client.disconnect()
         out, err = run.driver.communicate(timeout=60)
 
         assert (top["name"], top["source"]["path"]) == ("run", str(run.script))

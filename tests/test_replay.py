@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from pipeobs.replay_debug import add_launch_configuration, attach_configuration
 from pipeobs.step import ParallelRunStep
 from pipeobs.summary import summary_text
 from tests.conftest import Job, RunJob, write_files, write_script
+from tests.dap import DapClient
 
 SCRIPT = """\
 import json, logging, os, sys
@@ -405,67 +405,6 @@ class TestPdb:
         assert "seen" not in done.stdout and "shutdown" not in done.stdout
 
 
-class Dap:
-    """A minimal Debug Adapter Protocol client (what VS Code speaks to debugpy): Content-Length framed JSON."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port), timeout=60)
-        self.stream = self.sock.makefile("rwb")
-        self.seq = 0
-        self.transcript: list[str] = []
-
-    def send(self, command: str, **arguments: Any) -> int:
-        self.seq += 1
-        body = json.dumps({"seq": self.seq, "type": "request", "command": command, "arguments": arguments}).encode()
-        self.stream.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        self.stream.flush()
-        self.transcript.append(f"-> {command} {json.dumps(arguments)}")
-        return self.seq
-
-    def receive(self) -> dict[str, Any]:
-        length = 0
-        while (header := self.stream.readline()) not in (b"\r\n", b""):
-            name, _, value = header.decode().partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        assert length, "the debug adapter closed the connection"
-        message: dict[str, Any] = json.loads(self.stream.read(length))
-        kind = message.get("event") or f"{message.get('command')} response"
-        self.transcript.append(f"<- {kind} {json.dumps(message.get('body', {}))[:200]}")
-        return message
-
-    def wait_for(self, accept: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        while not accept(message := self.receive()):
-            pass
-        return message
-
-    def response(self, seq: int) -> dict[str, Any]:
-        message = self.wait_for(lambda m: m["type"] == "response" and m["request_seq"] == seq)
-        assert message["success"], message
-        return message
-
-    def event(self, name: str) -> dict[str, Any]:
-        return self.wait_for(lambda m: m["type"] == "event" and m["event"] == name)
-
-    def attach(self, breakpoints: dict[Path, int] | None = None) -> None:
-        """initialize, attach, setBreakpoints, configurationDone: VS Code's opening of an attach session."""
-        self.response(self.send("initialize", clientID="pipeobs-tests", adapterID="debugpy", pathFormat="path",
-                                linesStartAt1=True, columnsStartAt1=True))
-        attach = self.send("attach", justMyCode=False)
-        self.event("initialized")
-        for path, line in (breakpoints or {}).items():
-            body = self.response(self.send("setBreakpoints", source={"path": str(path)}, breakpoints=[{"line": line}]))["body"]
-            assert body["breakpoints"][0]["verified"], body
-        self.response(self.send("configurationDone"))
-        self.response(attach)
-
-    def close(self) -> None:
-        """At the end of the debuggee (``terminated``), disconnect, as VS Code does."""
-        self.event("terminated")
-        self.response(self.send("disconnect"))
-        self.sock.close()
-
-
 def wait_for_line(stream: Any, pattern: str, timeout: float = 60.0) -> re.Match[str]:
     """Read a child's unbuffered stream until a line matches ``pattern``; fail past ``timeout``."""
     text = ""
@@ -496,12 +435,13 @@ class TestDebugpy:
         proc = start_replay(recorded.run_dir, "--mini-batch", recorded.mini_batch_of("f001.txt"), "--debugpy", "0", "--wait")
         try:
             listening = wait_for_line(proc.stderr, r"^replay: debugpy listening on 127\.0\.0\.1:(\d+)$")
-            dap = Dap("127.0.0.1", int(listening.group(1)))
-            dap.attach({recorded.script: RETURN_LINE})
+            dap = DapClient("127.0.0.1", int(listening.group(1)))
+            dap.attach({recorded.script: RETURN_LINE}, just_my_code=False)
             stopped = dap.event("stopped")
-            frames = dap.response(dap.send("stackTrace", threadId=stopped["body"]["threadId"]))["body"]["stackFrames"]
-            dap.response(dap.send("continue", threadId=stopped["body"]["threadId"]))
-            dap.close()
+            frames = dap.request("stackTrace", threadId=stopped["body"]["threadId"])["body"]["stackFrames"]
+            dap.request("continue", threadId=stopped["body"]["threadId"])
+            dap.event("terminated")
+            dap.disconnect()
             code, out = finish(proc)
         finally:
             proc.kill()
@@ -518,9 +458,10 @@ class TestDebugpy:
             wait_for_line(proc.stderr, r"^replay: waiting for a debugger to attach")
             launch = json.loads((tmp_path / ".vscode" / "launch.json").read_text())
             configuration = launch["configurations"][0]
-            dap = Dap(configuration["connect"]["host"], configuration["connect"]["port"])
-            dap.attach()
-            dap.close()
+            dap = DapClient(configuration["connect"]["host"], configuration["connect"]["port"])
+            dap.attach(just_my_code=False)
+            dap.event("terminated")
+            dap.disconnect()
             code, _out = finish(proc)
         finally:
             proc.kill()

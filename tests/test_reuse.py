@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeobs import reuse
+from pipeobs import fingerprint, reuse
 from pipeobs.cli import main
 from pipeobs.config import ParallelRunConfig
 from pipeobs.datasets import FileDataset
@@ -188,7 +188,7 @@ class TestWhy:
         answer = project.why(second)
         assert answer.startswith(f"{second} re-ran because {changed} (compared with run {first})\n")
         rows = dict(re.findall(r"^  (\w+) +(.+)$", answer, re.MULTILINE))
-        assert rows == {**dict.fromkeys(reuse.COMPONENTS, "same"),
+        assert rows == {**dict.fromkeys(fingerprint.COMPONENTS, "same"),
                         "source_directory": "old.py (removed), score.py (modified), util.py (added)"}
 
     def test_a_changed_input_is_counted(self, project: Project) -> None:
@@ -251,7 +251,7 @@ class TestFingerprint:
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_text(text)
 
-        taken = reuse.SourceScan(tmp_path, {str(tmp_path / "runs")}).files()
+        taken = fingerprint.SourceScan(tmp_path, {str(tmp_path / "runs")}).files()
 
         assert sorted(taken) == [".amlignore", ".gitignore", "notes.md", "pkg/.gitignore", "pkg/keep.log",
                                  "pkg/mod.py", "score.py"]
@@ -259,20 +259,20 @@ class TestFingerprint:
     def test_large_inputs_are_fingerprinted_by_size_and_modification_time(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Past the content limit a rewrite with the same size and mtime goes unseen; below it the content counts."""
-        monkeypatch.setattr(reuse, "CONTENT_LIMIT", 8)
+        monkeypatch.setattr(fingerprint, "CONTENT_LIMIT", 8)
         large, small = tmp_path / "large.bin", tmp_path / "small.bin"
         large.write_bytes(b"0123456789")
         small.write_bytes(b"01234567")
-        before = {p: (reuse.data_digest(str(p)), p.stat().st_mtime_ns) for p in (large, small)}
+        before = {p: (fingerprint.data_digest(str(p)), p.stat().st_mtime_ns) for p in (large, small)}
 
         for path, text in ((large, b"abcdefghij"), (small, b"abcdefgh")):
             path.write_bytes(text)
             os.utime(path, ns=(before[path][1], before[path][1]))
 
-        assert reuse.data_digest(str(large)) == before[large][0]
-        assert reuse.data_digest(str(small)) != before[small][0]
+        assert fingerprint.data_digest(str(large)) == before[large][0]
+        assert fingerprint.data_digest(str(small)) != before[small][0]
         os.utime(large, ns=(before[large][1] + 1, before[large][1] + 1))
-        assert reuse.data_digest(str(large)) != before[large][0]
+        assert fingerprint.data_digest(str(large)) != before[large][0]
 
     def test_environment_variables_are_named_never_shown(self) -> None:
         """A changed environment variable is named, its value is not."""

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from pipeobs.errors import RunDirError
 
 STORE_NAME = "pipeobs.db"
+
+
+def read_json_record(path: Path) -> dict[str, Any] | None:
+    """A JSON object a run wrote beside its store (``environment.json``, ``fingerprint.json``); None when the
+    file is missing (an older run), unreadable, not JSON, or not an object."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def new_step_id(step_name: str) -> str:
