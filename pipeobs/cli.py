@@ -120,6 +120,17 @@ def build_parser() -> Parser:
     run.add_argument("--export", action="append", dest="export", metavar="NAME", help="exporter plugin: appinsights, otlp (repeatable)")
     run.add_argument("--export-deadline", "--export_deadline", dest="export_deadline", type=float, metavar="SECONDS",
                      help="how long delivery may go on after the job before the rest is spooled (default 10)")
+    run.add_argument("--metrics-port", "--metrics_port", dest="metrics_port", metavar="[HOST:]PORT",
+                     help="serve the job's metrics to Prometheus while it runs (host 127.0.0.1 by default; 0: any free "
+                          "port, printed and recorded)")
+    run.add_argument("--pushgateway", metavar="URL", help="push the job's final metrics to this Prometheus Pushgateway")
+    run.add_argument("--alerts", metavar="FILE", help="alert rules evaluated during the run (default: the shipped set; "
+                                                      "none: no alerts)")
+    run.add_argument("--alert-webhook", "--alert_webhook", dest="alert_webhook", action="append", metavar="URL",
+                     help="POST firing and resolved alerts as JSON to this URL (repeatable)")
+    run.add_argument("--alertmanager", metavar="URL", help="send alerts to this Alertmanager (API v2)")
+    run.add_argument("--alert-interval", "--alert_interval", dest="alert_interval", type=float, metavar="SECONDS",
+                     help="evaluate the alert rules this often (default 5)")
     run.add_argument("-c", "--config", metavar="YAML", help="job YAML with the same keys as the flags")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only unfinished mini-batches run")
     run.add_argument("--debug-mini-batch", "--debug_mini_batch", dest="debug_mini_batch", type=int, metavar="N",
@@ -145,6 +156,12 @@ def build_parser() -> Parser:
     from pipeobs.replay import add_subcommand as add_replay
 
     add_replay(sub)
+    alerts = sub.add_parser("alerts", help="the alert rules outside a run", allow_abbrev=False)
+    export = alerts.add_subparsers(dest="alerts_command", required=True, parser_class=Parser).add_parser(
+        "export", help="write the alert rules as Prometheus rule files, with promtool unit tests", allow_abbrev=False)
+    export.add_argument("--prometheus", required=True, metavar="DIR", help="folder for pipeobs-rules.yml and "
+                        "pipeobs-rules.test.yml (created if missing)")
+    export.add_argument("--rules", metavar="FILE", help="the rules to export (default: the shipped set)")
     demo = sub.add_parser("demo", help="run the digit-identification demo job", allow_abbrev=False)
     demo.add_argument("--dir", default="pipeobs-demo", help="folder for the demo's images and runs")
     demo.add_argument("--images", type=int, default=200, help="how many digit images to score")
@@ -169,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         if args.command == "run":
             return command_run(args, script_args)
+        if args.command == "alerts":
+            from pipeobs.alerts.export import command_export
+
+            return command_export(args.prometheus, args.rules)
         if args.command == "why":
             from pipeobs.reuse import command_why
 
@@ -200,6 +221,8 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
     if args.resume:
         plan = resume_plan(args.resume)
         plan.debug = debug
+        plan.metrics_address, plan.pushgateway = metrics_address(args.metrics_port), args.pushgateway
+        plan.alerts = alert_settings(vars(args))
         with Progress() as progress:
             result = run_plan(plan, progress.update)
         print_result(result)
@@ -209,7 +232,9 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
     step = build_step(values, script_args)
     runs_dir = values.get("runs_dir") or "runs"
     options = {"model_dir": values.get("model_dir"), "exporters": _as_list(values.get("export")),
-               "export_deadline": float(values.get("export_deadline", 10.0))}
+               "export_deadline": float(values.get("export_deadline", 10.0)),
+               "metrics_address": metrics_address(values.get("metrics_port")), "pushgateway": values.get("pushgateway"),
+               "alerts": alert_settings(values)}
     with Progress() as progress:
         if debug is None:
             result = step.run(runs_dir, on_progress=progress.update, **options)
@@ -232,6 +257,26 @@ def debug_target(args: argparse.Namespace) -> DebugTarget | None:
     target = DebugTarget(args.debug_mini_batch, *(args.debugpy or ()))
     target.check()
     return target
+
+
+def alert_settings(values: dict[str, Any]) -> Any:
+    """``--alerts``, ``--alert-webhook``, ``--alertmanager``, ``--alert-interval`` (or their YAML keys), checked."""
+    from pipeobs.alerts.rules import AlertSettings
+
+    return AlertSettings.from_options(values.get("alerts"), _as_list(values.get("alert_webhook")),
+                                      values.get("alertmanager"), values.get("alert_interval"))
+
+
+def metrics_address(value: Any) -> tuple[str, int] | None:
+    """``--metrics-port`` (or ``metrics_port:`` in the job YAML) as (host, port)."""
+    if value is None:
+        return None
+    from pipeobs.replay import parse_address
+
+    try:
+        return parse_address(str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"--metrics-port: {exc}") from None
 
 
 # `pipeobs run` flags that are not job values (no YAML key): what to do with the job, not what it is.
@@ -365,6 +410,8 @@ def load_yaml(path: str) -> dict[str, Any]:
     for key in ("output", "source_directory", "model_dir"):
         if values.get(key):
             values[key] = str(_relative_to(base, values[key]))
+    if values.get("alerts", "none") != "none":
+        values["alerts"] = str(_relative_to(base, values["alerts"]))
     if values.get("entry_script") and not values.get("source_directory"):  # else relative to it
         values["entry_script"] = str(_relative_to(base, values["entry_script"]))
     return values

@@ -7,13 +7,16 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeobs import env as variables
 from pipeobs.config import ParallelRunConfig, Settings
 from pipeobs.errors import ConfigError
 from pipeobs.protocol import Setup
 from pipeobs.record.rundir import RunDir
+
+if TYPE_CHECKING:
+    from pipeobs.alerts.rules import AlertSettings
 
 
 def gpu_count() -> int:
@@ -42,6 +45,9 @@ class JobPlan:
     exporters: list[str] = field(default_factory=list)
     export_deadline: float = 10.0
     debug: DebugTarget | None = None  # not recorded: a resumed run debugs only when asked again
+    alerts: AlertSettings | None = None  # None: the default alert rules
+    metrics_address: tuple[str, int] | None = None  # --metrics-port; not recorded, as debug
+    pushgateway: str | None = None  # --pushgateway; not recorded, as debug
 
     @property
     def tabular(self) -> bool:
@@ -215,6 +221,7 @@ class JobResult:
     exports: dict[str, dict[str, int]] = field(default_factory=dict)
     interrupted_by: str | None = None  # "SIGINT" | "SIGTERM" when status is "Interrupted"
     reused_from: str | None = None  # the run whose outputs this one reused (no worker started)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # the alerts that fired (AlertEvaluator)
 
     @property
     def ok(self) -> bool:
@@ -240,3 +247,4 @@ class ProgressView:
     done: int  # mini-batches finished (done or failed)
     total: int | None  # None while partitioning goes on
     started: float  # time.monotonic() at the start
+    alerts: tuple[str, ...] = ()  # the names of the alerts firing now

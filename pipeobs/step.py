@@ -7,7 +7,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeobs.config import (
     ParallelRunConfig,
@@ -23,6 +23,9 @@ from pipeobs.errors import ConfigError, InputError, RunDirError
 from pipeobs.jobs import JobPlan, JobResult, ProgressView
 from pipeobs.record.rundir import RunDir, new_step_id
 from pipeobs.record.store import Store, step_ids_of
+
+if TYPE_CHECKING:
+    from pipeobs.alerts.rules import AlertSettings
 
 ProgressCallback = Callable[[ProgressView], None]
 
@@ -65,6 +68,10 @@ class ParallelRunStep:
         model_dir: str | os.PathLike[str] | None = None,
         exporters: Sequence[str] = (),
         export_deadline: float = 10.0,
+        *,
+        metrics_address: tuple[str, int] | None = None,
+        pushgateway: str | None = None,
+        alerts: AlertSettings | None = None,
     ) -> JobPlan:
         """Create the run directory and its store; the job is ready to run."""
         if exporters:  # fail on an unknown or unconfigured exporter before anything is created
@@ -94,6 +101,9 @@ class ParallelRunStep:
             model_dir=os.path.abspath(model_dir) if model_dir else None,
             exporters=list(exporters),
             export_deadline=export_deadline,
+            metrics_address=metrics_address,
+            pushgateway=pushgateway,
+            alerts=alerts,
         )
 
         store = Store(run_dir.store)
@@ -110,17 +120,24 @@ class ParallelRunStep:
         model_dir: str | os.PathLike[str] | None = None,
         exporters: Sequence[str] = (),
         export_deadline: float = 10.0,
+        *,
+        metrics_address: tuple[str, int] | None = None,
+        pushgateway: str | None = None,
+        alerts: AlertSettings | None = None,
     ) -> JobResult:
         """Run the step to the end (blocking) and return its result; a failed job is a result.
 
         ``model_dir`` is where ``Model.get_model_path(name)`` looks (``<model_dir>/<name>``).
         ``exporters`` names exporter plugins (``"appinsights"``, ``"otlp"``); what they cannot
         deliver within ``export_deadline`` seconds after the job is spooled to the run directory.
+        ``metrics_address`` (host, port; port 0: any free one) serves the job's metrics to Prometheus
+        while it runs; ``pushgateway`` (a URL) receives them when it ends. ``alerts`` says which alert
+        rules the driver evaluates and where it sends their notifications (None: the default rules).
 
         With ``allow_reuse``, an earlier completed run of this step under ``runs_dir`` with the same
-        fingerprint is reused (see :mod:`pipeobs.reuse`): the result is its result, in a run directory
-        of its own, and no worker starts. One line on stdout says, before anything runs, whether
-        the run is reused or why it runs.
+        fingerprint (:mod:`pipeobs.fingerprint`) is reused (see :mod:`pipeobs.reuse`): the result is
+        its result, in a run directory of its own, and no worker starts. One line on stdout says,
+        before anything runs, whether the run is reused or why it runs.
         """
         from pipeobs import reuse
         from pipeobs.explorer.terminal import printable
@@ -130,7 +147,8 @@ class ParallelRunStep:
         fingerprint = take_fingerprint(self, runs_dir, settings, model_dir)
         decision = reuse.decide(fingerprint, self.name, runs_dir, self.allow_reuse)
         print(printable(decision.text()), flush=True)
-        plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline)
+        plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline, metrics_address=metrics_address,
+                         pushgateway=pushgateway, alerts=alerts)
         reuse.record(plan, fingerprint, decision)
         if decision.reused_from:
             return reuse.complete_reused(plan, decision)

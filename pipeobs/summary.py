@@ -32,6 +32,7 @@ class Progress:
         self._task: Any = None
         self._last_plain = 0.0
         self._last_done = 0
+        self._last_alerts: tuple[str, ...] = ()
 
     def __enter__(self) -> Progress:
         if self.tty:
@@ -51,22 +52,30 @@ class Progress:
     def update(self, view: ProgressView) -> None:
         done, total = view.done, view.total
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total, description=printable(view.step_name))
+            description = printable(view.step_name) + (f" ({alerts_firing(view.alerts)})" if view.alerts else "")
+            self._bar.update(self._task, completed=done, total=total, description=description)
             return
         now = time.monotonic()
-        if now - self._last_plain >= self.interval and done != self._last_done:
-            self._last_plain, self._last_done = now, done
+        changed = view.alerts != self._last_alerts
+        if changed or (now - self._last_plain >= self.interval and done != self._last_done):
+            self._last_plain, self._last_done, self._last_alerts = now, done, view.alerts
             elapsed = now - view.started
             rate = done / elapsed if elapsed > 0 else 0.0
             eta = f", ETA {(total - done) / rate:.0f} s" if total and rate > 0 else ""
             print(
-                f"Processed {done} of {total if total is not None else '?'} mini batches in {elapsed:.0f} s{eta}.",
+                f"Processed {done} of {total if total is not None else '?'} mini batches in {elapsed:.0f} s{eta}."
+                + (f" {alerts_firing(view.alerts)}." if view.alerts else ""),
                 file=self.stream, flush=True,
             )
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+def alerts_firing(names: tuple[str, ...]) -> str:
+    """``1 alert firing: JobStalled`` for the progress line."""
+    return f"{len(names)} alert{'s' if len(names) != 1 else ''} firing: {', '.join(names)}"
 
 
 def summary_text(result: JobResult) -> str:
@@ -99,6 +108,9 @@ def summary_text(result: JobResult) -> str:
             + (f"  -> pipeobs export --retry {result.run_dir}" if c["spooled"] else "")
         )
     lines.append(f"  driver log:   {result.run_dir}/azureml-logs/70_driver_log.txt")
+    for alert in result.alerts:
+        ended = "until the end" if alert["ended"] is None else f"{alert['ended'] - alert['started']:.1f} s"
+        lines.append(f"  alert:        {alert['alertname']} ({alert['severity']}) fired for {ended}: {alert['summary']}")
     if result.reason:
         lines.append(f"  reason:       {result.reason}")
     if result.first_error:

@@ -69,6 +69,12 @@ JOB_YAML: dict[str, Shape | dict[str, Shape]] = {
     "arguments": Shape("a list of arguments such as [--model_dir, model/]", _list_of(str, int, float, bool)),
     "export": Shape("an exporter name or a list of names", _either(_of(str), _list_of(str))),
     "export_deadline": NUMBER,
+    "metrics_port": Shape("a port number or '[HOST:]PORT'", _of(int, str)),
+    "pushgateway": Shape("a URL such as http://127.0.0.1:9091", _of(str)),
+    "alerts": Shape("a rules file or 'none'", _of(str)),
+    "alert_webhook": Shape("a URL or a list of URLs", _either(_of(str), _list_of(str))),
+    "alertmanager": Shape("a URL such as http://127.0.0.1:9093", _of(str)),
+    "alert_interval": NUMBER,
     # ParallelRunConfig, v1
     "error_threshold": INTEGER,
     "output_action": TEXT,

@@ -47,12 +47,14 @@ class Driver:
         self.config = plan.config
         self.budgets = Budgets.from_config(plan.config, plan.settings)
         self.on_progress = on_progress
+        self.clock = clock  # monotonic seconds: every timing decision reads it (a fake one in tests)
+        self.started = clock()
+        self.journal = RunJournal(plan, self.started)  # first: it refuses a metrics port in use
         if executor is None:
             from pipeobs.executors.local import LocalExecutor
 
             executor = LocalExecutor()
         self.executor = executor
-        self.clock = clock  # monotonic seconds: every timing decision reads it (a fake one in tests)
         self.token = secrets.token_hex(8)
         self.ledger = Ledger(Thresholds.from_config(plan.config), plan.config.run_max_try)
         self.output = OutputFile(plan.output_file, plan.settings.append_row_dataframe_header)
@@ -60,8 +62,6 @@ class Driver:
         self.interrupted_by: str | None = None  # "SIGINT" or "SIGTERM"
         self.concluded = False
         self.fatal: PipeobsError | None = None
-        self.started = clock()
-        self.journal = RunJournal(plan, self.started)
         self.workers = WorkerPool(plan, executor, self.journal, clock)
         self.partitioner = Partitioner(plan.datasets, plan.mini_batch_size, plan.config.partition_keys, executor.wake)
         self.last_progress = self.started
@@ -301,14 +301,16 @@ class Driver:
                              self.workers.debugging()))
 
     def _periodic(self, now: float) -> None:
-        self.journal.periodic(now, self.workers.live(), len(self.ledger.pending))
+        self.journal.periodic(now, self.workers.live(), len(self.ledger.pending), len(self.ledger), self.ledger.finished)
+        self._stop(self.journal.check_alerts(time.time()))  # alerts read wall-clock time, as the records carry
         if now >= self.journal.next_overview and self.ledger.all_scheduled:
             self.journal.overview(now, self.ledger.finished, len(self.ledger), self.started)
         self._flush()
         self._last_flush = now
         if self.on_progress is not None:
             total = len(self.ledger) if self.ledger.all_scheduled else self.known_total
-            self.on_progress(ProgressView(self.plan.step_name, self.ledger.finished, total, self.started))
+            self.on_progress(ProgressView(self.plan.step_name, self.ledger.finished, total, self.started,
+                                          self.journal.firing_alerts()))
 
     def _flush(self) -> None:
         self.output.flush()  # rows reach the file before the ledger commit that covers them

@@ -5,14 +5,20 @@ the exporters: the sinks of one :class:`~pipeobs.record.pipeline.Pipeline`), the
 and the resource monitor. The driver tells it what happened (a worker started or exited, an
 attempt ended, the job stopped) and it records that in every place it belongs, so the driver's
 loop holds decisions and the journal holds their paperwork.
+
+The job's built-in metrics live from the journal's start to its close, and so does their
+Prometheus endpoint (``pipeobs run --metrics-port``): a port that cannot be had fails the run
+before any worker starts.
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from pipeobs.errors import ConfigError
 from pipeobs.jobs import JobPlan, JobResult
 from pipeobs.record.driverlog import DriverLogSink
 from pipeobs.record.files import RunFiles
@@ -21,6 +27,7 @@ from pipeobs.record.perf import ResourceMonitor
 from pipeobs.record.pipeline import Pipeline
 from pipeobs.record.store import LedgerRow, Store, WorkerRow
 from pipeobs.records import Event
+from pipeobs.telemetry.metrics import JobMetrics, MetricsEndpoint
 
 if TYPE_CHECKING:
     from pipeobs.driver.ledger import MiniBatchState, Verdict
@@ -41,16 +48,45 @@ class RunJournal:
         self.monitor = ResourceMonitor(run_dir.logs / "perf", plan.settings.resource_monitor_interval)
         self.telemetry: Any = None  # a JobTelemetry, from open()
         self.exports: Any = None  # a RunExports when exporters are on
+        self.alerts: Any = None  # an AlertEvaluator when there are alert rules
         self.counts = collections.Counter[str]()  # retries, timeouts, worker_restarts
         self.first_error: dict[str, Any] | None = None
         self.next_overview = now + OVERVIEW_INTERVAL
         self._next_metrics = 0.0
+        self.metrics = JobMetrics()  # the alert evaluator sets metrics.alerts_firing
+        self.metrics.job_started(time.time(), plan.config.run_invocation_timeout,
+                                 plan.settings.progress_timeout(plan.config.run_invocation_timeout))
+        self.pipeline.add(self.metrics)
+        self.endpoint: MetricsEndpoint | None = None
+        self.endpoint = self._metrics_endpoint()
+
+    def _metrics_endpoint(self) -> MetricsEndpoint | None:
+        """Serve the metrics on ``plan.metrics_address``, and say where (the port is recorded in the run row)."""
+        plan = self.plan
+        if plan.metrics_address is None and plan.pushgateway is None:
+            return None
+        endpoint = MetricsEndpoint(self.metrics, plan.step_id, plan.step_name)
+        if plan.metrics_address is not None:
+            host, port = plan.metrics_address
+            try:
+                port = endpoint.serve(host, port)
+            except OSError as exc:
+                message = (f"cannot serve metrics on {host}:{port} ({exc.strerror}): give --metrics-port a free port, "
+                           f"or 0 for any free one")
+                self.store.update_run(status="Failed", ended_at=time.time(), error=message)
+                self.close()
+                raise ConfigError(message) from None
+            self.store.update_run(metrics_port=port)
+            url = f"http://{host}:{port}/metrics"
+            self.say("INFO", "metrics", f"Metrics for Prometheus on {url}")
+            print(f"metrics for Prometheus on {url}", file=sys.stderr, flush=True)
+        return endpoint
 
     def open(self) -> None:
         """Exporters and the job span (imported after the workers started: they take a while)."""
         from pipeobs.telemetry.job import JobTelemetry
 
-        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline)
+        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline, self.metrics)
         if self.plan.exporters:
             from pipeobs.export.run import RunExports
 
@@ -59,6 +95,45 @@ class RunJournal:
                                       job=(self.telemetry.trace_id, self.telemetry.span_id))
             self.pipeline.add(self.exports)
             self.exports.carry_over()
+        self.alerts = self._alert_evaluator()
+        if self.alerts is not None:
+            self.pipeline.add(self.alerts)
+
+    def _alert_evaluator(self) -> Any:
+        """The live evaluator of the plan's alert rules (the default set unless the plan says), or None."""
+        from pipeobs.alerts.rules import AlertSettings
+
+        settings = self.plan.alerts or AlertSettings.from_options()
+        if not settings.rules:
+            return None
+        from pipeobs.alerts.evaluator import AlertEvaluator
+        from pipeobs.alerts.notify import Notifier
+        from pipeobs.alerts.signals import Observed
+        from pipeobs.telemetry.metrics import memory_limit
+
+        now = time.time()
+        observed = Observed(start=now, last_progress=now, memory_limit=memory_limit(),  # as pipeobs_memory_limit_bytes
+                            invocation_timeout=self.plan.config.run_invocation_timeout)
+        notifier = Notifier(settings.webhooks, settings.alertmanager) if settings.webhooks or settings.alertmanager \
+            else None
+        return AlertEvaluator(settings.rules, {"step_id": self.plan.step_id, "step": self.plan.step_name}, observed,
+                              settings.interval, self._alert_changed, lambda message: self.say("WARNING", "alert_delivery", message),
+                              notifier, self.plan.run_dir.path.resolve().as_uri())
+
+    def _alert_changed(self, alert: Any) -> None:
+        """An alert fired or resolved: an event (store, driver log, exporters) and the alerts gauge."""
+        rule, firing = alert.rule, alert.state == "firing"
+        self.say("WARNING" if firing else "INFO", f"alert_{alert.state}",
+                 f"Alert {rule.alert} ({rule.severity}) {alert.state}: {alert.summary}")
+        self.metrics.alerts_firing.labels(alertname=rule.alert, severity=rule.severity).set(1 if firing else 0)
+
+    def check_alerts(self, now: float) -> str | None:
+        """Evaluate the alert rules when due; the stop reason when an alert whose action is stop fired."""
+        alert = self.alerts.tick(now) if self.alerts is not None else None
+        return None if alert is None else f"Alert {alert.rule.alert} ({alert.rule.severity}) fired: {alert.summary}"
+
+    def firing_alerts(self) -> tuple[str, ...]:
+        return tuple(a.rule.alert for a in self.alerts.firing()) if self.alerts is not None else ()
 
     def started(self, resumed_finished: int | None, output_size: int) -> None:
         self.store.update_run(status=RUNNING, ended_at=None, error=None, summary=None, **this_driver())
@@ -82,7 +157,7 @@ class RunJournal:
     def count(self, name: str) -> None:
         """One more retry, timeout or worker restart (the result's count and the built-in metric)."""
         self.counts[name] += 1
-        getattr(self.telemetry.metrics, name).inc()
+        getattr(self.metrics, name).inc()
 
     # ------------------------------------------------------------------ resume
     def committed_output_size(self) -> int:
@@ -200,7 +275,8 @@ class RunJournal:
         self.files.progress(f"Progress update stopped for reasons: [{reason}]", "ERROR")
 
     # ------------------------------------------------------------------ periodic
-    def periodic(self, now: float, live: list[tuple[int, str, int]], queue_depth: int) -> None:
+    def periodic(self, now: float, live: list[tuple[int, str, int]], queue_depth: int, scheduled: int,
+                 finished: int) -> None:
         """Resource samples, built-in metrics and export counts, each at its own pace."""
         if self.monitor.due(now):
             self.monitor.sample(live, now)
@@ -208,7 +284,7 @@ class RunJournal:
             self.telemetry.resources(self.monitor.last)
         if now >= self._next_metrics:
             self._next_metrics = now + 1.0
-            self.telemetry.publish(queue_depth)
+            self.telemetry.publish(queue_depth, scheduled, finished)
             if self.exports is not None:
                 self.exports.checkpoint()
 
@@ -226,12 +302,17 @@ class RunJournal:
 
     # ------------------------------------------------------------------ the end
     def conclude(self, result: JobResult, all_processed: bool, total: int, error_threshold: int) -> None:
-        """The job span's end, the last metrics, export delivery, the run row and the reports."""
+        """Firing alerts resolved, the job span's end, the last metrics, export delivery, the run row and the reports."""
+        if self.alerts is not None:
+            self.alerts.finish(time.time())
+            result.alerts = [a.to_dict() for a in self.alerts.fired]
         self.telemetry.end(result.ok, result.reason, {
             "mini_batches.total": result.mini_batches_total, "mini_batches.failed": result.mini_batches_failed,
             "items.total": result.items_total, "items.failed": result.items_failed, "status": result.status,
         })
-        self.telemetry.publish(0)
+        self.telemetry.publish(0, total, result.mini_batches_succeeded + result.mini_batches_failed)
+        if self.plan.pushgateway and self.endpoint is not None:
+            self._push(self.endpoint, self.plan.pushgateway)
         if self.exports is not None:
             self.pipeline.remove(self.exports)
             result.exports = self.exports.finish()
@@ -248,6 +329,17 @@ class RunJournal:
 
         write_reports(self.files, self.store, result)
 
+    def _push(self, endpoint: MetricsEndpoint, url: str) -> None:
+        """The final values to a Pushgateway; a failure is said, and the job's outcome stands."""
+        try:
+            endpoint.push(url, self.plan.export_deadline)
+        except Exception as exc:  # the exporter boundary: telemetry never fails a job
+            message = f"Pushing the metrics to the Pushgateway {url} failed: {exc}"
+            self.say("WARNING", "pushgateway", message)
+            print(message, file=sys.stderr, flush=True)
+        else:
+            self.say("INFO", "pushgateway", f"Metrics pushed to the Pushgateway {url}")
+
     def abandon(self, signal_name: str) -> None:
         """The run could not conclude (interrupted again while ending): say so in the run row."""
         message = f"The run was interrupted by {signal_name} before it could conclude."
@@ -256,6 +348,8 @@ class RunJournal:
         self.pipeline.flush()
 
     def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
         self.monitor.close()
         self.pipeline.close()
 

@@ -393,7 +393,7 @@ def run_status(conn: sqlite3.Connection) -> str:
 
 # ----------------------------------------------------------------------------- everything
 def show_run(conn: sqlite3.Connection, slowest: int = 10) -> Row:
-    """What ``pipeobs show`` prints: summary, slowest, failures, retries, workers, histograms, user metrics."""
+    """What ``pipeobs show`` prints: summary, slowest, failures, retries, workers, histograms, user metrics, alerts."""
     return {
         "summary": run_summary(conn),
         "slowest": slowest_mini_batches(conn, slowest),
@@ -402,4 +402,28 @@ def show_run(conn: sqlite3.Connection, slowest: int = 10) -> Row:
         "workers": worker_stats(conn),
         "histograms": histogram_summaries(conn),
         "metrics": user_metrics(conn),
+        "alerts": alerts(conn),
     }
+
+
+_ALERT_EVENT = re.compile(r"^Alert (?P<alert>\S+) \((?P<severity>[^)]*)\) (?:firing|resolved): (?P<summary>.*)$", re.DOTALL)
+
+
+def alerts(conn: sqlite3.Connection) -> list[Row]:
+    """Each time an alert fired, from the driver's ``alert_firing`` / ``alert_resolved`` events: when it
+    started, when it resolved (None: still firing when the run ended or now), severity and summary."""
+    fired: list[Row] = []
+    open_by_name: dict[str, Row] = {}
+    for row in conn.execute("SELECT time, kind, message FROM events WHERE kind IN ('alert_firing', 'alert_resolved') "
+                            "ORDER BY time, rowid"):
+        match = _ALERT_EVENT.match(row["message"])
+        if match is None:
+            continue
+        name = match["alert"]
+        if row["kind"] == "alert_firing":
+            open_by_name[name] = {"alert": name, "severity": match["severity"], "summary": match["summary"],
+                                  "start": row["time"], "end": None}
+            fired.append(open_by_name[name])
+        elif name in open_by_name:
+            open_by_name.pop(name)["end"] = row["time"]
+    return fired

@@ -113,6 +113,18 @@ def show(console: Console, result: dict[str, Any]) -> None:
     histogram_table(console, result["histograms"])
     if result["metrics"]:
         metric_table(console, result["metrics"], title="user metrics")
+    alerts_table(console, result.get("alerts") or [])
+
+
+def alerts_table(console: Console, alerts: list[dict[str, Any]]) -> None:
+    """The alerts that fired during the run, with when they fired and resolved."""
+    if not alerts:
+        return
+    table = _table(f"alerts ({len(alerts)} fired)", "alert", "severity", "fired", "resolved", "summary")
+    for a in alerts:
+        table.add_row(_text(a["alert"], "red"), _text(a["severity"]), _text(utc(a["start"])),
+                      _text(utc(a["end"]) if a["end"] is not None else "still firing"), _text(a["summary"]))
+    _print_table(console, table)
 
 
 def summary_block(console: Console, s: dict[str, Any], run_dir: str | None) -> None:

@@ -10,8 +10,8 @@ Schema (documented in the README):
 * ``runs``: one row per run (step_id, step name, status, times, config, settings, inputs,
   output path, ``output_size`` = bytes of the output file covered by done mini-batches, and the
   driver writing it: ``driver_pid``, ``driver_host``, ``driver_since`` = its process start time;
-  ``fingerprint`` = the step's fingerprint digest and ``reused_from`` = the run it reused, see
-  :mod:`pipeobs.reuse`).
+  ``fingerprint`` = the step's fingerprint digest, see :mod:`pipeobs.fingerprint`, and
+  ``reused_from`` = the run it reused, see :mod:`pipeobs.reuse`).
 * ``mini_batches``: the ledger: descriptor JSON, status (pending/done/failed), attempts, items.
 * ``attempts``: one row per mini-batch attempt (the ``processed_mini-batches.csv`` columns).
 * ``log_lines``: every captured line with step_id, worker, stream, phase, mini_batch_id,
@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
     entry_script TEXT, config TEXT, settings TEXT, inputs TEXT, output_path TEXT,
     output_size INTEGER NOT NULL DEFAULT 0, partitioned INTEGER NOT NULL DEFAULT 0,
     error TEXT, summary TEXT, driver_pid INTEGER, driver_host TEXT, driver_since REAL,
-    fingerprint TEXT, reused_from TEXT
+    fingerprint TEXT, reused_from TEXT, metrics_port INTEGER
 );
 CREATE TABLE IF NOT EXISTS mini_batches (
     id INTEGER PRIMARY KEY, descriptor TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
@@ -117,7 +117,7 @@ _SQL["ledger"] = (
     "UPDATE mini_batches SET status=?, attempts=?, total=?, succeeded=?, failed=?, worker=?, output_end=? WHERE id=?"
 )
 ADDED_RUN_COLUMNS = {"driver_pid": "INTEGER", "driver_host": "TEXT", "driver_since": "REAL",  # older stores lack them
-                     "fingerprint": "TEXT", "reused_from": "TEXT"}
+                     "fingerprint": "TEXT", "reused_from": "TEXT", "metrics_port": "INTEGER"}
 _JSON_COLUMNS = {"attributes", "events", "labels", "value_json", "drop_reasons"}
 _NOT_NULL_JSON = {"attributes": "{}", "events": "[]"}
 

@@ -15,7 +15,7 @@ from pipeobs.telemetry.spans import CallbackSpanExporter, killed_span, make_trac
 class JobTelemetry:
     """Opens the job span, counts what happens, and closes the span with the job's outcome."""
 
-    def __init__(self, step_id: str, step_name: str, pipeline: Pipeline) -> None:
+    def __init__(self, step_id: str, step_name: str, pipeline: Pipeline, metrics: JobMetrics) -> None:
         from opentelemetry.trace import SpanKind
 
         self.step_id = step_id
@@ -32,8 +32,7 @@ class JobTelemetry:
         self.trace_id = f"{ctx.trace_id:032x}"
         self.span_id = f"{ctx.span_id:016x}"
         self._job = Invocation("job", None, None, self.trace_id, self.span_id)
-        self.metrics = JobMetrics()
-        self.metrics.job_running.set(1)
+        self.metrics = metrics
         self._children: dict[tuple[int, str], Any] = {}
 
     def attempt(self, worker: str, mb_id: int, attempt: int, result: dict[str, Any], final: str | None) -> None:
@@ -41,6 +40,8 @@ class JobTelemetry:
         m = self.metrics
         status = result["status"]
         self._child(m.attempts, status).inc()
+        now = time.time()
+        m.last_progress.set(now)
         if final is not None:
             self._child(m.mini_batches, final).inc()
         total, succeeded = result.get("total", 0) or 0, result.get("succeeded", 0) or 0
@@ -51,7 +52,6 @@ class JobTelemetry:
         elif final == "failed":
             self._child(m.items, "failed").inc(max(total, 1))
         inv = Invocation("run", mb_id, attempt, result.get("trace_id"), result.get("span_id"))
-        now = time.time()
         labels = status_labels(status)
         emit = self._pipeline.metric
         if result.get("elapsed") is not None:
@@ -74,9 +74,11 @@ class JobTelemetry:
             self.metrics.cpu.labels(worker=worker).set(sample["cpu"])
             self.metrics.rss.labels(worker=worker).set(sample["rss"] + sample["children_rss"])
 
-    def publish(self, queue_depth: int) -> None:
+    def publish(self, queue_depth: int, scheduled: int, finished: int) -> None:
         """The built-in series that changed since the last call, as metric records."""
         self.metrics.queue_depth.set(queue_depth)
+        self.metrics.scheduled.set(scheduled)
+        self.metrics.finished.set(finished)
         now = time.time()
         for name, kind, labels, value in self.metrics.snapshot():
             worker = json.loads(labels).get("worker")
