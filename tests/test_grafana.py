@@ -128,8 +128,11 @@ class TestDashboards:
         titles = {panel["title"] for panel in panels()}
 
         assert [name for name in COVERED_SERIES if name not in queried] == []
-        assert {"Status", "Progress", "ETA", "Error ratio", "RSS per worker", "CPU per worker", "Firing alerts",
+        assert {"Status", "Progress", "ETA", "Error ratio, by worker", "RSS per worker", "CPU per worker", "Firing alerts",
                 "User metrics (Run.log)"} <= titles
+        by_title = {panel["title"]: " ".join(t["expr"] for t in panel.get("targets", [])) for panel in panels()}
+        for title in ("Attempts per second (throughput), by worker and status", "Error ratio, by worker"):
+            assert "sum by (worker" in by_title[title] and 'worker=~"$worker"' in by_title[title]
 
 
 class TestProvisioning:

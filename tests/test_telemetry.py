@@ -158,7 +158,8 @@ class TestMetrics:
 
         assert last("pipeobs_mini_batches_total", '{"status": "succeeded"}') == 3
         assert last("pipeobs_mini_batches_total", '{"status": "failed"}') == 1
-        assert last("pipeobs_items_total", '{"status": "succeeded"}') == 3
+        assert last("pipeobs_items_total", '{"status": "succeeded", "worker": "0/process000"}') == 3
+        assert last("pipeobs_attempts_total", '{"status": "RUN_EXCEPTION", "worker": "0/process000"}') == 2
         assert last("pipeobs_retries_total") == 1
         assert last("pipeobs_mini_batch_duration_seconds_count") == 5
         assert last("pipeobs_job_running") == 0

@@ -33,24 +33,24 @@ class JobTelemetry:
         self.span_id = f"{ctx.span_id:016x}"
         self._job = Invocation("job", None, None, self.trace_id, self.span_id)
         self.metrics = metrics
-        self._children: dict[tuple[int, str], Any] = {}
+        self._children: dict[tuple[int, str, str | None], Any] = {}
 
     def attempt(self, worker: str, mb_id: int, attempt: int, result: dict[str, Any], final: str | None) -> None:
         """One finished attempt; ``final`` is "succeeded"/"failed" when the mini-batch is finished."""
         m = self.metrics
         status = result["status"]
-        self._child(m.attempts, status).inc()
+        self._child(m.attempts, status, worker).inc()
         now = time.time()
         m.last_progress.set(now)
         if final is not None:
             self._child(m.mini_batches, final).inc()
         total, succeeded = result.get("total", 0) or 0, result.get("succeeded", 0) or 0
         if status == "RUN_DONE":
-            self._child(m.items, "succeeded").inc(succeeded)
+            self._child(m.items, "succeeded", worker).inc(succeeded)
             if total > succeeded:
-                self._child(m.items, "failed").inc(total - succeeded)
+                self._child(m.items, "failed", worker).inc(total - succeeded)
         elif final == "failed":
-            self._child(m.items, "failed").inc(max(total, 1))
+            self._child(m.items, "failed", worker).inc(max(total, 1))
         inv = Invocation("run", mb_id, attempt, result.get("trace_id"), result.get("span_id"))
         labels = status_labels(status)
         emit = self._pipeline.metric
@@ -61,12 +61,13 @@ class JobTelemetry:
             m.peak_rss.labels(worker=worker).set(result["peak_rss"])
             emit(Metric(inv, "observation", "pipeobs_mini_batch_peak_rss_bytes", result["peak_rss"], "", now, worker, labels))
 
-    def _child(self, metric: Any, status: str) -> Any:
-        """``metric.labels(status=...)``, cached: the lookup costs more than the increment."""
-        key = (id(metric), status)
+    def _child(self, metric: Any, status: str, worker: str | None = None) -> Any:
+        """``metric.labels(status=..[, worker=..])``, cached: the lookup costs more than the increment."""
+        key = (id(metric), status, worker)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(status=status)
+            labels = {"status": status} if worker is None else {"status": status, "worker": worker}
+            child = self._children[key] = metric.labels(**labels)
         return child
 
     def resources(self, samples: dict[str, dict[str, float]]) -> None:

@@ -33,8 +33,9 @@ class JobMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         reg = self.registry
         self.mini_batches = Counter("pipeobs_mini_batches", "Mini-batches finished, by final status", ["status"], registry=reg)
-        self.attempts = Counter("pipeobs_attempts", "Mini-batch attempts, by attempt status", ["status"], registry=reg)
-        self.items = Counter("pipeobs_items", "Items processed, by status", ["status"], registry=reg)
+        self.attempts = Counter("pipeobs_attempts", "Mini-batch attempts, by attempt status and worker", ["status", "worker"],
+                                registry=reg)
+        self.items = Counter("pipeobs_items", "Items processed, by status and worker", ["status", "worker"], registry=reg)
         self.duration = Histogram(
             "pipeobs_mini_batch_duration_seconds", "Duration of mini-batch attempts", buckets=DURATION_BUCKETS, registry=reg
         )
