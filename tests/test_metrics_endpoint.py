@@ -41,8 +41,10 @@ def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def value(series: dict[str, list[tuple[dict[str, str], float]]], sample: str, **labels: str) -> float:
-    (match,) = [v for found, v in series.get(sample, []) if labels.items() <= found.items()]
-    return match
+    """The sum of the samples with ``labels`` (one series, or one per worker for the per-worker counters)."""
+    matches = [v for found, v in series.get(sample, []) if labels.items() <= found.items()]
+    assert matches, f"no {sample} with {labels}"
+    return sum(matches)
 
 
 def wait_for_scrape(run: GatedRun, finished: int) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -215,8 +217,8 @@ class TestRealPrometheus:
         """A real Prometheus scraping the endpoint every second sees the job running and its attempts."""
         with prometheus(tmp_path / "prometheus", targets=[live_run.target]) as server:
             running = server.wait_for('pipeobs_job_running{step="metrics-step"} == 1')
-            attempts = server.wait_for('pipeobs_attempts_total{step="metrics-step", status="RUN_DONE"} == 5')
-            failed = server.query('pipeobs_attempts_total{step="metrics-step", status="RUN_EXCEPTION"}')
+            attempts = server.wait_for('sum by (step_id) (pipeobs_attempts_total{step="metrics-step", status="RUN_DONE"}) == 5')
+            failed = server.query('sum by (step_id) (pipeobs_attempts_total{step="metrics-step", status="RUN_EXCEPTION"})')
 
         labels: dict[str, Any] = running[0]["metric"]
         assert labels["step_id"] == live_run.run_dir().name
