@@ -13,6 +13,7 @@ apart by what they ran with.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -56,7 +57,16 @@ def read_environment(run_dir: Path) -> dict[str, Any] | None:
 
 def installed_packages() -> dict[str, str]:
     """Each distribution on ``sys.path`` and its version; where one is installed twice, the first
-    found wins, as it does for imports."""
+    found wins, as it does for imports.
+
+    Read once per state of ``sys.path``'s folders (a run's fingerprint and its environment record
+    both ask): installing or removing a package changes its folder's modification time.
+    """
+    return dict(_packages(tuple((entry, _mtime(entry)) for entry in sys.path)))
+
+
+@functools.lru_cache(maxsize=1)
+def _packages(path_state: tuple[tuple[str, float | None], ...]) -> tuple[tuple[str, str], ...]:
     from importlib.metadata import distributions
 
     packages: dict[str, str] = {}
@@ -64,7 +74,14 @@ def installed_packages() -> dict[str, str]:
         metadata = dist.metadata  # parsed on each access: once per distribution
         if metadata["Name"]:
             packages.setdefault(re.sub(r"[-_.]+", "-", metadata["Name"]).lower(), metadata["Version"])
-    return dict(sorted(packages.items()))
+    return tuple(sorted(packages.items()))
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path or ".").st_mtime
+    except OSError:
+        return None
 
 
 def _input_files(dataset: Dataset) -> dict[str, Any]:

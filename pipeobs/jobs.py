@@ -152,7 +152,9 @@ class DebugTarget:
         if self.mini_batch_id < 0:
             raise ConfigError(f"--debug-mini-batch takes a mini-batch id (0 or more), not {self.mini_batch_id}")
         if importlib.util.find_spec("debugpy") is None:
-            raise ConfigError("--debug-mini-batch needs debugpy, which is not installed: pip install 'pipeobs[debug]'")
+            from pipeobs.debugger import DEBUGPY_MISSING, INSTALL_HINT
+
+            raise ConfigError(f"{DEBUGPY_MISSING}: {INSTALL_HINT}")
         try:  # bound as debugpy binds its listener
             with socket.socket(socket.AF_INET6 if self.host.count(":") > 1 else socket.AF_INET) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pdb
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeobs.debugger import import_debugpy
 from pipeobs.errors import ConfigError
 from pipeobs.replay import DEFAULT_HOST, say
 
 VSCODE_PORT = 5678  # debugpy's customary port, VS Code's default for attaching
 LAUNCH_NAME = "pipeobs replay"
-INSTALL_HINT = "pip install 'pipeobs[debug]'"
 
 
 @dataclass
@@ -53,7 +52,7 @@ class Debugging:
         """With ``--debugpy``: listen (and with ``--vscode`` write the launch configuration for the port)."""
         if self.address is None:
             return
-        debugpy = _debugpy()
+        debugpy = import_debugpy("--debugpy and --vscode need debugpy")
         try:
             host, port = debugpy.listen(self.address)
         except (RuntimeError, OSError) as exc:
@@ -65,7 +64,7 @@ class Debugging:
     def wait_for_client(self) -> None:
         if self.address is not None and self.wait:
             say(f"waiting for a debugger to attach (VS Code: Run and Debug, '{LAUNCH_NAME}')")
-            _debugpy().wait_for_client()
+            import_debugpy("--debugpy and --vscode need debugpy").wait_for_client()
 
     def call(self, run: Any, *arguments: Any) -> Any:
         """``run(*arguments)``; with ``--pdb`` in pdb from its first line, as ``pdb.runcall`` does it, except
@@ -84,16 +83,6 @@ class Debugging:
     def post_mortem(self, exc: BaseException) -> None:
         if self.post_mortem_on_error:
             pdb.post_mortem(exc.__traceback__)
-
-
-def _debugpy() -> Any:
-    # Frozen standard-library modules are no place for the user's breakpoints: spare them debugpy's warning.
-    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    try:
-        import debugpy
-    except ImportError:
-        raise ConfigError(f"--debugpy and --vscode need debugpy: {INSTALL_HINT}") from None
-    return debugpy
 
 
 def attach_configuration(host: str, port: int, source_dir: str) -> dict[str, Any]:

@@ -11,19 +11,18 @@ script could not be loaded.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
-import inspect
 import os
 import sys
 import time
-from collections.abc import Iterator
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
 from pipeobs import context, env
 from pipeobs.capture import Invocation, WorkerCapture
+from pipeobs.debugger import DEBUGPY_MISSING, breakpoint_at_first_line, import_debugpy
 from pipeobs.entry import describe_error, load_entry_script
+from pipeobs.process_stats import peak_rss, profile_bytes, reset_peak_rss, start_profiler
 from pipeobs.protocol import (
     Bye,
     Debug,
@@ -44,7 +43,6 @@ from pipeobs.protocol import (
 EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
 EXIT_ORPHANED = 82  # Azure's "asked to stop"
-BREAKPOINT_ID = -1  # the breakpoint at run()'s first line: debugpy numbers a client's breakpoints from 0
 WRONG_TYPE_HINT = (
     "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
     "For append_row output_action, these returned elements are appended into the common output "
@@ -81,7 +79,7 @@ class WorkerLoop:
         self.capture.install()
         self._prepare_process()
         self._setup_tracing()
-        self.profiler = _start_profiler(self.setup.profiling_module or "")
+        self.profiler = start_profiler(self.setup.profiling_module or "")
         if not self._load():
             return EXIT_LOAD_FAILED
         if not self._init():
@@ -180,7 +178,7 @@ class WorkerLoop:
     def _shutdown(self) -> None:
         error = self._call_hook("shutdown")
         self._flush_user_telemetry()
-        self.send(Bye(error, _profile_bytes(self.profiler)))
+        self.send(Bye(error, profile_bytes(self.profiler)))
 
     def _flush_user_telemetry(self) -> None:
         """Flush the entry script's own exporters (bounded), so the end of a worker loses nothing."""
@@ -227,13 +225,13 @@ class WorkerLoop:
             "trace_id": invocation.trace_id,
             "span_id": invocation.span_id,
         }
-        _reset_peak_rss()
+        reset_peak_rss()
         try:
             self._load_and_run(mini_batch, invocation, span, result)
         finally:
             result["elapsed"] = time.perf_counter() - started
             result["process_seconds"] = time.process_time() - cpu
-            result["peak_rss"] = _peak_rss()
+            result["peak_rss"] = peak_rss()
             _close_mini_batch_span(span, result)
             if result.pop("_begun", False):
                 self.capture.end()
@@ -265,10 +263,8 @@ class WorkerLoop:
         """Listen with debugpy where the driver asked, tell it the address, and wait until a debugger
         attaches (as ``debugpy --wait-for-client`` does: no time limit; Ctrl-C ends the run)."""
         self.debug = None
-        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # no "frozen modules" warning on the user's stderr
         try:
-            import debugpy
-
+            debugpy = import_debugpy(DEBUGPY_MISSING)
             host, port = debugpy.listen((debug.host, debug.port))
         except Exception as exc:  # noqa: BLE001 - the attempt fails with the reason, in the summary
             result.update(status="DEBUGGER_ERROR", error=describe_error(exc, self.setup.source_dir), run_seconds=0.0)
@@ -286,7 +282,7 @@ class WorkerLoop:
             args.append(mini_batch_context(mini_batch, self.datasets[mini_batch.input_index]))
         if not debugged:
             return run(*args)
-        with _breakpoint_at_first_line(run):
+        with breakpoint_at_first_line(run):
             return run(*args)
 
     def _accept(self, returned: Any, total: int) -> dict[str, Any]:
@@ -314,56 +310,6 @@ class WorkerLoop:
         if self.setup.output_action == "append_row":
             accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
         return accepted
-
-
-@contextlib.contextmanager
-def _breakpoint_at_first_line(function: Any) -> Iterator[None]:
-    """While in the block, the attached debugger stops at the first line of ``function`` (the user's
-    run(), through any ``functools.wraps`` decorator), once.
-
-    debugpy has no public call for a breakpoint; this adds one the way its ``setBreakpoints``
-    request does (pydevd's API, with an id no client uses), after the client's own breakpoints
-    are set. (``debugpy.breakpoint()`` would stop in pipeobs's frame, before run() is called.)
-    """
-    code = inspect.unwrap(function).__code__
-    import pydevd  # debugpy's engine: importable once debugpy listens
-    from _pydevd_bundle.pydevd_api import PyDevdAPI
-
-    api, debugger = PyDevdAPI(), pydevd.get_global_debugger()
-    line = min((n for *_, n in code.co_lines() if n is not None and n > code.co_firstlineno), default=code.co_firstlineno)
-    policy = "ALL" if debugger.multi_threads_single_notification else "NONE"
-    api.add_breakpoint(debugger, code.co_filename, "python-line", BREAKPOINT_ID, line, None, "None", None, policy,
-                       "@HIT@ == 1", False, adjust_line=True)  # once: not again on each turn of a loop there
-    try:
-        yield
-    finally:
-        api.remove_breakpoint(debugger, code.co_filename, "python-line", BREAKPOINT_ID)
-
-
-def _start_profiler(module: str) -> Any:
-    """Azure's ``--profiling_module cProfile|profile``: profile this worker until shutdown.
-
-    Both names use cProfile (the pure-Python ``profile`` cannot be switched on around a loop);
-    the file format is the same.
-    """
-    if module not in ("cProfile", "profile"):
-        return None
-    import cProfile
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    return profiler
-
-
-def _profile_bytes(profiler: Any) -> bytes | None:
-    """The profile in pstats' file format (the driver writes it as ``processNNN.profile``)."""
-    if profiler is None or not hasattr(profiler, "disable"):
-        return None
-    import marshal
-
-    profiler.disable()
-    profiler.create_stats()
-    return marshal.dumps(profiler.stats)
 
 
 def _record_error(span: Any, error: dict[str, Any]) -> None:
@@ -401,46 +347,6 @@ def _close_mini_batch_span(span: Any, result: dict[str, Any]) -> None:
 
         span.set_status(Status(StatusCode.OK))  # run() returned and its result was accepted
     span.end()
-
-
-_proc_fds: dict[str, int | None] = {}
-
-
-def _proc_fd(name: str, flags: int) -> int | None:
-    """An fd on /proc/self/<name>, opened once (procfs regenerates the content on each read)."""
-    if name not in _proc_fds:
-        try:
-            _proc_fds[name] = os.open(f"/proc/self/{name}", flags)
-        except OSError:
-            _proc_fds[name] = None
-    return _proc_fds[name]
-
-
-def _reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the peak RSS, so VmHWM is this mini-batch's peak."""
-    fd = _proc_fd("clear_refs", os.O_WRONLY)
-    if fd is not None:
-        try:
-            os.write(fd, b"5")
-        except OSError:
-            pass
-
-
-def _peak_rss() -> int | None:
-    fd = _proc_fd("status", os.O_RDONLY)
-    if fd is not None:
-        try:
-            status = os.pread(fd, 8192, 0)
-            start = status.index(b"VmHWM:")
-            return int(status[start + 6 : status.index(b"\n", start)].split()[0]) * 1024
-        except (OSError, ValueError):
-            pass
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    except (ImportError, OSError):
-        return None
 
 
 def _is_dataframe(value: Any) -> bool:

@@ -38,11 +38,12 @@ READY_SECONDS = 60.0
 
 
 def need(binary: str) -> str:
-    """The path of a Debian Prometheus binary, or skip the test naming the package that has it."""
+    """The path of a Debian Prometheus binary; the test fails naming the package when it is missing
+    (``.ci/run`` installs them: a test that skipped there would prove nothing)."""
     path = shutil.which(binary)
     if path is None:
         package = {"promtool": "prometheus"}.get(binary, binary)
-        pytest.skip(f"{binary} is not installed (apt-get install {package})")
+        pytest.fail(f"{binary} is not installed: apt-get install {package} (.ci/run does)")
     return path
 
 
@@ -87,7 +88,7 @@ class Prometheus(Server):
 
 
 @contextlib.contextmanager
-def _serve(argv: Sequence[str], folder: Path, ready_path: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def serve(argv: Sequence[str], folder: Path, ready_path: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start ``argv`` + ``--web.listen-address`` on a free port, retrying when the port is lost; stop it after."""
     log = folder / "server.log"
     for _ in range(START_TRIES):
@@ -138,7 +139,7 @@ def prometheus(folder: Path, targets: Sequence[str] = (), rule_files: Sequence[P
         config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     argv = [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}"]
-    with _serve(argv, folder, "/-/ready") as (url, process):
+    with serve(argv, folder, "/-/ready") as (url, process):
         yield Prometheus(url, process, folder / "server.log")
 
 
@@ -147,7 +148,7 @@ def pushgateway(folder: Path) -> Iterator[Server]:
     """A Pushgateway (kept in memory)."""
     binary = need("prometheus-pushgateway")
     folder.mkdir(parents=True, exist_ok=True)
-    with _serve([binary], folder, "/-/ready") as (url, process):
+    with serve([binary], folder, "/-/ready") as (url, process):
         yield Server(url, process, folder / "server.log")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from pipeobs.cli import main
 from pipeobs.records import Invocation, Metric
 from tests.alertmanager import Alertmanager, alertmanager  # noqa: F401 (a fixture)
 from tests.prom import Prometheus, gated_run, get, need, prometheus
+from tests.test_collector import wait_for
 
 STALLED_RULES = """
 rules:
@@ -203,16 +203,6 @@ def _duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------- a real run, Prometheus and Alertmanager
-def poll(what: str, find: Callable[[], Any], seconds: float = 60.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = find()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} within {seconds} s")
-
-
 def prometheus_alerts(prom: Prometheus, name: str) -> list[dict[str, Any]]:
     alerts = json.loads(get(f"{prom.url}/api/v1/alerts"))["data"]["alerts"]
     return [a for a in alerts if a["labels"]["alertname"] == name and a["state"] == "firing"]
@@ -239,11 +229,11 @@ class TestLiveRun:
         with gated_run(tmp_path / "job", "hangs", "--alerts", str(rules), "--alert-interval", "1",
                        "--alertmanager", alertmanager.url) as run, \
                 prometheus(tmp_path / "prometheus", [run.target], [tmp_path / "prometheus-rules" / RULES_FILE]) as prom:
-            (in_prometheus,) = poll("firing JobStalled in Prometheus", lambda: prometheus_alerts(prom, "JobStalled"))
-            (in_manager,) = poll("JobStalled in Alertmanager", lambda: alertmanager.alerts(alertname="JobStalled"))
-            (event,) = poll("an alert_firing event in the store", lambda: store_events(run.run_dir(), "alert_firing"))
-            (gauge,) = poll("pipeobs_alerts_firing in Prometheus",
-                            lambda: prom.query('pipeobs_alerts_firing{alertname="JobStalled"} == 1'))
+            (in_prometheus,) = wait_for(lambda: prometheus_alerts(prom, "JobStalled"), 60, "firing JobStalled in Prometheus")
+            (in_manager,) = wait_for(lambda: alertmanager.alerts(alertname="JobStalled"), 60, "JobStalled in Alertmanager")
+            (event,) = wait_for(lambda: store_events(run.run_dir(), "alert_firing"), 60, "an alert_firing event in the store")
+            (gauge,) = wait_for(lambda: prom.query('pipeobs_alerts_firing{alertname="JobStalled"} == 1'), 60,
+                                "pipeobs_alerts_firing in Prometheus")
             code, _ = run.finish()
 
         labels = {"alertname": "JobStalled", "severity": "critical", "team": "ml", "step": "hangs",

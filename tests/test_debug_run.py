@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -31,24 +31,13 @@ from pipeobs.step import ParallelRunStep, run_plan
 from pipeobs.testing import FakeExecutor
 from tests.conftest import write_files, write_rendezvous, write_script
 from tests.dap import DapClient
+from tests.test_collector import wait_for
 
-T = TypeVar("T")
 BUDGETS = Budgets(run_invocation=2, task_overhead=30, first_task_creation=600, progress=10)
 
 
 def mini_batch(mb_id: int) -> MiniBatch:
     return MiniBatch(id=mb_id, input_index=0, kind="file", files=(f"f{mb_id:03d}.txt",), item_count=1)
-
-
-def poll(what: str, check: Callable[[], T | None], timeout: float = 60) -> T:
-    """``check()`` once it is truthy (polled, with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 class TestClocks:
@@ -279,7 +268,7 @@ class DebugRun:
             rows = self.query(sql, *args)
             return rows if len(rows) >= count else None
 
-        return poll(what, check)
+        return wait_for(check, 60, what)
 
     def debugger_port(self) -> int:
         """The port the driver says the worker waits on (its event in the store)."""
@@ -356,7 +345,7 @@ class TestDebuggedRun:
         assert run.driver.returncode == 130, (out, err)
         assert f"mini-batch 0 waits for a debugger on 127.0.0.1:{port}" in err
         assert run.query("SELECT status FROM runs")[0]["status"] == "Interrupted"
-        poll("the debugger's port closed", lambda: refused(port))
+        wait_for(lambda: refused(port), 60, "the debugger's port closed")
 
     def test_a_debugger_that_cannot_listen_fails_the_attempt_with_the_reason(self, tmp_path: Path) -> None:
         """From Python, with no CLI check first: the attempt fails (DEBUGGER_ERROR), naming the busy address."""
