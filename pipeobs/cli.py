@@ -149,6 +149,9 @@ def build_parser() -> Parser:
 
     add_subcommands(sub)
     add_collect(sub)
+    from pipeobs.ui import add_subcommand as add_ui
+
+    add_ui(sub)
     why = sub.add_parser("why", help="why a run re-ran or reused an earlier run, component by component", allow_abbrev=False)
     why.add_argument("run", metavar="RUN", help="a run directory or a step_id under --runs-dir")
     why.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", default="runs", metavar="DIR")
@@ -178,10 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from pipeobs.collector import dispatch as dispatch_collect
         from pipeobs.explorer.commands import dispatch
+        from pipeobs.ui import dispatch as dispatch_ui
 
         code = dispatch(args)
         if code is None:
             code = dispatch_collect(args)
+        if code is None:
+            code = dispatch_ui(args)
         if code is not None:
             return code
         if args.command == "run":

@@ -8,7 +8,8 @@ import sys
 
 import pipeobs
 
-HEAVY = ("pandas", "pyarrow", "numpy", "grpc", "google.protobuf", "ray", "requests", "rich", "yaml", "structlog", "opentelemetry")
+HEAVY = ("pandas", "pyarrow", "numpy", "grpc", "google.protobuf", "ray", "requests", "rich", "yaml", "structlog", "opentelemetry",
+         "starlette", "jinja2", "uvicorn")
 
 # The public facade: each name and the module it comes from.
 PUBLIC = {

@@ -18,6 +18,7 @@ Endpoints:
   (hex ids), gzip or deflate. Answers the empty ``Export*ServiceResponse`` in the request's
   encoding; 400 / 413 / 415 with a ``google.rpc.Status`` body.
 * ``GET /``: what the collector is and what it has stored.
+* ``GET /ui/`` (with ``--ui``): the web explorer (:mod:`pipeobs.ui`) over the collected run.
 
 How envelopes and OTLP records become ``spans``, ``log_lines`` and ``metrics`` rows is told in
 :mod:`pipeobs.collector._appinsights` and :mod:`pipeobs.collector._otlp`.
@@ -61,12 +62,14 @@ def add_subcommand(subparsers: Any) -> None:
     """Add ``collect`` to an argparse subparsers object (its parser class is kept)."""
     description = "receive App Insights and OTLP telemetry on a local port and store it as a run"
     parser = subparsers.add_parser("collect", help=description, description=description, allow_abbrev=False)
-    parser.add_argument("--port", type=_port, default=0, help="port to listen on (default: 0, a free one)")
+    parser.add_argument("--port", type=port_number, default=0, help="port to listen on (default: 0, a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--dir", default=DEFAULT_DIR, metavar="DIR",
                         help=f"run directory to write pipeobs.db into (default: ./{DEFAULT_DIR})")
     parser.add_argument("--instrumentation-key", "--instrumentation_key", dest="instrumentation_key", metavar="KEY",
                         help="accept App Insights items with this iKey only (default: any)")
+    parser.add_argument("--ui", action="store_true",
+                        help="also serve the web explorer over what is collected, at /ui/ (needs pipeobs[ui])")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -81,11 +84,11 @@ def dispatch(args: argparse.Namespace) -> int | None:
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    serve(port=args.port, host=args.host, store_dir=args.dir, instrumentation_key=args.instrumentation_key)
+    serve(port=args.port, host=args.host, store_dir=args.dir, instrumentation_key=args.instrumentation_key, ui=args.ui)
     return 0
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     try:
         port = int(text)
     except ValueError:

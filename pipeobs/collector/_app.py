@@ -33,7 +33,7 @@ try:
     from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    from starlette.routing import BaseRoute, Mount, Route
     from starlette.types import ASGIApp, Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised by the light-import test
     raise ImportError(INSTALL_HINT) from exc
@@ -42,13 +42,15 @@ logger = logging.getLogger(__name__)
 
 TRACK_PATHS = ("/v2/track", "/v2.1/track")
 OTLP_PATHS = {f"/v1/{name}": signal for name, signal in _otlp.SIGNALS.items()}
+UI_PATH = "/ui"
 
 
 def create_app(store_dir: str | Path, instrumentation_key: str | None = None,
-               max_body: int = DEFAULT_MAX_BODY) -> Starlette:
+               max_body: int = DEFAULT_MAX_BODY, ui: bool = False) -> Starlette:
     """The collector app writing into the run directory ``store_dir`` (``store_dir/pipeobs.db``).
 
-    With ``instrumentation_key``, App Insights items carrying another iKey are rejected.
+    With ``instrumentation_key``, App Insights items carrying another iKey are rejected. With
+    ``ui``, the web explorer over that run directory is served under ``/ui/``.
     The store opens at startup (or on the first request) and is marked Completed at shutdown.
     """
     run = CollectedRun(Path(store_dir), {"instrumentation_key": bool(instrumentation_key), "max_body": max_body})
@@ -63,9 +65,13 @@ def create_app(store_dir: str | Path, instrumentation_key: str | None = None,
         finally:
             await run_in_threadpool(run.close)
 
-    routes = [Route("/", endpoints.index, methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/", endpoints.index, methods=["GET"])]
     routes += [Route(path, endpoints.track, methods=["POST"]) for path in TRACK_PATHS]
     routes += [Route(path, endpoints.otlp(signal), methods=["POST"]) for path, signal in OTLP_PATHS.items()]
+    if ui:
+        from pipeobs.ui.app import create_ui_app
+
+        routes.append(Mount(UI_PATH, app=create_ui_app(store_dir)))
     app = Starlette(routes=routes, middleware=[Middleware(NormalizePath)], lifespan=lifespan)
     app.state.collected_run = run
     return app
@@ -86,7 +92,7 @@ class NormalizePath:
             path = scope["path"]
             while "//" in path:
                 path = path.replace("//", "/")
-            if len(path) > 1:
+            if len(path) > 1 and not path.startswith(UI_PATH):  # the explorer's pages keep their own slashes
                 path = path.rstrip("/") or "/"
             if path != scope["path"]:
                 scope = {**scope, "path": path}

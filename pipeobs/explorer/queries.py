@@ -25,7 +25,7 @@ from pipeobs.record.liveness import shown_status
 
 USER_METRIC_KINDS = ("scalar", "list", "row", "table", "tag")
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
-_LEVEL_SQL = (
+LEVEL_SQL = (
     "CASE WHEN coalesce(level, '') = '' THEN (CASE WHEN stream = 'stderr' THEN 30 ELSE 20 END) "
     + "ELSE (CASE upper(level) "
     + " ".join(f"WHEN '{name}' THEN {number}" for name, number in LEVELS.items())
@@ -363,7 +363,7 @@ def iter_log_lines(
         clauses.append("(worker = ? OR substr(worker, -length(?) - 1) = ?)")  # or the name after the node
         args += [worker, worker, f"/{worker}"]
     if level is not None:
-        clauses.append(f"({_LEVEL_SQL}) >= ?")
+        clauses.append(f"({LEVEL_SQL}) >= ?")
         args.append(level_number(level))
     rows = conn.execute(f"SELECT * FROM log_lines WHERE {' AND '.join(clauses)} ORDER BY id", args)
     matching = rows if pattern is None else (row for row in rows if pattern.search(row["text"]))

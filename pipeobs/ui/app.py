@@ -1,0 +1,344 @@
+"""The web explorer's ASGI app (Starlette + Jinja2): server-rendered pages, JSON for the parts that move.
+
+Pages (each URL is a deep link: filters, time range and selection are query parameters):
+
+* ``/`` runs; ``/runs/{run}`` a run (summary, worker-lane timeline, tables, charts);
+  ``/runs/{run}/mini-batches/{id}``; ``/runs/{run}/spans/{span_id}``; ``/runs/{run}/logs``;
+  ``/compare?run=A&run=B``; ``/runs/{run}/trace.json`` (Chrome trace, as a download).
+* ``/api/runs/{run}/timeline|logs|progress|series`` the JSON the pages' scripts draw from.
+
+A run is named by its directory's name (its step_id) among the run directories below the root;
+nothing else in a URL reaches the file system, so a path in a URL can never leave the runs
+folder. Stores are opened read-only per request (safe while a run is live). Every response
+carries a strict Content-Security-Policy: scripts and styles only from ``/static``, no inline
+script, no ``eval``; user text reaches the page only through Jinja's escaping or ``textContent``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pipeobs.errors import ConfigError, RunDirError
+from pipeobs.explorer import queries
+from pipeobs.explorer.runs import find_run_dirs, open_run
+from pipeobs.ui import data
+from pipeobs.ui._deps import INSTALL_HINT
+
+try:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+except ImportError as exc:  # pragma: no cover - exercised by the light-import test
+    raise ImportError(INSTALL_HINT) from exc
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+STATIC = Path(__file__).parent / "static"
+SORTS = {"start": "start", "duration": "duration", "status": "status", "step": "step",
+         "failed": "failed_batches", "done": "done_batches", "items": "items", "alerts": "alerts"}
+
+
+def create_ui_app(root: str | Path) -> Starlette:
+    """The explorer over every run directory below ``root`` (or ``root`` itself, a run directory)."""
+    ui = _UI(Path(root))
+    routes = [
+        Route("/", ui.page(ui.runs_page)),
+        Route("/compare", ui.page(ui.compare_page)),
+        Route("/runs/{run}", ui.page(ui.run_page)),
+        Route("/runs/{run}/logs", ui.page(ui.logs_page)),
+        Route("/runs/{run}/mini-batches/{mb:int}", ui.page(ui.mini_batch_page)),
+        Route("/runs/{run}/spans/{span_id}", ui.page(ui.span_page)),
+        Route("/runs/{run}/trace.json", ui.chrome_trace),
+        Route("/api/runs/{run}/timeline", ui.api(ui.timeline)),
+        Route("/api/runs/{run}/logs", ui.api(ui.logs)),
+        Route("/api/runs/{run}/progress", ui.api(ui.progress)),
+        Route("/api/runs/{run}/series", ui.api(ui.series)),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)],
+                     exception_handlers={HTTPException: ui.http_error})
+
+
+class SecurityHeaders:
+    """The Content-Security-Policy and friends on every HTTP response (pure ASGI: streaming stays streaming)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _UI:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.templates = Environment(loader=PackageLoader("pipeobs.ui", "templates"),
+                                     autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+        self.templates.filters.update(seconds=_seconds, utc=_utc, number=_number, shown=_shown_value)
+        self.templates.globals.update(json=_json)
+
+    # ------------------------------------------------------------------ finding runs
+    def run_dirs(self) -> dict[str, Path]:
+        """Run directories by name (the first of equal names wins, in the order the runs folder sorts)."""
+        found: dict[str, Path] = {}
+        for path in find_run_dirs(self.root):
+            found.setdefault(path.resolve().name, path)
+        return found
+
+    def run_dir(self, name: str) -> Path:
+        path = self.run_dirs().get(name)
+        if path is None:
+            raise HTTPException(404, f"no run named '{name}' below {self.root}")
+        return path
+
+    @contextmanager
+    def store(self, name: str) -> Iterator[sqlite3.Connection]:
+        try:
+            with open_run(self.run_dir(name)) as conn:
+                yield conn
+        except (RunDirError, sqlite3.DatabaseError) as exc:
+            raise HTTPException(404, f"run '{name}' cannot be read: {exc}") from None
+
+    # ------------------------------------------------------------------ plumbing
+    def page(self, handler: Callable[[Request], tuple[str, dict[str, Any]]]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            template, context = await run_in_threadpool(handler, request)
+            html = self.templates.get_template(template).render(request=request, base=_base(request), **context)
+            return HTMLResponse(html)
+
+        return endpoint
+
+    def api(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                result = await run_in_threadpool(handler, request)
+            except ConfigError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            return Response(_json(result), media_type="application/json")
+
+        return endpoint
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/"):
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        html = self.templates.get_template("error.html").render(
+            request=request, base=_base(request), status=exc.status_code, message=exc.detail)
+        return HTMLResponse(html, status_code=exc.status_code)
+
+    # ------------------------------------------------------------------ pages
+    def runs_page(self, request: Request) -> tuple[str, dict[str, Any]]:
+        runs = [self._run_row(name, path) for name, path in self.run_dirs().items()]
+        steps = sorted({r["step"] for r in runs if r["step"]})
+        statuses = sorted({r["status"] for r in runs if r["status"]})
+        status, step = request.query_params.get("status"), request.query_params.get("step")
+        shown = [r for r in runs if (not status or r["status"] == status) and (not step or r["step"] == step)]
+        sort = request.query_params.get("sort", "start")
+        order = request.query_params.get("order", "desc" if sort == "start" else "asc")
+        key = SORTS.get(sort, "start")
+        shown.sort(key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0), reverse=order == "desc")
+        if order == "desc":  # keep runs without a value last
+            shown.sort(key=lambda r: r[key] is None)
+        return "runs.html", {"runs": shown, "all_count": len(runs), "steps": steps, "statuses": statuses,
+                             "status": status, "step": step, "sort": sort, "order": order, "root": str(self.root)}
+
+    def _run_row(self, name: str, path: Path) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": name, "path": str(path), "step": None, "status": "unreadable", "start": None,
+                               "duration": None, "done_batches": None, "failed_batches": None, "total_batches": None,
+                               "items": None, "alerts": None, "error": None}
+        try:
+            with open_run(path) as conn:
+                s = queries.run_summary(conn)
+                fired = queries.alerts(conn)
+        except (RunDirError, sqlite3.Error) as exc:
+            row["error"] = str(exc)
+            return row
+        b = s["mini_batches"]
+        row.update(step=s["step"], status=s["status"], start=s["start"], duration=s["duration"],
+                   done_batches=b.get("done", 0), failed_batches=b.get("failed", 0), total_batches=b["total"],
+                   items=s["items"]["total"], alerts=len(fired), error=s["error"], live=s["live"])
+        return row
+
+    def run_page(self, request: Request) -> tuple[str, dict[str, Any]]:
+        name = request.path_params["run"]
+        run_dir = self.run_dir(name)
+        with self.store(name) as conn:
+            shown = data.run_page(conn)
+            lanes = data.lanes(conn)
+        first = shown["failures"]["first_error"]
+        replay = None
+        if first:
+            from pipeobs.replay import replay_command
+
+            replay = replay_command(run_dir, first)
+        return "run.html", {"name": name, "run_dir": str(run_dir), "s": shown["summary"], "shown": shown,
+                            "first": first, "replay": replay, "lane_count": len(lanes)}
+
+    def mini_batch_page(self, request: Request) -> tuple[str, dict[str, Any]]:
+        name, mb = request.path_params["run"], request.path_params["mb"]
+        with self.store(name) as conn:
+            found = data.mini_batch(conn, mb)
+            summary = queries.run_summary(conn)
+        if found is None:
+            raise HTTPException(404, f"run '{name}' has no mini-batch {mb}")
+        return "mini_batch.html", {"name": name, "mb": found, "s": summary}
+
+    def span_page(self, request: Request) -> tuple[str, dict[str, Any]]:
+        name, span_id = request.path_params["run"], request.path_params["span_id"]
+        with self.store(name) as conn:
+            found = data.span(conn, span_id)
+            summary = queries.run_summary(conn)
+        if found is None:
+            raise HTTPException(404, f"run '{name}' has no span {span_id}")
+        return "span.html", {"name": name, "span": found, "s": summary}
+
+    def logs_page(self, request: Request) -> tuple[str, dict[str, Any]]:
+        name = request.path_params["run"]
+        with self.store(name) as conn:
+            summary = queries.run_summary(conn)
+            workers = [lane["worker"] for lane in data.lanes(conn)]
+        q = request.query_params
+        filters = {key: q.get(key, "") for key in ("worker", "mini_batch", "level", "stream", "regex")}
+        return "logs.html", {"name": name, "s": summary, "workers": workers, "filters": filters,
+                             "levels": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], "streams": data.STREAMS}
+
+    def compare_page(self, request: Request) -> tuple[str, dict[str, Any]]:
+        chosen = [*request.query_params.getlist("run")][:2]
+        if len(chosen) != 2:
+            raise HTTPException(404, "compare needs two runs: tick two runs on the runs page")
+        with self.store(chosen[0]) as a, self.store(chosen[1]) as b:
+            compared = data.compare(a, b)
+        return "compare.html", {"names": chosen, "c": compared}
+
+    # ------------------------------------------------------------------ downloads and JSON
+    async def chrome_trace(self, request: Request) -> Response:
+        name = request.path_params["run"]
+
+        def build() -> str:
+            from pipeobs.explorer.chrome import chrome_trace
+
+            with self.store(name) as conn:
+                return json.dumps(chrome_trace(conn), allow_nan=False, separators=(",", ":"))
+
+        body = await run_in_threadpool(build)
+        return Response(body, media_type="application/json",
+                        headers={"content-disposition": f'attachment; filename="{_filename(name)}.trace.json"'})
+
+    def timeline(self, request: Request) -> Any:
+        q = request.query_params
+        with self.store(request.path_params["run"]) as conn:
+            return data.timeline(conn, _float(q, "start"), _float(q, "end"), _int(q, "width", 1200) or 1200)
+
+    def logs(self, request: Request) -> Any:
+        q = request.query_params
+        with self.store(request.path_params["run"]) as conn:
+            return data.log_page(conn, after=_int(q, "after", None), before=_int(q, "before", None),
+                                 limit=_int(q, "limit", 200) or 200, worker=q.get("worker") or None,
+                                 mini_batch=_int(q, "mini_batch", None), level=q.get("level") or None,
+                                 stream=q.get("stream") or None, regex=q.get("regex") or None)
+
+    def progress(self, request: Request) -> Any:
+        with self.store(request.path_params["run"]) as conn:
+            return data.progress(conn)
+
+    def series(self, request: Request) -> Any:
+        name = request.query_params.get("name")
+        if not name:
+            raise ConfigError("name the metric: ?name=METRIC")
+        with self.store(request.path_params["run"]) as conn:
+            return data.series(conn, name, _int(request.query_params, "points", 600) or 600)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _base(request: Request) -> str:
+    """The app's own prefix (``/ui`` when mounted inside the collector)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _float(q: Any, key: str) -> float | None:
+    text = q.get(key)
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"'{key}' must be a number (epoch seconds), not '{text}'") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"'{key}' must be a finite number")
+    return value
+
+
+def _int(q: Any, key: str, default: int | None) -> int | None:
+    text = q.get(key)
+    if text in (None, ""):
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"'{key}' must be a whole number, not '{text}'") from None
+
+
+def _json(value: Any) -> str:
+    """Strict JSON: NaN and infinities become strings (browsers' JSON.parse refuses them)."""
+    from pipeobs.explorer.terminal import json_text
+
+    return json_text(value)
+
+
+def _filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "run"
+
+
+def _seconds(value: Any) -> str:
+    from pipeobs.explorer.render import seconds
+
+    return seconds(value) if isinstance(value, int | float) else "-"
+
+
+def _utc(value: Any) -> str:
+    from pipeobs.explorer.render import utc
+
+    return utc(value) if isinstance(value, int | float) else "-"
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _shown_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return _number(value)
+    return json.dumps(value, default=str)
