@@ -72,12 +72,12 @@ def launched() -> Iterator[Browser]:
 
 
 @contextmanager
-def explorer(root: Path) -> Iterator[str]:
+def explorer(root: Path, **options: Any) -> Iterator[str]:
     """``pipeobs ui root`` on a free loopback port, in a thread; yields its base URL."""
     from pipeobs.ui.server import create_server
 
     ready = threading.Event()
-    server = create_server(root, "127.0.0.1", 0, lambda port: ready.set())
+    server = create_server(root, "127.0.0.1", 0, lambda port: ready.set(), **options)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert ready.wait(15), "the explorer did not start"
@@ -86,3 +86,35 @@ def explorer(root: Path) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def demo_screenshot(out: Path, workdir: Path, browser: Browser | None = None) -> None:
+    """Run the demo job in ``workdir`` and save its run page, as the README shows it, to ``out``."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pipeobs", "demo", "--dir", str(workdir), "--images", "200"],
+                   check=True, capture_output=True, timeout=300)
+    with explorer(workdir / "runs") as url, (launched() if browser is None else _given(browser)) as found:
+        watched = found.page(width=1280, height=900)
+        page = watched.page
+        page.goto(url + "/")
+        page.locator("a.run-link").first.click()
+        page.locator("body[data-timeline-ready='true']").wait_for(timeout=20_000)
+        page.wait_for_timeout(500)  # the charts draw after the timeline
+        page.screenshot(path=str(out), full_page=False)
+        watched.assert_clean()
+
+
+@contextmanager
+def _given(browser: Browser) -> Iterator[Browser]:
+    yield browser
+
+
+if __name__ == "__main__":  # python -m tests.browser docs/ui-run-page.png
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        demo_screenshot(Path(sys.argv[1]), Path(scratch) / "demo")
+    print(f"wrote {sys.argv[1]}")

@@ -3,7 +3,8 @@
 One thread runs :meth:`Driver.run`: it dispatches queued attempts to ready workers, lets the
 executor report what happened (:class:`~pipeobs.executors.base.ExecutorEvents`: connections,
 protocol messages, parsed output, exits), checks the clocks, and flushes the run's records
-(output rows first, then one store transaction) every :data:`FLUSH_INTERVAL`. A second thread
+(output rows first, then one store transaction, with a pending span for each invocation still
+running) every :data:`FLUSH_INTERVAL`. A second thread
 partitions the inputs, so workers start (and the first mini-batch runs) while a big folder is
 still being listed.
 """
@@ -305,6 +306,7 @@ class Driver:
         self._stop(self.journal.check_alerts(time.time()))  # alerts read wall-clock time, as the records carry
         if now >= self.journal.next_overview and self.ledger.all_scheduled:
             self.journal.overview(now, self.ledger.finished, len(self.ledger), self.started)
+        self.journal.store_pending_spans(self.workers)
         self._flush()
         self._last_flush = now
         if self.on_progress is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import sys
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pipeobs.errors import ConfigError
@@ -57,6 +58,7 @@ class RunJournal:
         self.metrics.job_started(time.time(), plan.config.run_invocation_timeout,
                                  plan.settings.progress_timeout(plan.config.run_invocation_timeout))
         self.pipeline.add(self.metrics)
+        self._pending: set[str] = set()  # span ids of invocations still open, stored as pending spans
         self.endpoint: MetricsEndpoint | None = None
         self.endpoint = self._metrics_endpoint()
 
@@ -136,6 +138,8 @@ class RunJournal:
         return tuple(a.rule.alert for a in self.alerts.firing()) if self.alerts is not None else ()
 
     def started(self, resumed_finished: int | None, output_size: int) -> None:
+        """The run row names this driver; pending spans a dead driver left (a resumed run) are gone."""
+        self.store.drop_pending_spans()
         self.store.update_run(status=RUNNING, ended_at=None, error=None, summary=None, **this_driver())
         if resumed_finished is not None:
             self.say("INFO", "resume", f"Resuming: {resumed_finished} mini batches already finished, output cut "
@@ -287,6 +291,20 @@ class RunJournal:
             self.telemetry.publish(queue_depth, scheduled, finished)
             if self.exports is not None:
                 self.exports.checkpoint()
+
+    def store_pending_spans(self, workers: Iterable[WorkerSlot]) -> None:
+        """Each invocation still open, stored once as a pending span, so a live reader sees it running.
+
+        The store only: exporters, files and alerts get the span that ends it (the worker's, or the
+        driver's for a killed worker), which replaces the row; one that ends between two flushes costs nothing.
+        """
+        stored = self._pending
+        self._pending = set()  # the ids still open: those that ended drop out
+        for worker in workers:
+            for span_id, (inv, start) in worker.open_spans.items():
+                if span_id not in stored:
+                    self.store.add_span(self.telemetry.pending(worker.label, span_id, inv, start))
+                self._pending.add(span_id)
 
     def overview(self, now: float, done: int, total: int, started: float) -> None:
         self.next_overview = now + OVERVIEW_INTERVAL

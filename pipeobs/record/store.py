@@ -20,7 +20,8 @@ Schema (documented in the README):
   built-in Prometheus-style series (kind counter/gauge/histogram), with worker, mini_batch_id,
   attempt, trace_id, span_id and ``labels`` (JSON); ``value`` for numbers, ``value_json`` else.
 * ``spans``: OpenTelemetry spans (``job``, ``init``, ``mini_batch``, ``shutdown`` and the user's
-  own), ids as hex, times in epoch seconds, ``attributes`` and ``events`` as JSON.
+  own), ids as hex, times in epoch seconds, ``attributes`` and ``events`` as JSON. An invocation
+  still running has a pending span (no end, attribute ``pipeobs.pending``) that its finished span replaces.
 * ``workers``: every worker process: name, node, pid, start, end, return code, reason.
 * ``exports``: per exporter and run (or ``export --retry``): records emitted, carried over from
   earlier spools, delivered, spooled (left for later) and dropped, with the drop reasons.
@@ -294,6 +295,13 @@ class Store:
     def update_run(self, **values: Any) -> None:
         """Set run columns at the next flush (``output_size`` commits with the ledger)."""
         self._run_updates.update(values)
+
+    def drop_pending_spans(self) -> None:
+        """Delete the pending spans (no end, ``pipeobs.pending``: :func:`pipeobs.telemetry.spans.pending_span`)
+        that a driver which died left behind, so that a resumed run shows none of them running forever."""
+        self.conn.execute(
+            "DELETE FROM spans WHERE end_time IS NULL AND json_extract(attributes, '$.\"pipeobs.pending\"') = 1"
+        )
 
     def insert_run(self, row: dict[str, Any]) -> None:
         columns = ", ".join(row)

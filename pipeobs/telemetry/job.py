@@ -1,4 +1,5 @@
-"""The driver's side of telemetry: the ``job`` span, built-in metrics, spans of killed workers."""
+"""The driver's side of telemetry: the ``job`` span, built-in metrics, spans of killed workers and of
+invocations still running."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from typing import Any
 from pipeobs.record.pipeline import Pipeline
 from pipeobs.records import Invocation, Metric, Span
 from pipeobs.telemetry.metrics import JobMetrics, status_labels
-from pipeobs.telemetry.spans import CallbackSpanExporter, killed_span, make_tracer_provider, traceparent_of
+from pipeobs.telemetry.spans import (
+    CallbackSpanExporter,
+    killed_span,
+    make_tracer_provider,
+    pending_span,
+    traceparent_of,
+)
 
 
 class JobTelemetry:
@@ -88,12 +95,23 @@ class JobTelemetry:
     def killed(self, worker: str, phase: str, start: float, reason: str, ids: tuple[str | None, str | None],
                mb_id: int | None = None, attempt: int | None = None) -> None:
         """Write the span of an invocation that a kill or crash cut short."""
-        name = "mini_batch" if phase == "run" else phase
+        record = killed_span(_span_name(phase), ids[0] or self.trace_id, self.span_id, start, reason,
+                             self._attributes(worker, mb_id, attempt), span_id=ids[1])
+        self._pipeline.span(Span(record, worker))
+
+    def pending(self, worker: str, span_id: str, inv: Invocation, start: float) -> Span:
+        """The span of an invocation still running (no end), for the store alone: exporters, files and
+        alerts get the span that ends it."""
+        record = pending_span(_span_name(inv.phase), inv.trace_id or self.trace_id, self.span_id, span_id, start,
+                              self._attributes(worker, inv.mini_batch_id, inv.attempt))
+        return Span(record, worker)
+
+    def _attributes(self, worker: str, mb_id: int | None, attempt: int | None) -> dict[str, Any]:
+        """The attributes of a span the driver writes for a worker's invocation."""
         attributes: dict[str, Any] = {"pipeobs.step_id": self.step_id, "pipeobs.worker": worker}
         if mb_id is not None:
             attributes.update({"pipeobs.mini_batch_id": mb_id, "pipeobs.attempt": attempt})
-        record = killed_span(name, ids[0] or self.trace_id, self.span_id, start, reason, attributes, span_id=ids[1])
-        self._pipeline.span(Span(record, worker))
+        return attributes
 
     def end(self, ok: bool, reason: str | None, counts: dict[str, Any]) -> None:
         from opentelemetry.trace import Status, StatusCode
@@ -103,3 +121,8 @@ class JobTelemetry:
         self.span.set_status(Status(StatusCode.OK) if ok else Status(StatusCode.ERROR, reason or "failed"))
         self.span.end()
         self.provider.shutdown()
+
+
+def _span_name(phase: str) -> str:
+    """The span of an invocation's phase: ``mini_batch`` for ``run``, else the phase (``init``, ``shutdown``)."""
+    return "mini_batch" if phase == "run" else phase

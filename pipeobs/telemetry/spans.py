@@ -10,6 +10,9 @@
   on a kill) and reach the driver's record pipeline as :class:`pipeobs.records.Span`.
 * A mini-batch whose worker is killed never ends its span; the driver writes that span itself,
   with status ERROR and the reason (:func:`killed_span`).
+* While an invocation runs, the driver stores a stand-in for its span (:func:`pending_span`: same
+  ids, no end), so a live reader of the store sees it running; the span that ends the invocation
+  replaces it.
 
 A span record is a plain dict (JSON-able): name, ids (hex), parent, kind, start/end (epoch
 seconds), status, status message, attributes and events.
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
+PENDING = "pipeobs.pending"  # the attribute marking a pending span (the store deletes those a dead driver left)
 
 
 def span_record(span: Any) -> dict[str, Any]:
@@ -88,7 +92,7 @@ def killed_span(
         "trace_id": trace_id,
         "span_id": span_id or secrets.token_hex(8),
         "parent_span_id": parent_span_id,
-        "kind": "CONSUMER" if name == "mini_batch" else "INTERNAL",
+        "kind": kind_of(name),
         "start": start,
         "end": now,
         "status": "ERROR",
@@ -96,6 +100,39 @@ def killed_span(
         "attributes": {**attributes, "pipeobs.status": "KILLED", "pipeobs.reason": reason},
         "events": [{"name": "exception", "time": now, "attributes": {"exception.type": "WorkerKilled", "exception.message": reason}}],
     }
+
+
+def pending_span(
+    name: str,
+    trace_id: str,
+    parent_span_id: str,
+    span_id: str,
+    start: float,
+    attributes: dict[str, Any],
+) -> dict[str, Any]:
+    """The span of an invocation still running, as live readers of the store see it: no end, UNSET.
+
+    It has the ids of the span the worker will end, so that span (or the driver's
+    :func:`killed_span`) replaces it in the store.
+    """
+    return {
+        "name": name,
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "parent_span_id": parent_span_id,
+        "kind": kind_of(name),
+        "start": start,
+        "end": None,
+        "status": "UNSET",
+        "status_message": None,
+        "attributes": {**attributes, PENDING: True},
+        "events": [],
+    }
+
+
+def kind_of(name: str) -> str:
+    """The kind of a pipeobs span, as the worker opens it."""
+    return "CONSUMER" if name == "mini_batch" else "INTERNAL"
 
 
 def make_tracer_provider(service_name: str, attributes: dict[str, Any], exporter: Any) -> Any:

@@ -21,18 +21,18 @@ from pipeobs.ui._deps import INSTALL_HINT
 __all__ = ["INSTALL_HINT", "add_subcommand", "create_ui_app", "dispatch", "serve"]
 
 
-def create_ui_app(root: str | Path) -> Any:
-    """The explorer's ASGI app over the runs below ``root``."""
+def create_ui_app(root: str | Path, **options: Any) -> Any:
+    """The explorer's ASGI app over the runs below ``root`` (options: ``perfetto_url``)."""
     from pipeobs.ui.app import create_ui_app as create
 
-    return create(root)
+    return create(root, **options)
 
 
-def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0, ready: Any = None) -> None:
+def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0, ready: Any = None, **options: Any) -> None:
     """Serve the explorer until Ctrl-C, printing its URL (and a warning off loopback)."""
     from pipeobs.ui.server import serve as run
 
-    run(root, host, port, ready)
+    run(root, host, port, ready, **options)
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -45,6 +45,9 @@ def add_subcommand(subparsers: Any) -> None:
                         help="folder of runs (or one run directory) to serve (default: ./runs)")
     parser.add_argument("--port", type=port_number, default=0, help="port to listen on (default: 0, a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--perfetto-url", "--perfetto_url", dest="perfetto_url", default="https://ui.perfetto.dev",
+                        metavar="URL", help="the Perfetto UI 'Open in Perfetto' hands traces to "
+                                            "(default: https://ui.perfetto.dev; a self-hosted one works)")
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
@@ -58,8 +61,19 @@ def dispatch(args: argparse.Namespace) -> int | None:
         raise ConfigError(f"'{root}' is not a folder: give the folder holding your runs (default ./runs) "
                           "or one run directory")
     try:
-        serve(root, args.host, args.port)
+        serve(root, args.host, args.port, perfetto_url=_http_url(args.perfetto_url))
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    from pipeobs.errors import ConfigError
+
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--perfetto-url '{text}' is not an http(s) URL: give one like https://ui.perfetto.dev")
+    return text

@@ -52,13 +52,18 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 STATIC = Path(__file__).parent / "static"
+PERFETTO_URL = "https://ui.perfetto.dev"
 SORTS = {"start": "start", "duration": "duration", "status": "status", "step": "step",
          "failed": "failed_batches", "done": "done_batches", "items": "items", "alerts": "alerts"}
 
 
-def create_ui_app(root: str | Path) -> Starlette:
-    """The explorer over every run directory below ``root`` (or ``root`` itself, a run directory)."""
-    ui = _UI(Path(root))
+def create_ui_app(root: str | Path, perfetto_url: str = PERFETTO_URL) -> Starlette:
+    """The explorer over every run directory below ``root`` (or ``root`` itself, a run directory).
+
+    ``perfetto_url``: the Perfetto UI that "Open in Perfetto" hands traces to (a self-hosted one
+    behind a firewall, say); the trace goes by ``postMessage``, never through its server.
+    """
+    ui = _UI(Path(root), perfetto_url)
     routes = [
         Route("/", ui.page(ui.runs_page)),
         Route("/compare", ui.page(ui.compare_page)),
@@ -97,12 +102,12 @@ class SecurityHeaders:
 
 
 class _UI:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, perfetto_url: str) -> None:
         self.root = root
         self.templates = Environment(loader=PackageLoader("pipeobs.ui", "templates"),
                                      autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
         self.templates.filters.update(seconds=_seconds, utc=_utc, number=_number, shown=_shown_value)
-        self.templates.globals.update(json=_json)
+        self.templates.globals.update(json=_json, perfetto_url=perfetto_url)
 
     # ------------------------------------------------------------------ finding runs
     def run_dirs(self) -> dict[str, Path]:

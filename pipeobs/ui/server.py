@@ -19,9 +19,9 @@ except ImportError as exc:  # pragma: no cover - exercised by the light-import t
 
 
 def create_server(root: str | Path, host: str = "127.0.0.1", port: int = 0,
-                  ready: Callable[[int], Any] | None = None) -> ReadyServer:
+                  ready: Callable[[int], Any] | None = None, **options: Any) -> ReadyServer:
     """An explorer server over ``root`` (not yet running: call ``run()``, e.g. on a thread)."""
-    config = uvicorn.Config(create_ui_app(root), host=host, port=port, lifespan="off", log_level="warning",
+    config = uvicorn.Config(create_ui_app(root, **options), host=host, port=port, lifespan="off", log_level="warning",
                             access_log=False)
     return ReadyServer(config, ready)
 
@@ -35,7 +35,7 @@ def off_loopback_warning(host: str) -> str | None:
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0,
-          ready: Callable[[int], Any] | None = None) -> None:
+          ready: Callable[[int], Any] | None = None, **options: Any) -> None:
     """Run the explorer until Ctrl-C (or SIGTERM)."""
 
     def announce(bound: int) -> None:
@@ -46,7 +46,7 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0,
     warning = off_loopback_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    server = create_server(root, host, port, announce)
+    server = create_server(root, host, port, announce, **options)
     sock = bind_socket(host, port)
     try:
         server.run(sockets=[sock])

@@ -321,8 +321,10 @@ async function drawChart(figure) {
   svg.appendChild(span);
   data.series.slice(0, 12).forEach((s, i) => {
     const pts = s.points.filter(p => typeof p[1] === "number").map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`);
-    if (pts.length === 1) pts.push(pts[0]);
-    svg.appendChild(svgEl("polyline", {points: pts.join(" "), class: `series c${i % 6}`}, s.key));
+    if (pts.length === 1) {
+      const [cx, cy] = pts[0].split(",");
+      svg.appendChild(svgEl("circle", {cx, cy, r: 3, class: `dot c${i % 6}`}, s.key));
+    } else svg.appendChild(svgEl("polyline", {points: pts.join(" "), class: `series c${i % 6}`}, s.key));
   });
   figure.appendChild(svg);
   if (data.series.length > 1) {
@@ -352,9 +354,9 @@ async function refreshProgress(base, run) {
 }
 
 // ----------------------------------------------------------------------------- Perfetto hand-off
-function openInPerfetto(traceUrl, title, status) {
-  const origin = "https://ui.perfetto.dev";
-  const win = window.open(origin);  // inside the click handler, so popup blockers let it through
+function openInPerfetto(perfettoUrl, traceUrl, title, status) {
+  const origin = new URL(perfettoUrl).origin;
+  const win = window.open(perfettoUrl);  // inside the click handler, so popup blockers let it through
   if (!win) { status.textContent = "the browser blocked the Perfetto window; use Download Chrome trace"; return; }
   status.textContent = "loading the trace…";
   fetch(traceUrl).then(r => r.arrayBuffer()).then(buffer => {
@@ -455,8 +457,9 @@ class LogView {
       if (data.lines.length) this.first = data.lines[0].id;
       this.moreBefore = data.more && data.lines.length > 0;
       this.rows.scrollTop += this.rows.scrollHeight - oldHeight;
-      while (this.rows.childElementCount > this.maxRows) {
-        this.rows.lastChild.remove();
+      const excess = this.rows.childElementCount - this.maxRows;
+      if (excess > 0) {
+        removeRange(this.rows.children[this.maxRows], this.rows.lastChild);
         this.moreAfter = true;
         this.last = +this.rows.lastChild.dataset.id;
       }
@@ -464,13 +467,14 @@ class LogView {
   }
 
   trimTop() {
-    while (this.rows.childElementCount > this.maxRows) {
-      const h = this.rows.firstChild.offsetHeight;
-      this.rows.firstChild.remove();
-      this.rows.scrollTop -= h;
-      this.moreBefore = true;
-      this.first = +this.rows.firstChild.dataset.id;
-    }
+    // One removal and one layout read for all excess rows (a read per row would lay out 1,500 rows each time).
+    const excess = this.rows.childElementCount - this.maxRows;
+    if (excess <= 0) return;
+    const before = this.rows.scrollHeight;
+    removeRange(this.rows.firstChild, this.rows.children[excess - 1]);
+    this.rows.scrollTop -= before - this.rows.scrollHeight;
+    this.moreBefore = true;
+    this.first = +this.rows.firstChild.dataset.id;
   }
 
   onScroll() {
@@ -492,6 +496,13 @@ class LogView {
   }
 }
 
+function removeRange(first, last) {
+  const range = document.createRange();
+  range.setStartBefore(first);
+  range.setEndAfter(last);
+  range.deleteContents();
+}
+
 function showError(error) {
   let box = document.getElementById("ui-error");
   if (!box) { box = el("p", {id: "ui-error", class: "error-message"}); document.querySelector("main").prepend(box); }
@@ -508,7 +519,7 @@ document.addEventListener("DOMContentLoaded", () => {
     timeline.load().then(() => { body.dataset.timelineReady = "true"; }).catch(showError);
     document.querySelectorAll("figure.chart").forEach(figure => drawChart(figure).catch(showError));
     const button = document.getElementById("open-perfetto");
-    button.addEventListener("click", () => openInPerfetto(document.getElementById("download-trace").href,
+    button.addEventListener("click", () => openInPerfetto(button.dataset.perfetto, document.getElementById("download-trace").href,
       body.dataset.run, document.getElementById("perfetto-status")));
     if (body.dataset.live === "true") {
       const poll = async () => {
