@@ -148,8 +148,8 @@ class TestFinishedRun:
 
     def test_compare_two_runs_from_the_runs_page(self, run_job: RunJob, browser: Browser, tmp_path: Path) -> None:
         source = "def run(mini_batch):\n    return [str(p) for p in mini_batch]\n"
-        run_job(source, files=4, mini_batch_size=1)
-        run_job(source, files=4, mini_batch_size=2)
+        run_job(source, files=4, mini_batch_size=1, arguments=["--threshold", "0.5"])
+        run_job(source, files=4, mini_batch_size=2, arguments=["--threshold", "0.9"])
         watched = browser.page()
         page = watched.page
 
@@ -163,7 +163,7 @@ class TestFinishedRun:
             page.wait_for_url("**/compare?*")
             shot(watched, tmp_path, "compare")
             config = page.inner_text("#compare-config")
-        assert "mini_batch_size" in config
+        assert "config.mini_batch_size" in config and "inputs.script_arguments" in config and "0.9" in config
         watched.assert_clean()
 
     def test_download_chrome_trace(self, run_job: RunJob, browser: Browser, tmp_path: Path) -> None:

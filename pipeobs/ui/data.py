@@ -373,13 +373,12 @@ def _compared(conn: sqlite3.Connection) -> Row:
     summary = queries.run_summary(conn)
     run = conn.execute("SELECT config, settings, inputs, entry_script FROM runs LIMIT 1").fetchone()
     config: Row = {}
-    if run is not None:
-        for column in ("config", "settings"):
+    if run is not None:  # the config, the runtime's settings, and the inputs with the script's arguments
+        for column in ("config", "settings", "inputs"):
             value = parse_json(run[column], {})
             if isinstance(value, dict):
                 config.update({f"{column}.{k}": v for k, v in _flatten(value).items()})
         config["entry_script"] = run["entry_script"]
-        config["inputs"] = parse_json(run["inputs"])
     finished = summary["mini_batches"].get("done", 0) + summary["mini_batches"].get("failed", 0)
     return {
         "summary": summary,
