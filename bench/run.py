@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import dispatch, explorer, exporters, linecost, memory, spool, startup, throughput  # noqa: E402
+from bench import dispatch, explorer, exporters, linecost, memory, spool, startup, throughput, ui  # noqa: E402
 from bench.analysis import explain  # noqa: E402
 from bench.common import REPO, Section, machine_info  # noqa: E402
 
@@ -40,6 +40,7 @@ SIZES: dict[str, dict[str, object]] = {
         "export_n": 100_000,
         "spool_n": 50_000, "spool_queue": 1_000, "spool_single_files": 5_000,
         "explorer_lines": 200_000, "explorer_mini_batches": 20_000,
+        "ui_lines": 1_000_000, "ui_mini_batches": 100_000,
         "memory_mini_batches": 100_000, "memory_lines": 10, "memory_interval": 0.5,
         "profile_n": 5_000, "profile_lines": 20_000, "profile_batches": 40,
         "engines": True, "line_variants": True, "sleep_count": 500,
@@ -54,6 +55,7 @@ SIZES: dict[str, dict[str, object]] = {
         "export_n": 300,
         "spool_n": 500, "spool_queue": 10, "spool_single_files": 200,
         "explorer_lines": 2_000, "explorer_mini_batches": 200,
+        "ui_lines": 2_000, "ui_mini_batches": 200,
         "memory_mini_batches": 200, "memory_lines": 5, "memory_interval": 0.05,
         "profile_n": 100, "profile_lines": 200, "profile_batches": 2,
         "engines": False, "line_variants": False, "sleep_count": 50,
@@ -70,7 +72,10 @@ BENCHMARKS: dict[str, Callable[[dict[str, object]], Section]] = {
     "memory": memory.bench_memory,
     "spool": spool.bench_spool,
     "explorer": explorer.bench_explorer,
+    "ui": ui.bench_ui,
 }
+# Sections that explain themselves (the rest go through bench.analysis.explain).
+EXPLAINERS: dict[str, Callable[[Section, dict[str, object], bool, dict[str, Section]], None]] = {"ui": ui.explain_ui}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== profiling {section.key} ...", file=sys.stderr, flush=True)
             began = time.perf_counter()
             try:
-                explain(section, sizes, args.smoke, {s.key: s for s in sections})
+                EXPLAINERS.get(section.key, explain)(section, sizes, args.smoke, {s.key: s for s in sections})
             except Exception as exc:  # noqa: BLE001 - a failed profile is reported, the figures stand
                 section.profile = f"(profiling failed: {type(exc).__name__}: {exc})"
                 section.error = section.error or f"profiling failed: {exc}"

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_type TEXT, error_message TEXT, error_location TEXT, traceback TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_mb ON attempts (mini_batch_id, attempt);
+CREATE INDEX IF NOT EXISTS attempts_status ON attempts (status, elapsed);
 CREATE TABLE IF NOT EXISTS log_lines (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, step_id TEXT NOT NULL, worker TEXT,
     stream TEXT NOT NULL, phase TEXT, mini_batch_id INTEGER, attempt INTEGER,
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 CREATE INDEX IF NOT EXISTS spans_mb ON spans (mini_batch_id, attempt);
 CREATE INDEX IF NOT EXISTS spans_parent ON spans (parent_span_id);
+CREATE INDEX IF NOT EXISTS spans_name ON spans (name, start_time);
 CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, time);
 CREATE TABLE IF NOT EXISTS workers (
     worker TEXT PRIMARY KEY, node INTEGER, name TEXT, pid INTEGER, gpu INTEGER,

@@ -20,6 +20,7 @@ from pipeobs.errors import ConfigError
 from pipeobs.explorer import queries
 from pipeobs.explorer.queries import Row, fetch_rows, parse_json
 from pipeobs.explorer.spans import last_known_time
+from pipeobs.record.liveness import shown_status
 
 BAR_LIMIT = 5_000  # attempts in view beyond which the timeline aggregates by pixel
 MAX_WIDTH = 4_000  # pixel columns a client may ask for
@@ -31,18 +32,19 @@ _OK = "RUN_DONE"
 
 
 # ----------------------------------------------------------------------------- the run's time range
-def time_range(conn: sqlite3.Connection) -> tuple[float, float]:
-    """From the run's start to its end (or, live, the latest time the store mentions)."""
-    row = conn.execute("SELECT started_at, ended_at FROM runs LIMIT 1").fetchone()
-    latest = last_known_time(conn)
-    start = row["started_at"] if row is not None and row["started_at"] is not None else None
+def time_range(conn: sqlite3.Connection) -> tuple[float, float, bool]:
+    """From the run's start to its end (or, live, the latest time the store mentions), and whether it is live."""
+    row = conn.execute("SELECT * FROM runs LIMIT 1").fetchone()
+    run = dict(row) if row is not None else {}
+    live = shown_status(run) == "Running"
+    start, end = run.get("started_at"), run.get("ended_at")
     if start is None:
         first = conn.execute("SELECT min(t) FROM (SELECT min(start_time) AS t FROM spans "
                              "UNION ALL SELECT min(time) FROM log_lines)").fetchone()[0]
         start = first if first is not None else 0.0
-    end = row["ended_at"] if row is not None and row["ended_at"] is not None else latest
-    end = max(end or start, latest or start)
-    return start, max(end, start + 1e-3)
+    if end is None or live:  # still running, or a store another writer never ended (the collector)
+        end = max(end or start, last_known_time(conn) or start)
+    return start, max(end, start + 1e-3), live
 
 
 # ----------------------------------------------------------------------------- the worker lanes
@@ -51,7 +53,9 @@ def lanes(conn: sqlite3.Connection) -> list[Row]:
     workers that only appear in attempts or spans (a store written by another writer)."""
     found = fetch_rows(conn, "SELECT worker, node, name, pid, started, ended, returncode, reason FROM workers "
                              "ORDER BY node, started, worker")
-    known = {w["worker"] for w in found}
+    if found:  # a run's driver records every worker it starts
+        return found
+    known: set[str] = set()
     for (worker,) in conn.execute("SELECT DISTINCT worker FROM attempts WHERE worker IS NOT NULL "
                                   "UNION SELECT DISTINCT worker FROM spans WHERE worker IS NOT NULL "
                                   "AND name = 'mini_batch' ORDER BY 1"):
@@ -70,7 +74,7 @@ def timeline(conn: sqlite3.Connection, start: float | None = None, end: float | 
     :data:`BAR_LIMIT`, ``density``: ``[lane, column, attempts, failed, busy_fraction]``.
     ``phases``: init/shutdown spans; ``markers``: retries, timeouts, kills and worker exits.
     """
-    run_start, run_end = time_range(conn)
+    run_start, run_end, live = time_range(conn)
     start = run_start if start is None else start
     end = run_end if end is None else end
     if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
@@ -78,41 +82,41 @@ def timeline(conn: sqlite3.Connection, start: float | None = None, end: float | 
     width = max(10, min(int(width), MAX_WIDTH))
     lane_rows = lanes(conn)
     index = {lane["worker"]: i for i, lane in enumerate(lane_rows)}
-    latest = last_known_time(conn) or end
-    summary = queries.run_summary(conn)
+    latest = run_end
     in_view = conn.execute(
         "SELECT count(*) FROM attempts WHERE start_time < ? AND start_time + coalesce(elapsed, 0) >= ?", (end, start)
     ).fetchone()[0]
     result: Row = {
-        "run": {"start": run_start, "end": run_end, "live": summary["live"], "status": summary["status"]},
+        "run": {"start": run_start, "end": run_end, "live": live},
         "view": {"start": start, "end": end, "width": width},
         "lanes": lane_rows,
         "mode": "bars" if in_view <= BAR_LIMIT else "density",
         "attempts_in_view": in_view,
     }
     if result["mode"] == "bars":
-        result["bars"] = _bars(conn, index, start, end, latest)
+        result["bars"] = _bars(conn, index, start, end)
     else:
         result["density"] = _density(conn, index, start, end, width)
-        result["bars"] = _open_bars(conn, index, start, end, latest)
+        result["bars"] = []
+    if live:
+        result["bars"] += _open_bars(conn, index, start, end, latest)
     result["phases"] = _phases(conn, index, start, end, latest)
     result["markers"] = _markers(conn, index, start, end)
     return result
 
 
-def _bars(conn: sqlite3.Connection, index: dict[str, int], start: float, end: float, latest: float) -> list[list[Any]]:
-    bars = [
+def _bars(conn: sqlite3.Connection, index: dict[str, int], start: float, end: float) -> list[list[Any]]:
+    return [
         [index.get(r[0], -1), r[1], r[1] + (r[2] or 0.0), r[3], r[4], r[5], r[6], 0]
         for r in conn.execute(
             "SELECT worker, start_time, elapsed, mini_batch_id, attempt, status, total FROM attempts "
             "WHERE start_time < ? AND start_time + coalesce(elapsed, 0) >= ? ORDER BY start_time", (end, start))
     ]
-    return bars + _open_bars(conn, index, start, end, latest)
 
 
 def _open_bars(conn: sqlite3.Connection, index: dict[str, int], start: float, end: float,
                latest: float) -> list[list[Any]]:
-    """Mini-batches still running: pending spans without an attempt row yet."""
+    """Mini-batches still running (a live run's): pending spans without an attempt row yet."""
     return [
         [index.get(r[0], -1), r[1], max(r[1], latest), r[2], r[3], "RUNNING", None, 1]
         for r in conn.execute(
@@ -258,7 +262,7 @@ def log_page(conn: sqlite3.Connection, *, after: int | None = None, before: int 
     if backwards:
         found.reverse()
     return {"lines": found, "scanned_to": scanned_to, "more": more, "max_id": queries.log_max_id(conn),
-            "live": queries.run_summary(conn)["live"]}
+            "live": queries.run_status(conn) == "Running"}
 
 
 def _log_filters(worker: str | None, mini_batch: int | None, level: str | None,

@@ -81,7 +81,11 @@ class Timeline {
     document.getElementById("view-range").textContent =
       `${fmtSeconds(this.view.start - this.run.start)} – ${fmtSeconds(this.view.end - this.run.start)} of ${fmtSeconds(this.run.end - this.run.start)}` +
       (data.mode === "density" ? ` · ${data.attempts_in_view} attempts, aggregated per pixel` : "");
-    if (!this.miniData || this.run.live || this.miniStale) await this.loadMinimap();
+    if (!params.has("start") && (!this.miniData || this.run.live || this.miniStale)) {
+      this.miniData = data;  // the whole run is in view: the minimap draws the same answer
+      this.miniStale = false;
+      this.drawMinimap(data);
+    } else if (!this.miniData || this.run.live || this.miniStale) await this.loadMinimap();
     else this.drawBrush();
   }
 
