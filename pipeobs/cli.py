@@ -118,6 +118,11 @@ def build_parser() -> Parser:
     run.add_argument("--runs-dir", "--runs_dir", dest="runs_dir", metavar="DIR", help="where run directories go (default: ./runs)")
     run.add_argument("--model-dir", "--model_dir", dest="model_dir", metavar="DIR", help="where Model.get_model_path(name) finds DIR/<name>")
     run.add_argument("--export", action="append", dest="export", metavar="NAME", help="exporter plugin: appinsights, otlp (repeatable)")
+    run.add_argument("--backend", metavar="local|ray",
+                     help="where the workers run: this machine (default) or a Ray cluster (needs pipeobs[ray])")
+    run.add_argument("--ray-address", "--ray_address", dest="ray_address", metavar="ADDR",
+                     help="the Ray cluster for --backend ray, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, else a new "
+                          "local Ray instance)")
     run.add_argument("--export-deadline", "--export_deadline", dest="export_deadline", type=float, metavar="SECONDS",
                      help="how long delivery may go on after the job before the rest is spooled (default 10)")
     run.add_argument("--metrics-port", "--metrics_port", dest="metrics_port", metavar="[HOST:]PORT",
@@ -240,7 +245,8 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
     options = {"model_dir": values.get("model_dir"), "exporters": _as_list(values.get("export")),
                "export_deadline": float(values.get("export_deadline", 10.0)),
                "metrics_address": metrics_address(values.get("metrics_port")), "pushgateway": values.get("pushgateway"),
-               "alerts": alert_settings(values)}
+               "alerts": alert_settings(values), "backend": values.get("backend") or "local",
+               "ray_address": values.get("ray_address")}
     with Progress() as progress:
         if debug is None:
             result = step.run(runs_dir, on_progress=progress.update, **options)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import itertools
 import json
 import os
 import sys
@@ -48,6 +50,8 @@ class JobPlan:
     alerts: AlertSettings | None = None  # None: the default alert rules
     metrics_address: tuple[str, int] | None = None  # --metrics-port; not recorded, as debug
     pushgateway: str | None = None  # --pushgateway; not recorded, as debug
+    backend: str = "local"  # "local" | "ray" (recorded: a resumed run runs where it ran)
+    ray_address: str | None = None  # --ray-address (None: RAY_ADDRESS, or a new local Ray instance)
 
     @property
     def tabular(self) -> bool:
@@ -73,6 +77,13 @@ class JobPlan:
         if self.model_dir:
             env[variables.MODEL_DIR] = env[variables.AZURE_MODEL_DIR] = self.model_dir
         return env
+
+    def paths_read_by_workers(self) -> list[str]:
+        """What workers open where they run, absolute: the inputs (a glob: the folder it starts in), the
+        entry script and its folder, the model folder."""
+        paths = [path for d in self.datasets for path in d.to_dict().get("paths", [])]
+        paths += [self.entry_script, self.source_dir, *([self.model_dir] if self.model_dir else [])]
+        return [_fixed_part(os.path.join(self.working_dir, str(path))) for path in paths]
 
     def worker_setup(self, node: int, name: str, token: str, traceparent: str) -> Setup:
         """The setup message a worker receives after it connects (picklable)."""
@@ -127,11 +138,20 @@ class JobPlan:
                     "model_dir": self.model_dir,
                     "exporters": self.exporters,
                     "export_deadline": self.export_deadline,
+                    "backend": self.backend,
+                    "ray_address": self.ray_address,
                     "python": sys.executable,
                 }
             ),
             "output_path": self.output_file,
         }
+
+
+def _fixed_part(path: str) -> str:
+    """``path`` up to its first glob character: what must exist for the glob to match anything."""
+    parts = Path(os.path.normpath(path)).parts
+    fixed = [p for p in itertools.takewhile(lambda p: not glob.has_magic(p), parts)]
+    return str(Path(*fixed)) if fixed else os.sep
 
 
 @dataclass(frozen=True)
@@ -224,6 +244,7 @@ class JobResult:
     interrupted_by: str | None = None  # "SIGINT" | "SIGTERM" when status is "Interrupted"
     reused_from: str | None = None  # the run whose outputs this one reused (no worker started)
     alerts: list[dict[str, Any]] = field(default_factory=list)  # the alerts that fired (AlertEvaluator)
+    lost_nodes: dict[int, str] = field(default_factory=dict)  # node -> why (--backend ray: a supervisor died)
 
     @property
     def ok(self) -> bool:

@@ -72,8 +72,11 @@ class ParallelRunStep:
         metrics_address: tuple[str, int] | None = None,
         pushgateway: str | None = None,
         alerts: AlertSettings | None = None,
+        backend: str = "local",
+        ray_address: str | None = None,
     ) -> JobPlan:
         """Create the run directory and its store; the job is ready to run."""
+        check_backend(backend)
         if exporters:  # fail on an unknown or unconfigured exporter before anything is created
             from pipeobs.export.routing import create_exporter
 
@@ -83,7 +86,7 @@ class ParallelRunStep:
             raise ConfigError(
                 f"output '{self.output}' is an existing file, not a folder: name a folder (it is created if missing)"
             )
-        check_worker_count(self.config.node_count, self.config.effective_process_count())
+        check_worker_count(1 if backend == "ray" else self.config.node_count, self.config.effective_process_count())
         step_id = new_step_id(self.name)
         run_dir = RunDir.create(runs_dir, self.name, step_id)
         output_dir = os.path.abspath(self.output) if self.output else str(run_dir.path / "output")
@@ -104,6 +107,8 @@ class ParallelRunStep:
             metrics_address=metrics_address,
             pushgateway=pushgateway,
             alerts=alerts,
+            backend=backend,
+            ray_address=ray_address,
         )
 
         store = Store(run_dir.store)
@@ -124,6 +129,8 @@ class ParallelRunStep:
         metrics_address: tuple[str, int] | None = None,
         pushgateway: str | None = None,
         alerts: AlertSettings | None = None,
+        backend: str = "local",
+        ray_address: str | None = None,
     ) -> JobResult:
         """Run the step to the end (blocking) and return its result; a failed job is a result.
 
@@ -133,6 +140,8 @@ class ParallelRunStep:
         ``metrics_address`` (host, port; port 0: any free one) serves the job's metrics to Prometheus
         while it runs; ``pushgateway`` (a URL) receives them when it ends. ``alerts`` says which alert
         rules the driver evaluates and where it sends their notifications (None: the default rules).
+        ``backend="ray"`` runs the workers on a Ray cluster (``ray_address``; None: ``RAY_ADDRESS``,
+        else a new local Ray instance), one node supervisor per node (:mod:`pipeobs.executors.ray_nodes`).
 
         With ``allow_reuse``, an earlier completed run of this step under ``runs_dir`` with the same
         fingerprint (:mod:`pipeobs.fingerprint`) is reused (see :mod:`pipeobs.reuse`): the result is
@@ -147,8 +156,9 @@ class ParallelRunStep:
         fingerprint = take_fingerprint(self, runs_dir, settings, model_dir)
         decision = reuse.decide(fingerprint, self.name, runs_dir, self.allow_reuse)
         print(printable(decision.text()), flush=True)
+        check_backend(backend)
         plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline, metrics_address=metrics_address,
-                         pushgateway=pushgateway, alerts=alerts)
+                         pushgateway=pushgateway, alerts=alerts, backend=backend, ray_address=ray_address)
         reuse.record(plan, fingerprint, decision)
         if decision.reused_from:
             return reuse.complete_reused(plan, decision)
@@ -158,7 +168,43 @@ class ParallelRunStep:
 def run_plan(plan: JobPlan, on_progress: ProgressCallback | None = None) -> JobResult:
     from pipeobs.driver import Driver
 
-    return Driver(plan, on_progress).run()
+    return Driver(plan, on_progress, executor=create_executor(plan)).run()
+
+
+BACKENDS = ("local", "ray")
+
+
+def check_backend(backend: str) -> None:
+    """A known backend whose dependencies are installed (before anything is created)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        from pipeobs.executors.ray_nodes import import_ray
+
+        import_ray()
+
+
+def create_executor(plan: JobPlan) -> Any:
+    """Where the plan's workers run: this machine (None: the driver's default), or a Ray cluster.
+
+    The Ray executor connects, places one supervisor per node and checks that every node sees the
+    inputs before the run starts; if it cannot, the run is marked Failed with the reason.
+    """
+    if plan.backend != "ray":
+        return None
+    from pipeobs.executors.ray_nodes import RayExecutor
+
+    try:
+        executor = RayExecutor(plan.ray_address, plan.config.node_count, plan.paths_read_by_workers())
+    except ConfigError as exc:
+        store = Store(plan.run_dir.store)
+        store.update_run(status="Failed", ended_at=_now(), error=str(exc))
+        store.flush()
+        store.close()
+        raise
+    if not plan.gpu_count:
+        plan.gpu_count = executor.gpus_per_node
+    return executor
 
 
 def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
@@ -170,7 +216,8 @@ def resume_plan(path: str | os.PathLike[str]) -> JobPlan:
     if row["status"] == "Completed":
         raise RunDirError(f"run {row['step_id']} already completed; there is nothing to resume")
     plan = recorded_plan(row, run_dir)
-    check_worker_count(plan.config.node_count, plan.config.effective_process_count())
+    check_backend(plan.backend)
+    check_worker_count(1 if plan.backend == "ray" else plan.config.node_count, plan.config.effective_process_count())
     return plan
 
 
@@ -194,6 +241,8 @@ def recorded_plan(row: sqlite3.Row, run_dir: RunDir) -> JobPlan:
         model_dir=inputs.get("model_dir"),
         exporters=inputs.get("exporters") or [],
         export_deadline=inputs.get("export_deadline") or 10.0,
+        backend=inputs.get("backend") or "local",
+        ray_address=inputs.get("ray_address"),
     )
 
 

@@ -20,6 +20,7 @@ from pipeobs.config import ParallelRunConfig, make_settings
 from pipeobs.datasets import FileDataset
 from pipeobs.jobs import JobResult
 from pipeobs.step import ParallelRunStep
+from tests.raycluster import ray_cluster  # noqa: F401 (a session fixture: the two-raylet cluster of test_ray.py)
 
 
 @dataclass

@@ -75,6 +75,8 @@ JOB_YAML: dict[str, Shape | dict[str, Shape]] = {
     "alert_webhook": Shape("a URL or a list of URLs", _either(_of(str), _list_of(str))),
     "alertmanager": Shape("a URL such as http://127.0.0.1:9093", _of(str)),
     "alert_interval": NUMBER,
+    "backend": Shape("local or ray", lambda value: value in ("local", "ray")),
+    "ray_address": Shape("a Ray address such as 10.0.0.5:6379", _of(str)),
     # ParallelRunConfig, v1
     "error_threshold": INTEGER,
     "output_action": TEXT,

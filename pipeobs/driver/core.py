@@ -108,6 +108,8 @@ class Driver:
         finished = self.ledger.restore(*self.journal.ledger_rows())
         self.known_total = len(self.ledger) if self.journal.partitioned_before() else None  # a resumed run's
         self.journal.started(finished if len(self.ledger) else None, self.output.size)
+        for sentence in self.executor.placement():
+            self.journal.say("INFO", "node_start", sentence)
         for worker in spawned:
             self.workers.announce(worker)
         self.partitioner.start()
@@ -179,6 +181,11 @@ class Driver:
             if not self._finished():
                 self.workers.replace(worker)
             self._stop(self.workers.lost(self._finished()))
+
+    def node_lost(self, node: int, reason: str) -> None:
+        self.workers.lose_node(node, reason)
+        self.journal.say("ERROR", "node_lost", f"Node {node} was lost ({reason}); its mini batches are retried on "
+                                               "the other nodes.")
 
     def _fail_inflight(self, worker: WorkerSlot, reason: str) -> None:
         status = worker.kill_reason[0] if worker.kill_reason else "PROCESS_CRASHED"
@@ -349,7 +356,7 @@ class Driver:
             duration_seconds=self.clock() - self.started,
             reason=self.stop_reason or (str(self.fatal) if self.fatal else None),
             first_error=self.journal.first_error, retries=counts["retries"], timeouts=counts["timeouts"],
-            worker_restarts=counts["worker_restarts"],
+            worker_restarts=counts["worker_restarts"], lost_nodes=dict(self.workers.lost_nodes),
         )
 
 

@@ -39,6 +39,7 @@ class WorkerPool:
         self.names = Names(plan.config.node_count, plan.gpu_count)
         self.per_node = plan.config.effective_process_count()
         self.init_failures: collections.Counter[int] = collections.Counter()  # per node
+        self.lost_nodes: dict[int, str] = {}  # node -> why (a remote node whose supervisor died)
         self.debug = plan.debug  # armed until a worker listens for the debugger
 
     def __getitem__(self, label: str) -> WorkerSlot:
@@ -96,10 +97,13 @@ class WorkerPool:
             worker.run_began[(inv.mini_batch_id, inv.attempt)] = self.clock()
 
     def announce(self, worker: WorkerSlot) -> None:
-        self.journal.say("INFO", "worker_start", f"Started {worker.label} (pid {worker.pid}).", worker.label)
+        where = f"pid {worker.pid}" if worker.pid else f"node {worker.node}"
+        self.journal.say("INFO", "worker_start", f"Started {worker.label} ({where}).", worker.label)
 
     def replace(self, worker: WorkerSlot) -> None:
-        """A new process for one that died, unless init() keeps failing on its node."""
+        """A new process for one that died, unless its node is lost or init() keeps failing there."""
+        if worker.node in self.lost_nodes:
+            return
         failures = self.init_failures[worker.node]
         if failures >= 3 * self.per_node:
             self.journal.say("ERROR", "node_gave_up",
@@ -116,6 +120,13 @@ class WorkerPool:
         if failures >= 2 * len(self.names.nodes) * self.per_node:
             return f"The init() in the entry script had failed for {failures} times. Check logs/user/error for the cause."
         return None
+
+    def lose_node(self, node: int, reason: str) -> None:
+        """A node is gone: its workers' attempts fail with ``NODE_LOST`` (their exits follow); none starts there again."""
+        self.lost_nodes[node] = reason
+        for worker in self:
+            if worker.node == node and not worker.is_dead:
+                worker.kill_reason = worker.kill_reason or ("NODE_LOST", f"node {node} was lost: {reason}")
 
     def kill(self, worker: WorkerSlot, status: str, message: str) -> None:
         worker.kill_reason = (status, message)
@@ -137,7 +148,9 @@ class WorkerPool:
         return all(w.is_dead for w in self.slots.values())
 
     def live(self) -> list[tuple[int, str, int]]:
-        """``(node, name, pid)`` of the workers alive (for the resource monitor)."""
+        """``(node, name, pid)`` of the workers alive on this machine (for the resource monitor)."""
+        if not self.executor.local_pids:
+            return []
         return [(w.node, w.name, w.pid) for w in self.slots.values() if not w.is_dead and w.pid is not None]
 
     def dispatch(self, ledger: Ledger, prefetch: int) -> None:

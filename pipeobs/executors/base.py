@@ -19,7 +19,8 @@ Guarantees an implementation gives:
   (and the children of its process group) wrote before the exit was delivered; by then the
   whole process group is killed;
 * ``kill`` is asynchronous: the exit is reported by a later ``poll`` (or at once, from inside
-  ``kill``, where exits cannot be watched).
+  ``kill``, where exits cannot be watched);
+* ``node_lost`` (executors with remote nodes) comes before the exits of that node's workers.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class ExecutorEvents(Protocol):
     def worker_exited(self, worker: str, returncode: int) -> None:
         """The worker is gone (negative returncode: killed by that signal)."""
 
+    def node_lost(self, node: int, reason: str) -> None:
+        """A whole node is gone (a remote supervisor died): an exit for each of its workers follows,
+        and no worker may be started there again."""
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -66,6 +71,11 @@ class Executor(abc.ABC):
     """Starts workers and reports on them; see the module docstring for the guarantees."""
 
     name: str
+    local_pids = True  # worker pids are processes of this machine (the resource monitor samples them)
+
+    def placement(self) -> list[str]:
+        """Where each node runs, one sentence per node, for the driver log (none: all on this machine)."""
+        return []
 
     @abc.abstractmethod
     def open(self, events: ExecutorEvents, token: str) -> None:

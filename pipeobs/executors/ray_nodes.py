@@ -1,0 +1,420 @@
+"""Workers on a Ray cluster: one node supervisor per node; the head driver is unchanged.
+
+``--backend ray``: the head driver (this process) connects to a Ray cluster, reserves one bundle
+per node in a STRICT_SPREAD placement group (so every node index is a different Ray node), and
+starts one :class:`NodeSupervisor` actor in each bundle. A supervisor *is* the local executor
+(:mod:`pipeobs.executors.local`) running on its node: it spawns that node's worker processes
+(``processNNN``), holds their pipes, parses their streams and carries their protocol messages, so
+a worker behaves exactly as it does locally (fd-level capture, in-band markers, a killed worker
+loses no line). What it hears (connections, messages, parsed lines / metrics / spans, exits) it
+buffers and hands to the head in batches: the head keeps one long-poll ``fetch`` outstanding per
+node. Commands from the head (spawn, send, kill) travel in batches too, numbered, so that a
+supervisor applies them in the order given (the calls of a threaded actor may start out of order).
+
+The head driver stays the only writer of the run directory, the ledger and the outputs; inputs
+are read where the workers run, so their paths must exist on every node (checked at start).
+When a supervisor dies (its actor, or its raylet, killed), the head reports ``node_lost`` and an
+exit for each of that node's workers: the driver fails their attempts with ``NODE_LOST`` and
+retries them on the nodes left.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from pipeobs import env as variables
+from pipeobs.errors import ConfigError
+from pipeobs.executors.base import Executor, ExecutorEvents, WorkerSpec
+from pipeobs.protocol import Message
+
+INSTALL_HINT = "--backend ray needs Ray: pip install 'pipeobs[ray]'"
+FETCH_WAIT = 0.5  # seconds a supervisor holds a fetch open while it has nothing to report
+POLL_SLICE = 0.02  # the head's wait between checks of wake() while no node reports
+PLACEMENT_TIMEOUT = 60.0
+
+Event = tuple[Any, ...]
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a ConfigError naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return ray
+
+
+# ----------------------------------------------------------------------------- on each node
+class _Outbox:
+    """The supervisor's :class:`ExecutorEvents`: events queued, in order, until the head fetches them.
+    Consecutive output of one worker is merged into one event (fewer, larger batches)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.ready = threading.Condition()
+
+    def _add(self, event: Event) -> None:
+        with self.ready:
+            self.events.append(event)
+            self.ready.notify()
+
+    def worker_connected(self, worker: str, pid: int) -> None:
+        self._add(("connected", worker, pid))
+
+    def worker_message(self, worker: str, message: Message) -> None:
+        self._add(("message", worker, message))
+
+    def worker_output(self, worker: str, items: Sequence[Any]) -> None:
+        if not items:
+            return
+        with self.ready:
+            last = self.events[-1] if self.events else None
+            if last is not None and last[0] == "output" and last[1] == worker:
+                last[2].extend(items)
+            else:
+                self.events.append(("output", worker, list(items)))
+            self.ready.notify()
+
+    def worker_exited(self, worker: str, returncode: int) -> None:
+        self._add(("exited", worker, returncode))
+
+    def node_lost(self, node: int, reason: str) -> None:
+        raise AssertionError("a local executor has no remote nodes to lose")
+
+    def take(self, wait: float) -> list[Event]:
+        with self.ready:
+            if not self.events:
+                self.ready.wait(wait)
+            events, self.events = self.events, []
+        return events
+
+
+class NodeSupervisor:
+    """One node's worker processes, run by the local executor on that node (a Ray actor)."""
+
+    def __init__(self, node: int) -> None:
+        import ray
+
+        from pipeobs.executors.local import LocalExecutor
+
+        self.node = node
+        self.outbox = _Outbox()
+        self.local = LocalExecutor()
+        self.gpus = [str(g) for g in ray.get_gpu_ids()]  # this node's GPUs, reserved for this actor
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self._commands: list[tuple[int, str, tuple[Any, ...]]] = []  # a heap, by sequence number
+        self._next = 0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """Where this supervisor runs."""
+        return {"node": self.node, "host": socket.gethostname(), "pid": os.getpid(), "node_id": self.node_id,
+                "gpus": len(self.gpus)}
+
+    def missing(self, paths: list[str]) -> list[str]:
+        """The paths this node cannot see."""
+        return [path for path in paths if not os.path.exists(path)]
+
+    def open(self, token: str) -> None:
+        self.local.open(self.outbox, token)
+        self._thread = threading.Thread(target=self._loop, name=f"pipeobs-node-{self.node}", daemon=True)
+        self._thread.start()
+
+    def commands(self, batch: list[tuple[int, str, tuple[Any, ...]]]) -> None:
+        """Queue ``(sequence, verb, args)`` commands; the loop applies them in sequence order."""
+        with self._lock:
+            for command in batch:
+                heapq.heappush(self._commands, command)
+        self.local.wake()
+
+    def fetch(self, wait: float) -> list[Event]:
+        """What happened since the last fetch, waiting up to ``wait`` seconds for something."""
+        return self.outbox.take(wait)
+
+    def close(self) -> None:
+        self._closed.set()
+        self.local.wake()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.local.close()
+
+    # ------------------------------------------------------------------ the loop (one thread: the executor's)
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            self.local.poll(0.05)
+            self._apply()
+
+    def _apply(self) -> None:
+        while True:
+            with self._lock:
+                if not self._commands or self._commands[0][0] != self._next:
+                    return
+                _, verb, args = heapq.heappop(self._commands)
+                self._next += 1
+            if verb == "spawn":
+                self._spawn(*args)
+            elif verb == "send":
+                self.local.send(*args)  # a worker that is gone: its exit is reported
+            elif verb == "kill":
+                self.local.kill(*args)
+
+    def _spawn(self, spec: WorkerSpec) -> None:
+        env = dict(spec.env)
+        index = env.get(variables.CUDA_DEVICES)
+        if index is not None and self.gpus:  # the head numbers a node's GPUs 0..n-1: this node's ids
+            env[variables.CUDA_DEVICES] = self.gpus[int(index) % len(self.gpus)]
+        try:
+            os.makedirs(spec.cwd, exist_ok=True)
+            self.local.spawn(replace(spec, env=env))
+        except OSError as exc:  # reported as an exit: the driver replaces the worker
+            self.outbox.worker_exited(spec.label, 127)
+            logging.getLogger(__name__).error("cannot start %s: %s", spec.label, exc)
+
+
+# ----------------------------------------------------------------------------- on the head
+class RayExecutor(Executor):
+    """The head's side: a supervisor per node, commands out and events in, in batches.
+
+    Connecting, placing the supervisors and checking that every node sees ``paths`` happen here,
+    before the run starts, so a cluster that cannot run the job is a one-line error.
+    """
+
+    name = "ray"
+    local_pids = False  # worker pids belong to other machines: the head does not sample them
+
+    def __init__(self, address: str | None, node_count: int, paths: Sequence[str]) -> None:
+        self.ray = import_ray()
+        self.address = address
+        self.node_count = node_count
+        self._events: ExecutorEvents | None = None
+        self._started_ray = False
+        self.group: Any = None  # the placement group
+        self.supervisors: list[Any] = []
+        self.nodes: list[dict[str, Any]] = []
+        self.fetching: dict[Any, int] = {}  # outstanding fetch -> node
+        self.outbox: dict[int, list[tuple[int, str, tuple[Any, ...]]]] = {}
+        self.sequence = [0] * node_count
+        self.workers: dict[str, int] = {}  # label -> node, until its exit is reported
+        self.lost: dict[int, str] = {}  # node -> why
+        self.early_exits: list[str] = []  # spawned on a lost node: exits to report at the next poll
+        self._wake = threading.Event()
+        self._closed = False
+        try:
+            self._connect()
+            self._place()
+            self._check(paths)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def events(self) -> ExecutorEvents:
+        if self._events is None:
+            raise RuntimeError("RayExecutor.open() was not called")
+        return self._events
+
+    @property
+    def gpus_per_node(self) -> int:
+        return min((n["gpus"] for n in self.nodes), default=0)
+
+    def describe_node(self, node: int) -> str:
+        info = self.nodes[node] if node < len(self.nodes) else {}
+        return f"node {node} (host {info.get('host', '?')}, Ray node {str(info.get('node_id', '?'))[:12]})"
+
+    def placement(self) -> list[str]:
+        return [f"N{self.describe_node(n['node'])[1:]}: supervisor pid {n['pid']}, {n['gpus']} GPU(s)."
+                for n in self.nodes]
+
+    # ------------------------------------------------------------------ start
+    def _connect(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        where = self.address or os.environ.get("RAY_ADDRESS") or "a new local Ray instance"
+        try:
+            ray.init(address=self.address, namespace="pipeobs", logging_level=logging.WARNING, log_to_driver=False,
+                     include_dashboard=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot connect to the Ray cluster at {where}: {_first_line(exc)} "
+                              "(check --ray-address and that `ray status` answers there)") from None
+        self._started_ray = True
+
+    def _place(self) -> None:
+        ray = self.ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+        if len(alive) < self.node_count:
+            raise ConfigError(f"node_count {self.node_count} needs {self.node_count} Ray nodes with a CPU; the cluster "
+                              f"has {len(alive)}: lower node_count or add nodes")
+        gpus = int(min(n["Resources"].get("GPU", 0) for n in alive))
+        bundle: dict[str, float] = {"CPU": 1, **({"GPU": gpus} if gpus else {})}
+        self.group = placement_group([bundle] * self.node_count, strategy="STRICT_SPREAD")
+        try:
+            ray.get(self.group.ready(), timeout=PLACEMENT_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.group)
+            self.group = None
+            raise ConfigError(f"Ray could not place {self.node_count} node supervisors on {self.node_count} distinct "
+                              f"nodes within {PLACEMENT_TIMEOUT:.0f} s (each needs {bundle} free): free resources or "
+                              "lower node_count") from None
+        actor = ray.remote(NodeSupervisor)
+        self.supervisors = [
+            actor.options(
+                num_cpus=1, num_gpus=gpus, max_concurrency=8, max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i),
+            ).remote(i)
+            for i in range(self.node_count)
+        ]
+        self.nodes = ray.get([s.describe.remote() for s in self.supervisors], timeout=PLACEMENT_TIMEOUT)
+
+    def _check(self, paths: Sequence[str]) -> None:
+        """Every node sees the inputs, the entry script and the model folder (they are read where workers run)."""
+        wanted = sorted({str(p) for p in paths})
+        found = self.ray.get([s.missing.remote(wanted) for s in self.supervisors], timeout=PLACEMENT_TIMEOUT)
+        for node, missing in enumerate(found):
+            if missing:
+                raise ConfigError(f"{self.describe_node(node)} cannot see {missing[0]}"
+                                  f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: workers read "
+                                  "inputs and the entry script where they run, so put them on a folder every node "
+                                  "mounts at the same path")
+
+    def open(self, events: ExecutorEvents, token: str) -> None:
+        self._events = events
+        self.ray.get([s.open.remote(token) for s in self.supervisors])
+        for node in range(self.node_count):
+            self._arm(node)
+
+    def _arm(self, node: int) -> None:
+        self.fetching[self.supervisors[node].fetch.remote(FETCH_WAIT)] = node
+
+    # ------------------------------------------------------------------ commands
+    def spawn(self, spec: WorkerSpec) -> int | None:
+        if spec.node in self.lost:
+            self.early_exits.append(spec.label)
+            return None
+        self.workers[spec.label] = spec.node
+        self._command(spec.node, "spawn", (spec,))
+        return None  # the pid comes with worker_connected
+
+    def send(self, worker: str, message: Message) -> bool:
+        node = self.workers.get(worker)
+        if node is None:
+            return False
+        self._command(node, "send", (worker, message))
+        return True
+
+    def kill(self, worker: str) -> None:
+        node = self.workers.get(worker)
+        if node is not None:
+            self._command(node, "kill", (worker,))
+
+    def _command(self, node: int, verb: str, args: tuple[Any, ...]) -> None:
+        self.outbox.setdefault(node, []).append((self.sequence[node], verb, args))
+        self.sequence[node] += 1
+
+    def _send_commands(self) -> None:
+        for node, batch in self.outbox.items():
+            if batch and node not in self.lost:
+                self.supervisors[node].commands.remote(batch)
+        self.outbox.clear()
+
+    # ------------------------------------------------------------------ events
+    def poll(self, timeout: float) -> bool:
+        ray = self.ray
+        self._send_commands()
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self._report_early_exits()
+            refs = list(self.fetching)
+            if refs:
+                ready, rest = ray.wait(refs, num_returns=1, timeout=max(0.0, min(POLL_SLICE, deadline - time.monotonic())))
+                if ready and rest:
+                    more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                    ready += more
+                for ref in ready:
+                    self._take(ref)
+                got = got or bool(ready)
+            else:
+                self._wake.wait(max(0.0, min(POLL_SLICE, deadline - time.monotonic())))
+            if got or self._wake.is_set() or time.monotonic() >= deadline:
+                self._wake.clear()
+                self._send_commands()  # what the driver said while handling these events
+                return got
+
+    def _take(self, ref: Any) -> None:
+        node = self.fetching.pop(ref)
+        try:
+            events = self.ray.get(ref)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError) as exc:
+            self._node_lost(node, _first_line(exc))
+            return
+        self._arm(node)
+        deliver = self.events
+        for event in events:
+            kind, worker = event[0], event[1]
+            if kind == "output":
+                deliver.worker_output(worker, event[2])
+            elif kind == "message":
+                deliver.worker_message(worker, event[2])
+            elif kind == "connected":
+                deliver.worker_connected(worker, event[2])
+            elif kind == "exited":
+                self.workers.pop(worker, None)
+                deliver.worker_exited(worker, event[2])
+
+    def _node_lost(self, node: int, why: str) -> None:
+        """The supervisor is gone: so are its workers (their channel and pipes were its own)."""
+        self.lost[node] = why
+        self.outbox.pop(node, None)
+        self.events.node_lost(node, f"{self.describe_node(node)}: {why}")
+        for worker, where in list(self.workers.items()):
+            if where == node:
+                del self.workers[worker]
+                self.events.worker_exited(worker, -signal.SIGKILL)
+
+    def _report_early_exits(self) -> bool:
+        exits, self.early_exits = self.early_exits, []
+        for worker in exits:
+            self.events.worker_exited(worker, -signal.SIGKILL)
+        return bool(exits)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ray = self.ray
+        try:
+            if self.supervisors:
+                self._send_commands()
+                closing = [s.close.remote() for node, s in enumerate(self.supervisors) if node not in self.lost]
+                ray.wait(closing, num_returns=len(closing), timeout=30)
+            for supervisor in self.supervisors:
+                ray.kill(supervisor)
+            if self.group is not None:
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(self.group)
+        finally:
+            if self._started_ray:
+                ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
