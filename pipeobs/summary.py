@@ -111,8 +111,8 @@ def summary_text(result: JobResult) -> str:
     for alert in result.alerts:
         ended = "until the end" if alert["ended"] is None else f"{alert['ended'] - alert['started']:.1f} s"
         lines.append(f"  alert:        {alert['alertname']} ({alert['severity']}) fired for {ended}: {alert['summary']}")
-    for node, why in result.lost_nodes.items():
-        lines.append(f"  node lost:    node {node}, {why}; its mini-batches were retried on the other nodes")
+    for why in result.lost_nodes.values():
+        lines.append(f"  node lost:    {why}; its mini-batches were retried on the other nodes")
     if result.reason:
         lines.append(f"  reason:       {result.reason}")
     if result.first_error:

@@ -184,8 +184,7 @@ class Driver:
 
     def node_lost(self, node: int, reason: str) -> None:
         self.workers.lose_node(node, reason)
-        self.journal.say("ERROR", "node_lost", f"Node {node} was lost ({reason}); its mini batches are retried on "
-                                               "the other nodes.")
+        self.journal.say("ERROR", "node_lost", f"Lost {reason}; its mini batches are retried on the other nodes.")
 
     def _fail_inflight(self, worker: WorkerSlot, reason: str) -> None:
         status = worker.kill_reason[0] if worker.kill_reason else "PROCESS_CRASHED"

@@ -126,7 +126,7 @@ class WorkerPool:
         self.lost_nodes[node] = reason
         for worker in self:
             if worker.node == node and not worker.is_dead:
-                worker.kill_reason = worker.kill_reason or ("NODE_LOST", f"node {node} was lost: {reason}")
+                worker.kill_reason = worker.kill_reason or ("NODE_LOST", reason)
 
     def kill(self, worker: WorkerSlot, status: str, message: str) -> None:
         worker.kill_reason = (status, message)

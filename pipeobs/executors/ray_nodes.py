@@ -379,7 +379,7 @@ class RayExecutor(Executor):
         """The supervisor is gone: so are its workers (their channel and pipes were its own)."""
         self.lost[node] = why
         self.outbox.pop(node, None)
-        self.events.node_lost(node, f"{self.describe_node(node)}: {why}")
+        self.events.node_lost(node, f"{self.describe_node(node)} is gone ({why.rstrip('.')})")
         for worker, where in list(self.workers.items()):
             if where == node:
                 del self.workers[worker]
