@@ -20,6 +20,7 @@ from typing import Any
 from tests.conftest import write_files, write_rendezvous, write_script
 from tests.raycluster import RayCluster
 from tests.test_collector import wait_for
+from tests.test_run_lifecycle import done, query
 
 ECHO = """
 import os
@@ -35,12 +36,7 @@ class Job:
         self.run_dir = found[-1].parent if found else tmp_path
 
     def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        conn = sqlite3.connect(self.run_dir / "pipeobs.db")
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        return query(self.run_dir, sql, *args)
 
     def rows(self) -> list[str]:
         return sorted((self.run_dir / "output" / "parallel_run_step.txt").read_text().splitlines())
@@ -187,7 +183,7 @@ class TestSameSemanticsAsLocal:
         finally:
             driver.send_signal(signal.SIGKILL)
             driver.wait()
-        done_before = _done(run_dir)
+        done_before = done(run_dir)
         gate.touch()
 
         proc = subprocess.run([sys.executable, "-m", "pipeobs", "run", "--resume", str(run_dir)], cwd=tmp_path,
@@ -197,8 +193,8 @@ class TestSameSemanticsAsLocal:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert sorted(lines) == sorted(f"f{i:03d}.txt row" for i in range(60))
         assert done_before == 10
-        assert json.loads(_query(run_dir, "SELECT inputs FROM runs")[0][0])["backend"] == "ray"
-        assert {r[0] for r in _query(run_dir, "SELECT node FROM workers")} == {0, 1}
+        assert json.loads(query(run_dir, "SELECT inputs FROM runs")[0][0])["backend"] == "ray"
+        assert {r[0] for r in query(run_dir, "SELECT node FROM workers")} == {0, 1}
 
 
 class TestClusterOnly:
@@ -225,7 +221,7 @@ class TestClusterOnly:
         try:
             wait_for(lambda: len(os.listdir(arrived)) >= 2, timeout=120, what="node 1 to hold two mini-batches")
             run_dir = next((tmp_path / "runs").glob("*/*"))
-            placed = _query(run_dir, "SELECT message FROM events WHERE kind = 'node_start' AND message LIKE 'Node 1%'")
+            placed = query(run_dir, "SELECT message FROM events WHERE kind = 'node_start' AND message LIKE 'Node 1%'")
             supervisor = int(placed[0][0].split("supervisor pid ")[1].split(",")[0])
             os.kill(supervisor, signal.SIGKILL)
             out, err = driver.communicate(timeout=180)
@@ -236,9 +232,9 @@ class TestClusterOnly:
         assert driver.returncode == 0, out + err
         lines = (run_dir / "output" / "parallel_run_step.txt").read_text().splitlines()
         assert sorted(lines) == sorted(f"f{i:03d}.txt row" for i in range(12))
-        lost = _query(run_dir, "SELECT mini_batch_id, worker FROM attempts WHERE status = 'NODE_LOST'")
+        lost = query(run_dir, "SELECT mini_batch_id, worker FROM attempts WHERE status = 'NODE_LOST'")
         assert len(lost) == 2 and all(worker.startswith("1/") for _, worker in lost)
-        retried = _query(run_dir, "SELECT worker FROM attempts WHERE status = 'RUN_DONE' AND mini_batch_id IN "
+        retried = query(run_dir, "SELECT worker FROM attempts WHERE status = 'RUN_DONE' AND mini_batch_id IN "
                                   "(SELECT mini_batch_id FROM attempts WHERE status = 'NODE_LOST')")
         assert len(retried) == 2 and all(w.startswith("0/") for (w,) in retried)
         assert "node lost:    node 1" in out
@@ -258,7 +254,7 @@ class TestClusterOnly:
         assert len(error) == 1 and str(data) in error[0] and "every node" in error[0]
         assert re.match(r"error: node [01] \(host [^,]+, Ray node [0-9a-f]+\) cannot see ", error[0])  # the one hiding it
         assert "Traceback" not in proc.stderr
-        assert _query(next((tmp_path / "runs").glob("*/*")), "SELECT status FROM runs")[0][0] == "Failed"
+        assert query(next((tmp_path / "runs").glob("*/*")), "SELECT status FROM runs")[0][0] == "Failed"
 
     def test_more_nodes_than_the_cluster_has_is_a_one_line_error(self, ray_cluster: RayCluster, tmp_path: Path) -> None:
         write_script(tmp_path, ECHO)
@@ -289,7 +285,7 @@ class TestClusterOnly:
 
         assert api.returncode == 0 and api.stdout.splitlines()[-1] == "Completed 4", api.stdout + api.stderr
         assert yaml.returncode == 0, yaml.stdout + yaml.stderr
-        nodes = {r[0] for r in _query(next((tmp_path / "runs" / "yaml").glob("*")), "SELECT node FROM workers")}
+        nodes = {r[0] for r in query(next((tmp_path / "runs" / "yaml").glob("*")), "SELECT node FROM workers")}
         assert nodes == {0, 1}
 
     def test_exporters_run_in_the_head_only(self, ray_cluster: RayCluster, tmp_path: Path) -> None:
@@ -333,24 +329,9 @@ def test_without_ray_installed_the_backend_is_a_one_line_error_naming_the_extra(
     assert not (tmp_path / "runs").exists()  # refused before anything was created
 
 
-def _query(run_dir: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{run_dir / 'pipeobs.db'}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def _done(run_dir: Path) -> int:
-    try:
-        return _query(run_dir, "SELECT COUNT(*) FROM mini_batches WHERE status='done'")[0][0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def _with_done(root: Path, at_least: int) -> Path | None:
     for run_dir in root.glob("*"):
-        if (run_dir / "pipeobs.db").exists() and _done(run_dir) >= at_least:
+        if (run_dir / "pipeobs.db").exists() and done(run_dir) >= at_least:
             return run_dir
     return None
 

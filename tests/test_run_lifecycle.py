@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -34,11 +35,11 @@ def pipeobs(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-def query(run_dir: Path, sql: str) -> list[sqlite3.Row]:
+def query(run_dir: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
     conn = sqlite3.connect(f"file:{run_dir / 'pipeobs.db'}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
 

@@ -207,22 +207,22 @@ class _UI:
                             "first": first, "replay": replay, "lane_count": len(lanes)}
 
     def mini_batch_page(self, request: Request) -> tuple[str, dict[str, Any]]:
-        name, mb = request.path_params["run"], request.path_params["mb"]
-        with self.store(name) as conn:
-            found = data.mini_batch(conn, mb)
-            summary = queries.run_summary(conn)
-        if found is None:
-            raise HTTPException(404, f"run '{name}' has no mini-batch {mb}")
-        return "mini_batch.html", {"name": name, "mb": found, "s": summary}
+        mb = request.path_params["mb"]
+        return self._detail(request, "mini_batch.html", "mb", lambda conn: data.mini_batch(conn, mb), f"mini-batch {mb}")
 
     def span_page(self, request: Request) -> tuple[str, dict[str, Any]]:
-        name, span_id = request.path_params["run"], request.path_params["span_id"]
+        span_id = request.path_params["span_id"]
+        return self._detail(request, "span.html", "span", lambda conn: data.span(conn, span_id), f"span {span_id}")
+
+    def _detail(self, request: Request, template: str, key: str, find: Callable[[sqlite3.Connection], Any],
+                what: str) -> tuple[str, dict[str, Any]]:
+        name = request.path_params["run"]
         with self.store(name) as conn:
-            found = data.span(conn, span_id)
+            found = find(conn)
             summary = queries.run_summary(conn)
         if found is None:
-            raise HTTPException(404, f"run '{name}' has no span {span_id}")
-        return "span.html", {"name": name, "span": found, "s": summary}
+            raise HTTPException(404, f"run '{name}' has no {what}")
+        return template, {"name": name, key: found, "s": summary}
 
     def logs_page(self, request: Request) -> tuple[str, dict[str, Any]]:
         name = request.path_params["run"]
