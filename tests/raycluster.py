@@ -14,6 +14,7 @@ namespace with only loopback (``unshare -n``; ``bash .ci/run`` does it): nothing
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,7 @@ def two_raylets(root: Path, num_gpus: int = 2) -> Iterator[RayCluster]:
         finally:
             for process in reversed(processes):
                 _stop(process)
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
