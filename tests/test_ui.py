@@ -206,10 +206,27 @@ class TestPages:
 
     def test_runs_are_filtered_and_sorted_by_query_parameters(self, tmp_path: Path) -> None:
         build_store(tmp_path)
+        second = tmp_path / "runs" / "step-b" / "step-b_20270116_080000_bbbbbb"
+        second.mkdir(parents=True)
+        store = Store(second / "pipeobs.db", second.name)
+        store.insert_run({"step_id": second.name, "step_name": "step-b", "status": "Completed", "started_at": T0 + 86400,
+                          "ended_at": T0 + 86400 + 99})
+        store.flush()
+        store.close()
+        order = re.compile(r'class="run-link" href="/runs/([^"]+)"')
+
         with serving(tmp_path / "runs") as app:
-            assert app.get("/", params={"status": "Running"}).text.count('class="run-row"') == 1
-            assert app.get("/", params={"status": "Completed"}).text.count('class="run-row"') == 0
-            assert app.get("/", params={"step": "other"}).text.count('class="run-row"') == 0
+            newest_first = order.findall(app.get("/").text)
+            by_duration = order.findall(app.get("/", params={"sort": "duration", "order": "desc"}).text)
+            by_step = order.findall(app.get("/", params={"sort": "step", "order": "asc"}).text)
+            running = app.get("/", params={"status": "Running"}).text.count('class="run-row"')
+            completed = order.findall(app.get("/", params={"status": "Completed"}).text)
+            other = app.get("/", params={"step": "other"}).text.count('class="run-row"')
+
+        assert newest_first == [second.name, STEP_ID]
+        assert by_duration == [second.name, STEP_ID]  # 99 s, then the live run (0 s: its start is ahead of now)
+        assert by_step == [STEP_ID, second.name]
+        assert (running, completed, other) == (1, [second.name], 0)
 
     @pytest.mark.parametrize("path", [
         "/runs/..%2F..%2F..%2Fetc%2Fpasswd", "/runs/../../etc/passwd", "/runs/%2e%2e", "/runs/nope",
@@ -221,6 +238,40 @@ class TestPages:
 
         assert response.status_code == 404, path
         assert "import" not in response.text and "root:" not in response.text
+
+    @pytest.mark.parametrize(("path", "status"), [
+        (f"/runs/{STEP_ID}/mini-batches/99999999999999999999999", 404),
+        (f"/api/runs/{STEP_ID}/logs?after=99999999999999999999999", 400),
+        (f"/api/runs/{STEP_ID}/logs?mini_batch=-99999999999999999999999", 400),
+        (f"/api/runs/{STEP_ID}/timeline?width=99999999999999999999999", 400),
+    ])
+    def test_numbers_sqlite_cannot_hold_are_refused_not_a_500(self, client: httpx.Client, path: str,
+                                                              status: int) -> None:
+        response = client.get(path)
+
+        assert response.status_code == status
+        assert response.headers["content-security-policy"] == CSP
+
+    def test_a_host_header_other_than_loopback_is_refused(self, client: httpx.Client) -> None:
+        """A page on another site that rebinds its name to 127.0.0.1 cannot read runs."""
+        assert client.get("/", headers={"host": "attacker.example:8080"}).status_code == 400
+        assert client.get(f"/api/runs/{STEP_ID}/logs", headers={"host": "attacker.example"}).status_code == 400
+        assert client.get("/", headers={"host": "localhost:1234"}).status_code == 200
+
+    def test_a_runs_folder_with_hash_and_question_mark_in_its_path_is_read_and_never_written(
+            self, tmp_path: Path) -> None:
+        odd = tmp_path / "a#b?c"
+        build_store(odd)
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+        with serving(odd / "runs") as session:
+            runs = session.get("/").text
+            timeline = api(session, "timeline")
+
+        assert runs.count('class="run-row"') == 1 and "Running" in runs
+        assert len(timeline["lanes"]) == 3
+        after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not p.name.endswith(("-wal", "-shm")))
+        assert after == before  # no store appeared where the path was cut
 
     def test_every_response_carries_the_content_security_policy(self, client: httpx.Client) -> None:
         for path in ("/", f"/runs/{STEP_ID}", "/static/app.js", f"/api/runs/{STEP_ID}/progress", "/runs/nope"):
@@ -292,6 +343,20 @@ class TestServing:
                                                   ("0.0.0.0", True), ("192.168.1.5", True)])
     def test_a_non_loopback_host_is_warned_about(self, host: str, warned: bool) -> None:
         assert (off_loopback_warning(host) is not None) is warned
+
+    def test_pipeobs_ui_on_every_interface_warns_on_stderr(self, tmp_path: Path) -> None:
+        build_store(tmp_path)
+        with subprocess.Popen([sys.executable, "-m", "pipeobs", "ui", str(tmp_path / "runs"), "--host", "0.0.0.0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            try:
+                assert process.stderr is not None and process.stdout is not None
+                warning = process.stderr.readline()
+                url = process.stdout.readline()
+            finally:
+                process.terminate()
+                process.wait(10)
+        assert warning.startswith("warning: listening on 0.0.0.0") and "no login" in warning
+        assert "http://0.0.0.0:" in url
 
     def test_the_collector_serves_the_explorer_over_what_it_collects(self, tmp_path: Path) -> None:
         from pipeobs.collector import create_server

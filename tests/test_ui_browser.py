@@ -313,12 +313,15 @@ class TestLiveRun:
                 ready(logs_page, "logsReady")
                 assert logs_page.page.locator("#log-rows .log-row").count() == 2
 
-                release.touch()
+                with page.expect_event("load", timeout=60_000):  # the page reloads itself when the job ends
+                    release.touch()
+                ready(run_page, "timelineReady")
                 eventually(lambda: logs_page.page.locator("#log-rows .log-row").count() == 8,
                            what="the lines after the gate to stream in")
-                eventually(lambda: "Completed" in page.inner_text("#run-status"), timeout=60, what="the end")
-                eventually(lambda: page.locator("#timeline rect.bar.open").count() == 0, what="no open bar")
+                assert "Completed" in page.inner_text("#run-status")
+                assert page.locator("#timeline rect.bar.open").count() == 0
                 assert page.locator("#timeline rect.bar").count() == 4
+                assert page.locator("#slowest tbody tr").count() == 4  # the tables are the finished run's
                 assert page.inner_text("#run-batches").startswith("4 done")
                 shot(run_page, tmp_path, "live-run-ended")
             finally:

@@ -46,11 +46,12 @@ UI_PATH = "/ui"
 
 
 def create_app(store_dir: str | Path, instrumentation_key: str | None = None,
-               max_body: int = DEFAULT_MAX_BODY, ui: bool = False) -> Starlette:
+               max_body: int = DEFAULT_MAX_BODY, ui: bool = False, ui_hosts: list[str] | None = None) -> Starlette:
     """The collector app writing into the run directory ``store_dir`` (``store_dir/pipeobs.db``).
 
     With ``instrumentation_key``, App Insights items carrying another iKey are rejected. With
-    ``ui``, the web explorer over that run directory is served under ``/ui/``.
+    ``ui``, the web explorer over that run directory is served under ``/ui/`` (answering only the Host
+    headers ``ui_hosts``, when given).
     The store opens at startup (or on the first request) and is marked Completed at shutdown.
     """
     run = CollectedRun(Path(store_dir), {"instrumentation_key": bool(instrumentation_key), "max_body": max_body})
@@ -71,7 +72,7 @@ def create_app(store_dir: str | Path, instrumentation_key: str | None = None,
     if ui:
         from pipeobs.ui.app import create_ui_app
 
-        routes.append(Mount(UI_PATH, app=create_ui_app(store_dir)))
+        routes.append(Mount(UI_PATH, app=create_ui_app(store_dir, allowed_hosts=ui_hosts)))
     app = Starlette(routes=routes, middleware=[Middleware(NormalizePath)], lifespan=lifespan)
     app.state.collected_run = run
     return app

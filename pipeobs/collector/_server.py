@@ -14,7 +14,7 @@ from pipeobs.collector._sink import CollectedRun
 try:
     import uvicorn
 
-    from pipeobs.serving import DEFAULT_HOST, ReadyServer, bind_socket, url_of
+    from pipeobs.serving import DEFAULT_HOST, ReadyServer, bind_socket, is_loopback, url_of
 except ImportError as exc:  # pragma: no cover - exercised by the light-import test
     raise ImportError(INSTALL_HINT) from exc
 
@@ -35,7 +35,12 @@ def create_server(store_dir: str | Path, instrumentation_key: str | None = None,
                   port: int = 0, max_body: int = DEFAULT_MAX_BODY,
                   ready: Callable[[int], Any] | None = None, ui: bool = False) -> CollectorServer:
     """A collector server (not yet running: call ``run()``, e.g. on a thread)."""
-    app = create_app(store_dir, instrumentation_key, max_body, ui)
+    ui_hosts = None
+    if ui and is_loopback(host):
+        from pipeobs.ui.server import allowed_hosts
+
+        ui_hosts = allowed_hosts(host)
+    app = create_app(store_dir, instrumentation_key, max_body, ui, ui_hosts)
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="warning", access_log=False)
     return CollectorServer(config, app.state.collected_run, ready)
 

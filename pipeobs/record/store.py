@@ -147,8 +147,8 @@ def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     """A connection; read-only ones never block the driver."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    if readonly:  # a URI, quoted: a '#' or '?' in the path must not cut it (and drop mode=ro)
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeobs.ui._deps import INSTALL_HINT
+from pipeobs.ui._deps import INSTALL_HINT, PERFETTO_URL
 
 __all__ = ["INSTALL_HINT", "add_subcommand", "create_ui_app", "dispatch", "serve"]
 
@@ -45,7 +45,7 @@ def add_subcommand(subparsers: Any) -> None:
                         help="folder of runs (or one run directory) to serve (default: ./runs)")
     parser.add_argument("--port", type=port_number, default=0, help="port to listen on (default: 0, a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--perfetto-url", "--perfetto_url", dest="perfetto_url", default="https://ui.perfetto.dev",
+    parser.add_argument("--perfetto-url", "--perfetto_url", dest="perfetto_url", default=PERFETTO_URL,
                         metavar="URL", help="the Perfetto UI 'Open in Perfetto' hands traces to "
                                             "(default: https://ui.perfetto.dev; a self-hosted one works)")
 

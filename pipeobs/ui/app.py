@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from pipeobs.errors import ConfigError, RunDirError
 from pipeobs.explorer import queries
 from pipeobs.explorer.runs import find_run_dirs, open_run
 from pipeobs.ui import data
-from pipeobs.ui._deps import INSTALL_HINT
+from pipeobs.ui._deps import INSTALL_HINT, PERFETTO_URL
 
 try:
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -36,6 +36,7 @@ try:
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
@@ -52,16 +53,21 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 STATIC = Path(__file__).parent / "static"
-PERFETTO_URL = "https://ui.perfetto.dev"
+BASE_KEY = "pipeobs.ui.base"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+LARGEST = 2**63 - 1  # SQLite's integers
 SORTS = {"start": "start", "duration": "duration", "status": "status", "step": "step",
          "failed": "failed_batches", "done": "done_batches", "items": "items", "alerts": "alerts"}
 
 
-def create_ui_app(root: str | Path, perfetto_url: str = PERFETTO_URL) -> Starlette:
+def create_ui_app(root: str | Path, perfetto_url: str = PERFETTO_URL,
+                  allowed_hosts: Sequence[str] | None = None) -> ASGIApp:
     """The explorer over every run directory below ``root`` (or ``root`` itself, a run directory).
 
     ``perfetto_url``: the Perfetto UI that "Open in Perfetto" hands traces to (a self-hosted one
     behind a firewall, say); the trace goes by ``postMessage``, never through its server.
+    ``allowed_hosts``: the Host headers answered (a server on loopback answers only loopback names,
+    so a web page elsewhere cannot read runs through DNS rebinding); None: any.
     """
     ui = _UI(Path(root), perfetto_url)
     routes = [
@@ -78,12 +84,14 @@ def create_ui_app(root: str | Path, perfetto_url: str = PERFETTO_URL) -> Starlet
         Route("/api/runs/{run}/series", ui.api(ui.series)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)],
-                     exception_handlers={HTTPException: ui.http_error})
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] if allowed_hosts else []
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: ui.http_error})
+    return SecurityHeaders(app)  # outermost: a 500 from Starlette's error middleware carries the headers too
 
 
 class SecurityHeaders:
-    """The Content-Security-Policy and friends on every HTTP response (pure ASGI: streaming stays streaming)."""
+    """The Content-Security-Policy and friends on every HTTP response (pure ASGI: streaming stays streaming);
+    it also notes the explorer's own prefix in the scope (``/ui`` inside the collector), for links."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -92,6 +100,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = {**scope, BASE_KEY: str(scope.get("root_path", "")).rstrip("/")}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -106,7 +115,7 @@ class _UI:
         self.root = root
         self.templates = Environment(loader=PackageLoader("pipeobs.ui", "templates"),
                                      autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
-        self.templates.filters.update(seconds=_seconds, utc=_utc, number=_number, shown=_shown_value)
+        self.templates.filters.update(seconds=_seconds, utc=_utc, number=_number, shown=data.shown_value)
         self.templates.globals.update(json=_json, perfetto_url=perfetto_url)
 
     # ------------------------------------------------------------------ finding runs
@@ -152,7 +161,7 @@ class _UI:
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        if request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/"):
+        if request.url.path.startswith(f"{_base(request)}/api/"):
             return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
         html = self.templates.get_template("error.html").render(
             request=request, base=_base(request), status=exc.status_code, message=exc.detail)
@@ -208,6 +217,8 @@ class _UI:
 
     def mini_batch_page(self, request: Request) -> tuple[str, dict[str, Any]]:
         mb = request.path_params["mb"]
+        if mb > LARGEST:
+            raise HTTPException(404, f"run '{request.path_params['run']}' has no mini-batch {mb}")
         return self._detail(request, "mini_batch.html", "mb", lambda conn: data.mini_batch(conn, mb), f"mini-batch {mb}")
 
     def span_page(self, request: Request) -> tuple[str, dict[str, Any]]:
@@ -283,8 +294,8 @@ class _UI:
 
 # ----------------------------------------------------------------------------- helpers
 def _base(request: Request) -> str:
-    """The app's own prefix (``/ui`` when mounted inside the collector)."""
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    """The app's own prefix (``/ui`` when mounted inside the collector), whatever route answers."""
+    return str(request.scope.get(BASE_KEY, ""))
 
 
 def _float(q: Any, key: str) -> float | None:
@@ -305,9 +316,12 @@ def _int(q: Any, key: str, default: int | None) -> int | None:
     if text in (None, ""):
         return default
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ConfigError(f"'{key}' must be a whole number, not '{text}'") from None
+    if abs(value) > LARGEST:
+        raise ConfigError(f"'{key}' is out of range: {text}")
+    return value
 
 
 def _json(value: Any) -> str:
@@ -334,16 +348,4 @@ def _utc(value: Any) -> str:
 
 
 def _number(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def _shown_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float):
-        return _number(value)
-    return json.dumps(value, default=str)
+    return "-" if value is None else data.shown_value(value)

@@ -23,7 +23,7 @@ from pipeobs.explorer.spans import last_known_time
 from pipeobs.record.liveness import shown_status
 
 BAR_LIMIT = 5_000  # attempts in view beyond which the timeline aggregates by pixel
-MAX_WIDTH = 4_000  # pixel columns a client may ask for
+MAX_WIDTH = 2_000  # pixel columns a client may ask for (density cells: lanes x columns at most)
 LOG_PAGE_MAX = 1_000
 LOG_SCAN_MAX = 200_000  # rows a filtered log request reads before answering with what it found
 SERIES_POINTS_MAX = 2_000
@@ -55,14 +55,11 @@ def lanes(conn: sqlite3.Connection) -> list[Row]:
                              "ORDER BY node, started, worker")
     if found:  # a run's driver records every worker it starts
         return found
-    known: set[str] = set()
-    for (worker,) in conn.execute("SELECT DISTINCT worker FROM attempts WHERE worker IS NOT NULL "
-                                  "UNION SELECT DISTINCT worker FROM spans WHERE worker IS NOT NULL "
-                                  "AND name = 'mini_batch' ORDER BY 1"):
-        if worker not in known:
-            found.append({"worker": worker, "node": None, "name": worker, "pid": None, "started": None,
-                          "ended": None, "returncode": None, "reason": None})
-    return found
+    return [{"worker": worker, "node": None, "name": worker, "pid": None, "started": None, "ended": None,
+             "returncode": None, "reason": None}
+            for (worker,) in conn.execute("SELECT worker FROM attempts WHERE worker IS NOT NULL UNION "
+                                          "SELECT worker FROM spans WHERE worker IS NOT NULL AND name = 'mini_batch' "
+                                          "ORDER BY 1")]
 
 
 def timeline(conn: sqlite3.Connection, start: float | None = None, end: float | None = None,
@@ -153,7 +150,7 @@ def _phases(conn: sqlite3.Connection, index: dict[str, int], start: float, end: 
     ]
 
 
-_MARKER_EVENTS = ("timeout", "worker_exit", "init_failed", "shutdown_failed", "stop", "node_gave_up")
+_MARKER_EVENTS = ("timeout", "worker_exit", "init_failed", "shutdown_failed", "stop", "node_gave_up", "node_lost")
 
 
 def _markers(conn: sqlite3.Connection, index: dict[str, int], start: float, end: float) -> list[list[Any]]:
@@ -406,12 +403,17 @@ def _flatten(value: Row, prefix: str = "") -> Row:
 
 
 def _dict_diff(a: Row, b: Row) -> list[Row]:
-    return [{"key": k, "a": _shown(a.get(k)), "b": _shown(b.get(k))}
+    return [{"key": k, "a": shown_value(a.get(k)), "b": shown_value(b.get(k))}
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+def shown_value(value: Any) -> str:
+    """A value as one line of text: strings as they are, finite floats to 4 digits, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return json.dumps(value, default=str)
 
 
 def _metric_delta(name: str, a: Any, b: Any) -> Row:

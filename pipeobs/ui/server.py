@@ -21,9 +21,18 @@ except ImportError as exc:  # pragma: no cover - exercised by the light-import t
 def create_server(root: str | Path, host: str = "127.0.0.1", port: int = 0,
                   ready: Callable[[int], Any] | None = None, **options: Any) -> ReadyServer:
     """An explorer server over ``root`` (not yet running: call ``run()``, e.g. on a thread)."""
+    if is_loopback(host):
+        options.setdefault("allowed_hosts", allowed_hosts(host))
     config = uvicorn.Config(create_ui_app(root, **options), host=host, port=port, lifespan="off", log_level="warning",
                             access_log=False)
     return ReadyServer(config, ready)
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """The Host headers a loopback server answers: its own address and the loopback names."""
+    from pipeobs.ui.app import LOOPBACK_HOSTS
+
+    return sorted({host, *LOOPBACK_HOSTS})
 
 
 def off_loopback_warning(host: str) -> str | None:

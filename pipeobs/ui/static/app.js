@@ -73,7 +73,9 @@ class Timeline {
   async load() {
     const params = new URLSearchParams({width: String(this.width())});
     if (this.view && !this.follow) { params.set("start", this.view.start); params.set("end", this.view.end); }
+    const asked = this.asked = (this.asked || 0) + 1;
     const data = await getJSON(`${this.api}?${params}`);
+    if (asked !== this.asked) return;  // a later request (a zoom, a drag, a live poll) is on its way
     this.run = data.run;
     this.view = {start: data.view.start, end: data.view.end};
     this.data = data;
@@ -458,8 +460,9 @@ class LogView {
       const frag = document.createDocumentFragment();
       for (const line of data.lines) frag.appendChild(this.row(line));
       this.rows.insertBefore(frag, this.rows.firstChild);
-      if (data.lines.length) this.first = data.lines[0].id;
-      this.moreBefore = data.more && data.lines.length > 0;
+      // where the backward scan got to: a sparse filter goes on from there, even without a match yet
+      if (data.scanned_to !== null) this.first = data.lines.length ? Math.min(data.lines[0].id, data.scanned_to) : data.scanned_to;
+      this.moreBefore = data.more && data.scanned_to !== null;
       this.rows.scrollTop += this.rows.scrollHeight - oldHeight;
       const excess = this.rows.childElementCount - this.maxRows;
       if (excess > 0) {
@@ -530,12 +533,8 @@ document.addEventListener("DOMContentLoaded", () => {
         try {
           const p = await refreshProgress(base, body.dataset.run);
           if (timeline.follow || !p.live) await timeline.load();
-          if (!p.live) {
-            body.dataset.live = "false";
-            document.querySelectorAll("figure.chart").forEach(figure => {
-              figure.querySelectorAll("svg, .chart-legend, p").forEach(n => n.remove());
-              drawChart(figure).catch(showError);
-            });
+          if (!p.live) {  // the job ended: the page as a finished run's (first error, tables, charts)
+            location.reload();
             return;
           }
         } catch (error) { showError(error); }
