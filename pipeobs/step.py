@@ -156,7 +156,6 @@ class ParallelRunStep:
         fingerprint = take_fingerprint(self, runs_dir, settings, model_dir)
         decision = reuse.decide(fingerprint, self.name, runs_dir, self.allow_reuse)
         print(printable(decision.text()), flush=True)
-        check_backend(backend)
         plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline, metrics_address=metrics_address,
                          pushgateway=pushgateway, alerts=alerts, backend=backend, ray_address=ray_address)
         reuse.record(plan, fingerprint, decision)
@@ -168,7 +167,12 @@ class ParallelRunStep:
 def run_plan(plan: JobPlan, on_progress: ProgressCallback | None = None) -> JobResult:
     from pipeobs.driver import Driver
 
-    return Driver(plan, on_progress, executor=create_executor(plan)).run()
+    executor = create_executor(plan)
+    try:
+        return Driver(plan, on_progress, executor=executor).run()
+    finally:
+        if executor is not None:  # also when the driver could not start (its actors and placement go)
+            executor.close()
 
 
 BACKENDS = ("local", "ray")
@@ -196,9 +200,11 @@ def create_executor(plan: JobPlan) -> Any:
 
     try:
         executor = RayExecutor(plan.ray_address, plan.config.node_count, plan.paths_read_by_workers())
-    except ConfigError as exc:
+    except BaseException as exc:  # the run never started: Failed with the reason (Interrupted on Ctrl-C)
         store = Store(plan.run_dir.store)
-        store.update_run(status="Failed", ended_at=_now(), error=str(exc))
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        store.update_run(status="Interrupted" if interrupted else "Failed", ended_at=_now(),
+                         error="interrupted while connecting to Ray" if interrupted else str(exc))
         store.flush()
         store.close()
         raise

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+# Token auth off: a ~/.ray/auth_token left by any other Ray on this machine would otherwise turn it on.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 OBJECT_STORE = str(80 * 2**20)
 READY = """
 import sys, time, ray

@@ -313,6 +313,36 @@ class TestClusterOnly:
         assert {(s.get("worker") or s["attributes"]["pipeobs.worker"]).split("/")[0] for s in spans} == {"0", "1"}
 
 
+def test_an_address_where_no_cluster_answers_is_a_one_line_error(tmp_path: Path) -> None:
+    write_script(tmp_path, ECHO)
+    write_files(tmp_path, 2)
+
+    proc = subprocess.run([sys.executable, "-m", "pipeobs", "run", "score.py", "--input", "data", "--backend", "ray",
+                           "--ray-address", "127.0.0.1:1"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: no Ray cluster answers at 127.0.0.1:1 (")
+    assert proc.stderr.count("\n") == 1
+    assert query(next((tmp_path / "runs").glob("*/*")), "SELECT status FROM runs")[0]["status"] == "Failed"
+
+
+def test_a_supervisor_holds_a_bounded_number_of_items_for_the_head() -> None:
+    """Past OUTBOX_LIMIT parsed items the supervisor stops reading pipes until the head fetches."""
+    from pipeobs.executors.ray_nodes import OUTBOX_LIMIT, Exited, Wrote, _Outbox
+
+    outbox = _Outbox()
+    outbox.worker_output("0/process000", ["line"] * (OUTBOX_LIMIT - 1))
+    assert not outbox.full()
+    outbox.worker_output("0/process000", ["line"])
+    outbox.worker_exited("0/process000", 0)
+    assert outbox.full()
+
+    events = outbox.take(0)
+
+    assert [type(e) for e in events] == [Wrote, Exited] and len(events[0].items) == OUTBOX_LIMIT
+    assert not outbox.full() and outbox.take(0) == []
+
+
 def test_without_ray_installed_the_backend_is_a_one_line_error_naming_the_extra(tmp_path: Path) -> None:
     blocker = tmp_path / "no-ray"
     (blocker / "ray").mkdir(parents=True)

@@ -177,9 +177,10 @@ class Driver:
         self.journal.close_open_spans(worker, reason or "the worker process ended", self.clock())
         self._fail_inflight(worker, reason)
         if not was_stopping:
-            self.journal.count("worker_restarts")
-            if not self._finished():
-                self.workers.replace(worker)
+            if worker.node not in self.workers.lost_nodes:  # a lost node's workers are not restarted
+                self.journal.count("worker_restarts")
+                if not self._finished():
+                    self.workers.replace(worker)
             self._stop(self.workers.lost(self._finished()))
 
     def node_lost(self, node: int, reason: str) -> None:

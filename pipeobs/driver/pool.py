@@ -101,9 +101,7 @@ class WorkerPool:
         self.journal.say("INFO", "worker_start", f"Started {worker.label} ({where}).", worker.label)
 
     def replace(self, worker: WorkerSlot) -> None:
-        """A new process for one that died, unless its node is lost or init() keeps failing there."""
-        if worker.node in self.lost_nodes:
-            return
+        """A new process for one that died, unless init() keeps failing on its node."""
         failures = self.init_failures[worker.node]
         if failures >= 3 * self.per_node:
             self.journal.say("ERROR", "node_gave_up",

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeobs import env as variables
 from pipeobs.errors import ConfigError
@@ -41,7 +41,35 @@ FETCH_WAIT = 0.5  # seconds a supervisor holds a fetch open while it has nothing
 POLL_SLICE = 0.02  # the head's wait between checks of wake() while no node reports
 PLACEMENT_TIMEOUT = 60.0
 
-Event = tuple[Any, ...]
+OUTBOX_LIMIT = 20_000  # parsed items a supervisor holds for the head before it stops reading its workers' pipes
+UNAVAILABLE_GRACE = 30.0  # seconds a supervisor may be unreachable before its node counts as lost
+
+
+class Connected(NamedTuple):
+    worker: str
+    pid: int
+
+
+class Said(NamedTuple):
+    worker: str
+    message: Message
+
+
+class Wrote(NamedTuple):
+    worker: str
+    items: list[Any]
+
+
+class Exited(NamedTuple):
+    worker: str
+    returncode: int
+
+
+Event = Connected | Said | Wrote | Exited
+
+
+class NodeFailed(RuntimeError):
+    """A supervisor cannot go on (its loop died, a worker cannot be started): its node is lost."""
 
 
 def import_ray() -> Any:
@@ -56,45 +84,62 @@ def import_ray() -> Any:
 # ----------------------------------------------------------------------------- on each node
 class _Outbox:
     """The supervisor's :class:`ExecutorEvents`: events queued, in order, until the head fetches them.
-    Consecutive output of one worker is merged into one event (fewer, larger batches)."""
+
+    Consecutive output of one worker is merged into one event (fewer, larger batches). It holds at
+    most about :data:`OUTBOX_LIMIT` items: past that, the supervisor stops reading its workers' pipes
+    until the head has fetched, so a worker printing faster than the head takes its lines blocks on a
+    full pipe, as it does locally, instead of growing memory and delaying its results.
+    """
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.size = 0
         self.ready = threading.Condition()
 
-    def _add(self, event: Event) -> None:
+    def _add(self, event: Event, size: int = 1) -> None:
         with self.ready:
             self.events.append(event)
-            self.ready.notify()
+            self.size += size
+            self.ready.notify_all()
 
     def worker_connected(self, worker: str, pid: int) -> None:
-        self._add(("connected", worker, pid))
+        self._add(Connected(worker, pid))
 
     def worker_message(self, worker: str, message: Message) -> None:
-        self._add(("message", worker, message))
+        self._add(Said(worker, message))
 
     def worker_output(self, worker: str, items: Sequence[Any]) -> None:
         if not items:
             return
         with self.ready:
             last = self.events[-1] if self.events else None
-            if last is not None and last[0] == "output" and last[1] == worker:
-                last[2].extend(items)
+            if isinstance(last, Wrote) and last.worker == worker:
+                last.items.extend(items)
             else:
-                self.events.append(("output", worker, list(items)))
-            self.ready.notify()
+                self.events.append(Wrote(worker, list(items)))
+            self.size += len(items)
+            self.ready.notify_all()
 
     def worker_exited(self, worker: str, returncode: int) -> None:
-        self._add(("exited", worker, returncode))
+        self._add(Exited(worker, returncode))
 
     def node_lost(self, node: int, reason: str) -> None:
         raise AssertionError("a local executor has no remote nodes to lose")
+
+    def full(self) -> bool:
+        return self.size >= OUTBOX_LIMIT
+
+    def wait_for_room(self, timeout: float) -> None:
+        with self.ready:
+            if self.size >= OUTBOX_LIMIT:
+                self.ready.wait(timeout)
 
     def take(self, wait: float) -> list[Event]:
         with self.ready:
             if not self.events:
                 self.ready.wait(wait)
-            events, self.events = self.events, []
+            events, self.events, self.size = self.events, [], 0
+            self.ready.notify_all()  # room again: the loop reads the pipes
         return events
 
 
@@ -116,6 +161,7 @@ class NodeSupervisor:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # why this node cannot go on (the head then counts it lost)
 
     def describe(self) -> dict[str, Any]:
         """Where this supervisor runs."""
@@ -139,8 +185,12 @@ class NodeSupervisor:
         self.local.wake()
 
     def fetch(self, wait: float) -> list[Event]:
-        """What happened since the last fetch, waiting up to ``wait`` seconds for something."""
-        return self.outbox.take(wait)
+        """What happened since the last fetch, waiting up to ``wait`` seconds for something; once all
+        of it is fetched, a failure of this node raises :class:`NodeFailed`."""
+        events = self.outbox.take(wait)
+        if not events and self.failure is not None:
+            raise NodeFailed(self.failure)
+        return events
 
     def close(self) -> None:
         self._closed.set()
@@ -151,9 +201,17 @@ class NodeSupervisor:
 
     # ------------------------------------------------------------------ the loop (one thread: the executor's)
     def _loop(self) -> None:
-        while not self._closed.is_set():
-            self.local.poll(0.05)
-            self._apply()
+        try:
+            while not self._closed.is_set() and self.failure is None:
+                if self.outbox.full():  # the head is behind: leave the pipes unread (the workers wait)
+                    self.outbox.wait_for_room(0.05)
+                else:
+                    self.local.poll(0.05)
+                self._apply()
+        except BaseException as exc:  # noqa: BLE001 - said to the head by the next fetch
+            self.failure = f"its supervisor failed: {type(exc).__name__}: {exc}"
+        with self.outbox.ready:
+            self.outbox.ready.notify_all()
 
     def _apply(self) -> None:
         while True:
@@ -177,9 +235,8 @@ class NodeSupervisor:
         try:
             os.makedirs(spec.cwd, exist_ok=True)
             self.local.spawn(replace(spec, env=env))
-        except OSError as exc:  # reported as an exit: the driver replaces the worker
-            self.outbox.worker_exited(spec.label, 127)
-            logging.getLogger(__name__).error("cannot start %s: %s", spec.label, exc)
+        except OSError as exc:  # a node that cannot start its workers is of no use: lost, with the reason
+            self.failure = f"cannot start {spec.label} there: {exc}"
 
 
 # ----------------------------------------------------------------------------- on the head
@@ -208,6 +265,8 @@ class RayExecutor(Executor):
         self.workers: dict[str, int] = {}  # label -> node, until its exit is reported
         self.lost: dict[int, str] = {}  # node -> why
         self.early_exits: list[str] = []  # spawned on a lost node: exits to report at the next poll
+        self.unavailable: dict[int, float] = {}  # node -> since when its supervisor cannot be reached
+        self.retry_at: dict[int, float] = {}  # node -> when to fetch again after it could not be reached
         self._wake = threading.Event()
         self._closed = False
         try:
@@ -242,9 +301,11 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return
         where = self.address or os.environ.get("RAY_ADDRESS") or "a new local Ray instance"
-        try:
+        host = _probe(self.address) if self.address and self.address != "auto" else None
+        options: dict[str, Any] = {"_node_ip_address": host} if host in ("127.0.0.1", "localhost") else {}
+        try:  # a loopback cluster: this process joins it on loopback too (no probe of a public resolver)
             ray.init(address=self.address, namespace="pipeobs", logging_level=logging.WARNING, log_to_driver=False,
-                     include_dashboard=False, configure_logging=False)
+                     include_dashboard=False, configure_logging=False, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"cannot connect to the Ray cluster at {where}: {_first_line(exc)} "
                               "(check --ray-address and that `ray status` answers there)") from None
@@ -338,6 +399,7 @@ class RayExecutor(Executor):
         deadline = time.monotonic() + timeout
         while True:
             got = self._report_early_exits()
+            self._rearm_unavailable()
             refs = list(self.fetching)
             if refs:
                 ready, rest = ray.wait(refs, num_returns=1, timeout=max(0.0, min(POLL_SLICE, deadline - time.monotonic())))
@@ -356,29 +418,51 @@ class RayExecutor(Executor):
 
     def _take(self, ref: Any) -> None:
         node = self.fetching.pop(ref)
+        exceptions = self.ray.exceptions
         try:
             events = self.ray.get(ref)
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError) as exc:
-            self._node_lost(node, _first_line(exc))
+        except exceptions.ActorUnavailableError as exc:  # maybe a short outage: fetch again, for a while
+            since = self.unavailable.setdefault(node, time.monotonic())
+            if time.monotonic() - since > UNAVAILABLE_GRACE:
+                self._node_lost(node, f"unreachable for {UNAVAILABLE_GRACE:.0f} s: {_first_clause(exc)}")
+            else:
+                self.retry_at[node] = time.monotonic() + 0.5
             return
+        except (exceptions.RayActorError, exceptions.WorkerCrashedError, exceptions.RayTaskError) as exc:
+            cause = getattr(exc, "cause", None)
+            self._node_lost(node, str(cause) if isinstance(cause, NodeFailed) else _first_clause(exc))
+            return
+        self.unavailable.pop(node, None)
         self._arm(node)
         deliver = self.events
         for event in events:
-            kind, worker = event[0], event[1]
-            if kind == "output":
-                deliver.worker_output(worker, event[2])
-            elif kind == "message":
-                deliver.worker_message(worker, event[2])
-            elif kind == "connected":
-                deliver.worker_connected(worker, event[2])
-            elif kind == "exited":
-                self.workers.pop(worker, None)
-                deliver.worker_exited(worker, event[2])
+            kind = type(event)
+            if kind is Wrote:
+                deliver.worker_output(event.worker, event.items)
+            elif kind is Said:
+                deliver.worker_message(event.worker, event.message)
+            elif kind is Connected:
+                deliver.worker_connected(event.worker, event.pid)
+            else:
+                self.workers.pop(event.worker, None)
+                deliver.worker_exited(event.worker, event.returncode)
+
+    def _rearm_unavailable(self) -> None:
+        now = time.monotonic()
+        for node, when in list(self.retry_at.items()):
+            if when <= now:
+                del self.retry_at[node]
+                self._arm(node)
 
     def _node_lost(self, node: int, why: str) -> None:
-        """The supervisor is gone: so are its workers (their channel and pipes were its own)."""
+        """The supervisor is gone (or given up on: it is killed): so are its workers, whose channel and
+        pipes were its own."""
         self.lost[node] = why
         self.outbox.pop(node, None)
+        try:
+            self.ray.kill(self.supervisors[node])
+        except Exception:  # noqa: BLE001 - already gone with its node
+            pass
         self.events.node_lost(node, f"{self.describe_node(node)} is gone ({why.rstrip('.')})")
         for worker, where in list(self.workers.items()):
             if where == node:
@@ -418,3 +502,21 @@ class RayExecutor(Executor):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _first_clause(exc: BaseException) -> str:
+    """Ray's error, short: its first sentence."""
+    return _first_line(exc).split(". ")[0].split(": The ")[0].rstrip(".")
+
+
+def _probe(address: str, timeout: float = 5.0) -> str:
+    """The host of ``HOST:PORT`` once something listens there, or a ConfigError (``ray.init`` would
+    retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"no Ray cluster answers at {address} ({exc}): start one (`ray start --head`) or fix "
+                          "--ray-address") from None
+    return host
