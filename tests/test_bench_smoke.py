@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("dispatch", "one_ms", "startup", "linecost", "capture", "exporters", "memory", "spool", "explorer", "ui")
+SECTIONS = ("dispatch", "one_ms", "startup", "linecost", "capture", "exporters", "memory", "spool", "explorer", "ui",
+            "ray")
 MACHINE_FIELDS = ("- cores:", "- CPU:", "- RAM:", "- Python:", "- libraries:")
 
 

@@ -8,8 +8,11 @@ starts one :class:`NodeSupervisor` actor in each bundle. A supervisor *is* the l
 a worker behaves exactly as it does locally (fd-level capture, in-band markers, a killed worker
 loses no line). What it hears (connections, messages, parsed lines / metrics / spans, exits) it
 buffers and hands to the head in batches: the head keeps one long-poll ``fetch`` outstanding per
-node. Commands from the head (spawn, send, kill) travel in batches too, numbered, so that a
+node. Commands from the head (spawn, send, kill) travel in batches too, mostly inside the next
+fetch (one call carries the driver's answer out and the node's news back), numbered so that a
 supervisor applies them in the order given (the calls of a threaded actor may start out of order).
+Output alone waits up to 50 ms for the result that follows it, so a mini-batch costs about one
+round trip.
 
 The head driver stays the only writer of the run directory, the ledger and the outputs; inputs
 are read where the workers run, so their paths must exist on every node (checked at start).
@@ -42,6 +45,7 @@ POLL_SLICE = 0.02  # the head's wait between checks of wake() while no node repo
 PLACEMENT_TIMEOUT = 60.0
 
 OUTBOX_LIMIT = 20_000  # parsed items a supervisor holds for the head before it stops reading its workers' pipes
+OUTPUT_DELAY = 0.05  # seconds output alone waits for the message that follows it (fewer, fuller fetches)
 UNAVAILABLE_GRACE = 30.0  # seconds a supervisor may be unreachable before its node counts as lost
 
 
@@ -135,9 +139,18 @@ class _Outbox:
                 self.ready.wait(timeout)
 
     def take(self, wait: float) -> list[Event]:
+        """What is queued, waiting up to ``wait`` seconds for something. Output alone waits up to
+        :data:`OUTPUT_DELAY` more for the message that usually follows it (a mini-batch's result), so
+        one fetch carries both; a full outbox or an exit is taken at once."""
+        deadline = time.monotonic() + wait
         with self.ready:
-            if not self.events:
-                self.ready.wait(wait)
+            while not self.events and (left := deadline - time.monotonic()) > 0:
+                self.ready.wait(left)
+            if self.events and all(type(e) is Wrote for e in self.events):
+                soon = min(deadline, time.monotonic() + OUTPUT_DELAY)
+                while (self.size < OUTBOX_LIMIT and all(type(e) is Wrote for e in self.events)
+                       and (left := soon - time.monotonic()) > 0):
+                    self.ready.wait(left)
             events, self.events, self.size = self.events, [], 0
             self.ready.notify_all()  # room again: the loop reads the pipes
         return events
@@ -184,9 +197,12 @@ class NodeSupervisor:
                 heapq.heappush(self._commands, command)
         self.local.wake()
 
-    def fetch(self, wait: float) -> list[Event]:
-        """What happened since the last fetch, waiting up to ``wait`` seconds for something; once all
-        of it is fetched, a failure of this node raises :class:`NodeFailed`."""
+    def fetch(self, wait: float, batch: list[tuple[int, str, tuple[Any, ...]]] | None = None) -> list[Event]:
+        """Queue the head's ``batch`` of commands (as :meth:`commands`), then return what happened since
+        the last fetch, waiting up to ``wait`` seconds for something; once all of it is fetched, a
+        failure of this node raises :class:`NodeFailed`. One call per round trip carries both ways."""
+        if batch:
+            self.commands(batch)
         events = self.outbox.take(wait)
         if not events and self.failure is not None:
             raise NodeFailed(self.failure)
@@ -267,6 +283,7 @@ class RayExecutor(Executor):
         self.early_exits: list[str] = []  # spawned on a lost node: exits to report at the next poll
         self.unavailable: dict[int, float] = {}  # node -> since when its supervisor cannot be reached
         self.retry_at: dict[int, float] = {}  # node -> when to fetch again after it could not be reached
+        self.answered: list[int] = []  # nodes whose fetch returned: re-armed at the next poll
         self._wake = threading.Event()
         self._closed = False
         try:
@@ -359,7 +376,8 @@ class RayExecutor(Executor):
             self._arm(node)
 
     def _arm(self, node: int) -> None:
-        self.fetching[self.supervisors[node].fetch.remote(FETCH_WAIT)] = node
+        """The next fetch from ``node``, carrying the commands queued for it (one call both ways)."""
+        self.fetching[self.supervisors[node].fetch.remote(FETCH_WAIT, self.outbox.pop(node, None))] = node
 
     # ------------------------------------------------------------------ commands
     def spawn(self, spec: WorkerSpec) -> int | None:
@@ -394,7 +412,13 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ events
     def poll(self, timeout: float) -> bool:
+        """Re-arm the nodes that answered last time, with what the driver has said since (its dispatch
+        after their results rides along), send the other nodes' commands, then wait for answers."""
         ray = self.ray
+        answered, self.answered = self.answered, []
+        for node in answered:
+            if node not in self.lost:
+                self._arm(node)
         self._send_commands()
         deadline = time.monotonic() + timeout
         while True:
@@ -413,7 +437,6 @@ class RayExecutor(Executor):
                 self._wake.wait(max(0.0, min(POLL_SLICE, deadline - time.monotonic())))
             if got or self._wake.is_set() or time.monotonic() >= deadline:
                 self._wake.clear()
-                self._send_commands()  # what the driver said while handling these events
                 return got
 
     def _take(self, ref: Any) -> None:
@@ -433,7 +456,7 @@ class RayExecutor(Executor):
             self._node_lost(node, str(cause) if isinstance(cause, NodeFailed) else _first_clause(exc))
             return
         self.unavailable.pop(node, None)
-        self._arm(node)
+        self.answered.append(node)  # fetched again at the next poll, with the driver's answer to these
         deliver = self.events
         for event in events:
             kind = type(event)
