@@ -328,7 +328,7 @@ def test_an_address_where_no_cluster_answers_is_a_one_line_error(tmp_path: Path)
 
 def test_a_supervisor_holds_a_bounded_number_of_items_for_the_head() -> None:
     """Past OUTBOX_LIMIT parsed items the supervisor stops reading pipes until the head fetches."""
-    from pipeobs.executors.ray_nodes import OUTBOX_LIMIT, Exited, Wrote, _Outbox
+    from pipeobs.executors.ray_supervisor import OUTBOX_LIMIT, Exited, Wrote, _Outbox
 
     outbox = _Outbox()
     outbox.worker_output("0/process000", ["line"] * (OUTBOX_LIMIT - 1))
