@@ -83,6 +83,11 @@ class StreamParser:
 
     def _drain(self, final: bool) -> Iterator[Item]:
         buf = self._buffer
+        if not final and self._mark not in buf:  # plain output, the common case: every complete line at once
+            plain = self._plain_lines(buf)
+            if plain is not None:
+                yield from plain
+                return
         pos = 0
         while pos < len(buf):
             newline = buf.find(b"\n", pos)
@@ -109,6 +114,20 @@ class StreamParser:
             pos = newline + 1
             yield self._marker(raw) if is_marker else self._line(raw)
         del buf[:pos]
+
+    def _plain_lines(self, buf: bytearray) -> list[Line] | None:
+        """The complete lines of a buffer holding no marker, taken out of it; None if one is longer than
+        :data:`MAX_LINE` (the general loop cuts it)."""
+        end = buf.rfind(b"\n")
+        if end < 0:
+            return None
+        raws = bytes(buf[:end]).split(b"\n")
+        if end > MAX_LINE and max(map(len, raws)) > MAX_LINE:
+            return None
+        del buf[: end + 1]
+        stream, inv, now, worker = self.stream, self.invocation, self._now, self.worker
+        return [Line(stream, inv, raw.decode("utf-8", "backslashreplace").rstrip("\r"), time=now, worker=worker)
+                for raw in raws]
 
     def _line(self, raw: bytes, continued: bool = False) -> Line:
         text = raw.decode("utf-8", "backslashreplace").rstrip("\r")

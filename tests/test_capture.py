@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 
 from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, StreamParser, _encode_log, marker_prefix
 
@@ -14,11 +15,38 @@ def begin(mb: int, attempt: int = 1) -> bytes:
     return MARK + b"B" + f"run {mb} {attempt} - -".encode() + b"\n"
 
 
+def _shape(item: object) -> tuple[object, ...]:
+    if isinstance(item, Line):
+        return ("line", item.text, item.continued, item.invocation.mini_batch_id, item.invocation.attempt)
+    assert isinstance(item, Boundary)
+    return ("boundary", item.invocation.mini_batch_id if item.invocation else None)
+
+
 def lines(items: list[Line | Boundary]) -> list[tuple[str, int | None]]:
     return [(i.text, i.invocation.mini_batch_id) for i in items if isinstance(i, Line)]
 
 
 class TestStreamParser:
+    def test_any_split_of_a_stream_parses_the_same(self) -> None:
+        """Plain output is taken a whole read at a time; markers, partial and long lines the slow way:
+        however the stream is cut into reads, the items are the same."""
+        stream = b"".join([
+            b"plain 1\nplain 2\r\n", begin(4), b"in 4\n" * 50, b"partial", MARK + b"E\n", b"\xffbad\n",
+            b"b" * (MAX_LINE + 7) + b"\n", begin(5, 2), b"x\n" * 300, MARK + b"E\n", b"tail without newline",
+        ])
+        whole = StreamParser("stdout", TOKEN)
+        expected = [_shape(i) for i in [*whole.feed(stream), *whole.close()]]
+        rng = random.Random(7)
+
+        for _ in range(40):
+            parser, items, pos = StreamParser("stdout", TOKEN), [], 0
+            while pos < len(stream):
+                step = rng.choice([1, 3, 17, 100, 4096, 70_000])
+                items += parser.feed(stream[pos:pos + step])
+                pos += step
+            items += parser.close()
+            assert [_shape(i) for i in items] == expected
+
     def test_lines_attributed_between_markers(self) -> None:
         """Lines between begin and end markers belong to that mini-batch; others to the worker."""
         parser = StreamParser("stdout", TOKEN)

@@ -67,7 +67,6 @@ CREATE TABLE IF NOT EXISTS log_lines (
     level TEXT, logger TEXT, text TEXT NOT NULL, trace_id TEXT, span_id TEXT, attributes TEXT
 );
 CREATE INDEX IF NOT EXISTS log_lines_mb ON log_lines (mini_batch_id, attempt);
-CREATE INDEX IF NOT EXISTS log_lines_worker ON log_lines (worker, time);
 CREATE TABLE IF NOT EXISTS metrics (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, step_id TEXT NOT NULL, worker TEXT, phase TEXT,
     mini_batch_id INTEGER, attempt INTEGER, name TEXT NOT NULL, kind TEXT NOT NULL,
