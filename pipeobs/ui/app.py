@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,7 @@ STATIC = Path(__file__).parent / "static"
 BASE_KEY = "pipeobs.ui.base"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 LARGEST = 2**63 - 1  # SQLite's integers
+RELIST_SECONDS = 10.0  # how long a listing of the runs folder serves lookups by name
 SORTS = {"start": "start", "duration": "duration", "status": "status", "step": "step",
          "failed": "failed_batches", "done": "done_batches", "items": "items", "alerts": "alerts"}
 
@@ -113,6 +115,7 @@ class SecurityHeaders:
 class _UI:
     def __init__(self, root: Path, perfetto_url: str) -> None:
         self.root = root
+        self._known: tuple[float, dict[str, Path]] = (float("-inf"), {})
         self.templates = Environment(loader=PackageLoader("pipeobs.ui", "templates"),
                                      autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
         self.templates.filters.update(seconds=_seconds, utc=_utc, number=_number, shown=data.shown_value)
@@ -124,10 +127,16 @@ class _UI:
         found: dict[str, Path] = {}
         for path in find_run_dirs(self.root):
             found.setdefault(path.resolve().name, path)
+        self._known = (time.monotonic(), found)
         return found
 
     def run_dir(self, name: str) -> Path:
-        path = self.run_dirs().get(name)
+        """A run's directory: from the last listing if it is recent (the pages of a live run poll every
+        second), else from a new one; a name not found is always looked for again."""
+        listed_at, known = self._known
+        path = known.get(name) if time.monotonic() - listed_at < RELIST_SECONDS else None
+        if path is None:
+            path = self.run_dirs().get(name)
         if path is None:
             raise HTTPException(404, f"no run named '{name}' below {self.root}")
         return path
