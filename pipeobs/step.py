@@ -199,7 +199,8 @@ def create_executor(plan: JobPlan) -> Any:
     from pipeobs.executors.ray_nodes import RayExecutor
 
     try:
-        executor = RayExecutor(plan.ray_address, plan.config.node_count, plan.paths_read_by_workers())
+        executor = RayExecutor(plan.ray_address, plan.config.node_count, plan.paths_read_by_workers(),
+                               plan.settings.resource_monitor_interval)
     except BaseException as exc:  # the run never started: Failed with the reason (Interrupted on Ctrl-C)
         store = Store(plan.run_dir.store)
         interrupted = isinstance(exc, KeyboardInterrupt)

@@ -131,6 +131,22 @@ class TestSameSemanticsAsLocal:
         node = killed[0]["worker"].split("/")[0]
         assert job.query("SELECT worker FROM workers WHERE worker = ?", f"{node}/process002")  # its replacement
 
+    def test_each_node_samples_its_workers_resources_for_the_head(self, ray_cluster: RayCluster,
+                                                                  tmp_path: Path) -> None:
+        """The head cannot see other machines' pids: each supervisor samples its workers, the head records them."""
+        job = run_on_ray(ray_cluster, tmp_path, "import os, time\ndef run(mini_batch):\n    time.sleep(0.3)\n"
+                         "    return [os.path.basename(p) for p in mini_batch]\n", 8,
+                         "--resource-monitor-interval", "0.1")
+
+        assert job.proc.returncode == 0, job.proc.stdout + job.proc.stderr
+        for node in (0, 1):
+            rows = (job.run_dir / "logs" / "perf" / str(node) / "processes_resource_usage.csv").read_text().splitlines()
+            assert {row.split(",")[1] for row in rows[1:]} == {"process000", "process001"}, node
+            assert len((job.run_dir / "logs" / "perf" / str(node) / "node_resource_usage.csv").read_text().splitlines()) > 1
+        sampled = {r["worker"] for r in job.query("SELECT DISTINCT worker FROM metrics WHERE name = "
+                                                  "'pipeobs_process_rss_bytes' AND value > 0")}
+        assert sampled == {"0/process000", "0/process001", "1/process000", "1/process001"}
+
     def test_thresholds_fail_the_job_with_exit_42(self, ray_cluster: RayCluster, tmp_path: Path) -> None:
         job = run_on_ray(ray_cluster, tmp_path, "def run(mini_batch):\n    raise ValueError('always')\n", 6,
                          "--error-threshold", "2", "--run-max-try", "1")

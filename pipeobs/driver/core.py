@@ -183,6 +183,10 @@ class Driver:
                     self.workers.replace(worker)
             self._stop(self.workers.lost(self._finished()))
 
+    def node_sampled(self, node: int, samples: list[tuple[str, int, dict[str, float]]],
+                     machine: tuple[str, ...]) -> None:
+        self.journal.node_sampled(node, samples, machine)
+
     def node_lost(self, node: int, reason: str) -> None:
         self.workers.lose_node(node, reason)
         self.journal.say("ERROR", "node_lost", f"Lost {reason}; its mini batches are retried on the other nodes.")

@@ -306,6 +306,12 @@ class RunJournal:
                     self.store.add_span(self.telemetry.pending(worker.label, span_id, inv, start))
                 self._pending.add(span_id)
 
+    def node_sampled(self, node: int, samples: list[tuple[str, int, dict[str, float]]],
+                     machine: tuple[str, ...]) -> None:
+        """A remote node's resource samples: the same CSV rows and metrics as local samples."""
+        self.monitor.record(node, samples, machine)
+        self.telemetry.resources(self.monitor.last)
+
     def overview(self, now: float, done: int, total: int, started: float) -> None:
         self.next_overview = now + OVERVIEW_INTERVAL
         elapsed = now - started

@@ -48,6 +48,11 @@ class ExecutorEvents(Protocol):
     def worker_exited(self, worker: str, returncode: int) -> None:
         """The worker is gone (negative returncode: killed by that signal)."""
 
+    def node_sampled(self, node: int, samples: list[tuple[str, int, dict[str, float]]],
+                     machine: tuple[str, ...]) -> None:
+        """Resource samples taken on a remote node (``(processNNN, pid, row)`` per worker, and the
+        machine's row): where the driver cannot sample the workers itself (``local_pids`` False)."""
+
     def node_lost(self, node: int, reason: str) -> None:
         """A whole node is gone (a remote supervisor died): an exit for each of its workers follows,
         and no worker may be started there again."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from pipeobs.errors import ConfigError
 from pipeobs.executors.base import Executor, ExecutorEvents, WorkerSpec
-from pipeobs.executors.ray_supervisor import Connected, NodeFailed, NodeSupervisor, Said, Wrote
+from pipeobs.executors.ray_supervisor import Connected, NodeFailed, NodeSupervisor, Said, Sampled, Wrote
 from pipeobs.protocol import Message
 
 INSTALL_HINT = "--backend ray needs Ray: pip install 'pipeobs[ray]'"
@@ -64,8 +64,9 @@ class RayExecutor(Executor):
     name = "ray"
     local_pids = False  # worker pids belong to other machines: the head does not sample them
 
-    def __init__(self, address: str | None, node_count: int, paths: Sequence[str]) -> None:
+    def __init__(self, address: str | None, node_count: int, paths: Sequence[str], sample_interval: float = 0.0) -> None:
         self.ray = import_ray()
+        self.sample_interval = sample_interval
         self.address = address
         self.node_count = node_count
         self._events: ExecutorEvents | None = None
@@ -169,7 +170,7 @@ class RayExecutor(Executor):
 
     def open(self, events: ExecutorEvents, token: str) -> None:
         self._events = events
-        self.ray.get([s.open.remote(token) for s in self.supervisors])
+        self.ray.get([s.open.remote(token, self.sample_interval) for s in self.supervisors])
         for node in range(self.node_count):
             self._arm(node)
 
@@ -264,6 +265,8 @@ class RayExecutor(Executor):
                 deliver.worker_message(event.worker, event.message)
             elif kind is Connected:
                 deliver.worker_connected(event.worker, event.pid)
+            elif kind is Sampled:
+                deliver.node_sampled(node, event.samples, event.machine)
             else:
                 self.workers.pop(event.worker, None)
                 deliver.worker_exited(event.worker, event.returncode)

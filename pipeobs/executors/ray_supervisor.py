@@ -46,7 +46,14 @@ class Exited(NamedTuple):
     returncode: int
 
 
-Event = Connected | Said | Wrote | Exited
+class Sampled(NamedTuple):
+    """This node's resource samples: ``(processNNN, pid, row)`` per worker, and the machine's row."""
+
+    samples: list[tuple[str, int, dict[str, float]]]
+    machine: tuple[str, ...]
+
+
+Event = Connected | Said | Wrote | Exited | Sampled
 
 
 class NodeFailed(RuntimeError):
@@ -97,6 +104,10 @@ class _Outbox:
     def node_lost(self, node: int, reason: str) -> None:
         raise AssertionError("a local executor has no remote nodes to lose")
 
+    def node_sampled(self, node: int, samples: list[tuple[str, int, dict[str, float]]],
+                     machine: tuple[str, ...]) -> None:
+        self._add(Sampled(samples, machine))
+
     def full(self) -> bool:
         return self.size >= OUTBOX_LIMIT
 
@@ -141,6 +152,7 @@ class NodeSupervisor:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        self.sample_interval = 0.0
         self.failure: str | None = None  # why this node cannot go on (the head then counts it lost)
 
     def describe(self) -> dict[str, Any]:
@@ -152,7 +164,9 @@ class NodeSupervisor:
         """The paths this node cannot see."""
         return [path for path in paths if not os.path.exists(path)]
 
-    def open(self, token: str) -> None:
+    def open(self, token: str, sample_interval: float = 0.0) -> None:
+        """Start the loop; with ``sample_interval``, resource samples of the workers go to the head that often."""
+        self.sample_interval = sample_interval
         self.local.open(self.outbox, token)
         self._thread = threading.Thread(target=self._loop, name=f"pipeobs-node-{self.node}", daemon=True)
         self._thread.start()
@@ -184,6 +198,9 @@ class NodeSupervisor:
 
     # ------------------------------------------------------------------ the loop (one thread: the executor's)
     def _loop(self) -> None:
+        from pipeobs.record.perf import ProcessSampler
+
+        sampler, next_sample = ProcessSampler(), 0.0
         try:
             while not self._closed.is_set() and self.failure is None:
                 if self.outbox.full():  # the head is behind: leave the pipes unread (the workers wait)
@@ -191,10 +208,21 @@ class NodeSupervisor:
                 else:
                     self.local.poll(0.05)
                 self._apply()
+                if self.sample_interval > 0 and time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + self.sample_interval
+                    self._sample(sampler)
         except BaseException as exc:  # noqa: BLE001 - said to the head by the next fetch
             self.failure = f"its supervisor failed: {type(exc).__name__}: {exc}"
         with self.outbox.ready:
             self.outbox.ready.notify_all()
+
+    def _sample(self, sampler: Any) -> None:
+        samples = []
+        for label, proc in list(self.local.processes.items()):
+            row = sampler.sample(proc.pid)
+            if row is not None:
+                samples.append((label.split("/", 1)[1], proc.pid, row))
+        self.outbox.node_sampled(self.node, samples, sampler.node_row())
 
     def _apply(self) -> None:
         while True:

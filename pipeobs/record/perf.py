@@ -20,37 +20,15 @@ NODE_COLUMNS = (
 MB = 1024 * 1024
 
 
-class ResourceMonitor:
-    """Samples CPU % and RSS of each worker (with its children) and of the machine."""
+class ProcessSampler:
+    """CPU % and RSS of processes (with their children) and of this machine, by psutil: used by the
+    driver for its own workers and, with ``--backend ray``, by each node supervisor for its node's."""
 
-    def __init__(self, perf_dir: Path, interval: float) -> None:
-        self.perf_dir = perf_dir
-        self.interval = interval
+    def __init__(self) -> None:
         self._processes: dict[int, psutil.Process] = {}
-        self._files: dict[str, tuple[IO[str], Any]] = {}
-        self._next = 0.0
-        self.last: dict[str, dict[str, float]] = {}  # worker label -> latest sample
         psutil.cpu_percent(None)
 
-    def due(self, now: float) -> bool:
-        return self.interval > 0 and now >= self._next
-
-    def sample(self, workers: list[tuple[int, str, int]], now: float) -> None:
-        """One row per live worker ``(node, name, pid)``, and one per node for the machine."""
-        self._next = now + self.interval
-        stamp = utc_stamp(time.time())
-        for node, name, pid in workers:
-            row = self._sample_process(pid)
-            if row is None:
-                continue
-            self.last[f"{node}/{name}"] = row
-            self._writer(node, "processes_resource_usage.csv", PROCESS_COLUMNS).writerow(
-                (stamp, name, pid, f"{row['cpu']:.1f}", f"{row['rss'] / MB:.1f}", f"{row['children_rss'] / MB:.1f}", int(row["threads"]))
-            )
-        for node in sorted({w[0] for w in workers}):
-            self._writer(node, "node_resource_usage.csv", NODE_COLUMNS).writerow((stamp, *_node_row()))
-
-    def _sample_process(self, pid: int) -> dict[str, float] | None:
+    def sample(self, pid: int) -> dict[str, float] | None:
         proc = self._processes.get(pid)
         try:
             if proc is None:  # first sight: the mean since the process started (and a start for the next)
@@ -72,6 +50,50 @@ class ResourceMonitor:
             self._processes.pop(pid, None)
             return None
         return {"cpu": cpu, "rss": float(rss), "children_rss": float(children_rss), "threads": float(threads)}
+
+    @staticmethod
+    def node_row() -> tuple[str, ...]:
+        return _node_row()
+
+
+Sample = tuple[str, int, dict[str, float]]  # (processNNN, pid, the sampler's row)
+
+
+class ResourceMonitor:
+    """Samples CPU % and RSS of each worker (with its children) and of the machine, into ``logs/perf``;
+    samples taken elsewhere (a Ray node's supervisor) are recorded the same way."""
+
+    def __init__(self, perf_dir: Path, interval: float) -> None:
+        self.perf_dir = perf_dir
+        self.interval = interval
+        self.sampler = ProcessSampler()
+        self._files: dict[str, tuple[IO[str], Any]] = {}
+        self._next = 0.0
+        self.last: dict[str, dict[str, float]] = {}  # worker label -> latest sample
+
+    def due(self, now: float) -> bool:
+        return self.interval > 0 and now >= self._next
+
+    def sample(self, workers: list[tuple[int, str, int]], now: float) -> None:
+        """One row per live worker ``(node, name, pid)``, and one per node for the machine."""
+        self._next = now + self.interval
+        by_node: dict[int, list[Sample]] = {}
+        for node, name, pid in workers:
+            row = self.sampler.sample(pid)
+            if row is not None:
+                by_node.setdefault(node, []).append((name, pid, row))
+        for node in sorted({w[0] for w in workers}):
+            self.record(node, by_node.get(node, []), self.sampler.node_row())
+
+    def record(self, node: int, samples: list[Sample], node_row: tuple[str, ...]) -> None:
+        """One node's samples: a row per process and one for the machine."""
+        stamp = utc_stamp(time.time())
+        for name, pid, row in samples:
+            self.last[f"{node}/{name}"] = row
+            self._writer(node, "processes_resource_usage.csv", PROCESS_COLUMNS).writerow(
+                (stamp, name, pid, f"{row['cpu']:.1f}", f"{row['rss'] / MB:.1f}", f"{row['children_rss'] / MB:.1f}", int(row["threads"]))
+            )
+        self._writer(node, "node_resource_usage.csv", NODE_COLUMNS).writerow((stamp, *node_row))
 
     def _writer(self, node: int, name: str, columns: tuple[str, ...]) -> Any:
         key = f"{node}/{name}"
