@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ def demo_screenshot(out: Path, workdir: Path, browser: Browser | None = None) ->
 
     subprocess.run([sys.executable, "-m", "pipeobs", "demo", "--dir", str(workdir), "--images", "200"],
                    check=True, capture_output=True, timeout=300)
-    with explorer(workdir / "runs") as url, (launched() if browser is None else _given(browser)) as found:
+    with explorer(workdir / "runs") as url, (launched() if browser is None else nullcontext(browser)) as found:
         watched = found.page(width=1280, height=900)
         page = watched.page
         page.goto(url + "/")
@@ -104,11 +104,6 @@ def demo_screenshot(out: Path, workdir: Path, browser: Browser | None = None) ->
         page.wait_for_timeout(500)  # the charts draw after the timeline
         page.screenshot(path=str(out), full_page=False)
         watched.assert_clean()
-
-
-@contextmanager
-def _given(browser: Browser) -> Iterator[Browser]:
-    yield browser
 
 
 if __name__ == "__main__":  # python -m tests.browser docs/ui-run-page.png

@@ -79,7 +79,6 @@ class RayExecutor(Executor):
         self.sequence = [0] * node_count
         self.workers: dict[str, int] = {}  # label -> node, until its exit is reported
         self.lost: dict[int, str] = {}  # node -> why
-        self.early_exits: list[str] = []  # spawned on a lost node: exits to report at the next poll
         self.unavailable: dict[int, float] = {}  # node -> since when its supervisor cannot be reached
         self.retry_at: dict[int, float] = {}  # node -> when to fetch again after it could not be reached
         self.answered: list[int] = []  # nodes whose fetch returned: re-armed at the next poll
@@ -104,11 +103,15 @@ class RayExecutor(Executor):
         return min((n["gpus"] for n in self.nodes), default=0)
 
     def describe_node(self, node: int) -> str:
+        return f"node {node} {self._where(node)}"
+
+    def _where(self, node: int) -> str:
+        """``(host H, Ray node ID)``: where a node's supervisor runs."""
         info = self.nodes[node] if node < len(self.nodes) else {}
-        return f"node {node} (host {info.get('host', '?')}, Ray node {str(info.get('node_id', '?'))[:12]})"
+        return f"(host {info.get('host', '?')}, Ray node {str(info.get('node_id', '?'))[:12]})"
 
     def placement(self) -> list[str]:
-        return [f"N{self.describe_node(n['node'])[1:]}: supervisor pid {n['pid']}, {n['gpus']} GPU(s)."
+        return [f"Node {n['node']} {self._where(n['node'])}: supervisor pid {n['pid']}, {n['gpus']} GPU(s)."
                 for n in self.nodes]
 
     # ------------------------------------------------------------------ start
@@ -180,9 +183,6 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ commands
     def spawn(self, spec: WorkerSpec) -> int | None:
-        if spec.node in self.lost:
-            self.early_exits.append(spec.label)
-            return None
         self.workers[spec.label] = spec.node
         self._command(spec.node, "spawn", (spec,))
         return None  # the pid comes with worker_connected
@@ -221,7 +221,7 @@ class RayExecutor(Executor):
         self._send_commands()
         deadline = time.monotonic() + timeout
         while True:
-            got = self._report_early_exits()
+            got = False
             self._rearm_unavailable()
             refs = list(self.fetching)
             if refs:
@@ -292,12 +292,6 @@ class RayExecutor(Executor):
             if where == node:
                 del self.workers[worker]
                 self.events.worker_exited(worker, -signal.SIGKILL)
-
-    def _report_early_exits(self) -> bool:
-        exits, self.early_exits = self.early_exits, []
-        for worker in exits:
-            self.events.worker_exited(worker, -signal.SIGKILL)
-        return bool(exits)
 
     def wake(self) -> None:
         self._wake.set()
