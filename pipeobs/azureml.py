@@ -1,4 +1,4 @@
-"""Stand-ins for ``azureml.core.Run`` and ``azureml.core.Model`` in pipeobs workers.
+"""Stand-ins for ``azureml.core.Run``, ``Model`` and ``Dataset`` in pipeobs workers.
 
 Inside a pipeobs run, ``Run.get_context()`` returns the run context of the current worker:
 ``log``, ``log_list``, ``log_row``, ``log_table``, ``tag`` and ``set_tags`` become metric points
@@ -7,15 +7,27 @@ behaves like AzureML's offline run: it prints what it was asked to log.
 
 ``Model.get_model_path(name)`` resolves ``<model dir>/<name>`` where the model dir is
 ``pipeobs run --model-dir DIR`` (``PIPEOBS_MODEL_DIR``), else ``AZUREML_MODEL_DIR``.
+
+``Dataset`` imports, so scripts written for Azure load; what needs a workspace
+(``Dataset.get_by_name``, ``get_by_id``, ...) raises a :class:`~pipeobs.errors.ConfigError` when
+called. ``Dataset.File.from_files`` and ``Dataset.Tabular.from_delimited_files`` /
+``from_parquet_files`` / ``from_json_lines_files`` with local paths build pipeobs's own
+:class:`~pipeobs.datasets.FileDataset` / :class:`~pipeobs.datasets.TabularDataset`: the
+constructors take the same arguments and mean the same files here, and the result is what a
+pipeobs step takes as an input.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeobs import context, env
+from pipeobs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeobs.datasets import FileDataset, PathSpec, TabularDataset
 
 
 class ModelNotFoundError(Exception):
@@ -103,3 +115,114 @@ class Run:
 
 
 _current: Run | None = None
+
+
+LOCAL_INPUTS = (
+    "pipeobs runs the entry script locally, with no Azure ML workspace to look datasets up in: a "
+    "step's inputs reach run() as its mini_batch (pipeobs run --input PATH, or the step's inputs); "
+    "pass other data as a local path in the step's arguments"
+)
+# Azure's options whose default is what pipeobs does anyway; any other value is refused by name.
+_AZURE_DEFAULTS: dict[str, Any] = {
+    "include_path": False,
+    "infer_column_types": True,
+    "set_column_types": None,
+    "support_multi_line": False,
+    "empty_as_string": False,
+    "invalid_lines": "error",
+}
+
+
+def _needs_workspace(name: str) -> Any:
+    def call(*_args: Any, **_kwargs: Any) -> NoReturn:
+        raise ConfigError(f"{name}(): {LOCAL_INPUTS}")
+
+    call.__name__ = call.__qualname__ = name.rsplit(".", 1)[-1]
+    return staticmethod(call)
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    """Azure's options left at their defaults are fine; others are refused by name, not ignored."""
+    for key, value in options.items():
+        if key not in _AZURE_DEFAULTS or value != _AZURE_DEFAULTS[key]:
+            raise ConfigError(
+                f"{name}(): pipeobs does not support {key}={value!r}; remove it (pipeobs takes path, "
+                "partition_format, and for delimited files separator, header and encoding)"
+            )
+
+
+class _FileFactory:
+    """``Dataset.File``."""
+
+    @staticmethod
+    def from_files(
+        path: PathSpec, validate: bool = True, partition_format: str | None = None, is_file: bool = False
+    ) -> FileDataset:
+        """Local files, folders or globs, as pipeobs's FileDataset (``validate`` and ``is_file``: files
+        are listed when the step runs)."""
+        from pipeobs.datasets import FileDataset
+
+        return FileDataset.from_files(path, partition_format=partition_format)
+
+    upload_directory = _needs_workspace("Dataset.File.upload_directory")
+
+
+class _TabularFactory:
+    """``Dataset.Tabular`` (options after ``validate`` by keyword: Azure's positional order differs)."""
+
+    @staticmethod
+    def from_delimited_files(
+        path: PathSpec,
+        validate: bool = True,
+        *,
+        separator: str = ",",
+        header: bool = True,
+        partition_format: str | None = None,
+        encoding: str = "utf8",
+        **options: Any,
+    ) -> TabularDataset:
+        from pipeobs.datasets import TabularDataset
+
+        _check_options("Dataset.Tabular.from_delimited_files", options)
+        return TabularDataset.from_delimited_files(
+            path, separator=separator, header=header, encoding=encoding, partition_format=partition_format
+        )
+
+    @staticmethod
+    def from_parquet_files(
+        path: PathSpec, validate: bool = True, *, partition_format: str | None = None, **options: Any
+    ) -> TabularDataset:
+        from pipeobs.datasets import TabularDataset
+
+        _check_options("Dataset.Tabular.from_parquet_files", options)
+        return TabularDataset.from_parquet_files(path, partition_format=partition_format)
+
+    @staticmethod
+    def from_json_lines_files(
+        path: PathSpec,
+        validate: bool = True,
+        *,
+        partition_format: str | None = None,
+        encoding: str = "utf8",
+        **options: Any,
+    ) -> TabularDataset:
+        from pipeobs.datasets import TabularDataset
+
+        _check_options("Dataset.Tabular.from_json_lines_files", options)
+        return TabularDataset.from_json_lines_files(path, encoding=encoding, partition_format=partition_format)
+
+    from_sql_query = _needs_workspace("Dataset.Tabular.from_sql_query")
+    register_pandas_dataframe = _needs_workspace("Dataset.Tabular.register_pandas_dataframe")
+    register_spark_dataframe = _needs_workspace("Dataset.Tabular.register_spark_dataframe")
+    register_dask_dataframe = _needs_workspace("Dataset.Tabular.register_dask_dataframe")
+
+
+class Dataset:
+    """``azureml.core.Dataset``: the local constructors of ``File`` and ``Tabular``; the workspace
+    lookups raise, saying where a pipeobs step's data comes from."""
+
+    File = _FileFactory
+    Tabular = _TabularFactory
+    get_by_name = _needs_workspace("Dataset.get_by_name")
+    get_by_id = _needs_workspace("Dataset.get_by_id")
+    get_all = _needs_workspace("Dataset.get_all")

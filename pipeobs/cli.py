@@ -136,7 +136,14 @@ def build_parser() -> Parser:
     run.add_argument("--alertmanager", metavar="URL", help="send alerts to this Alertmanager (API v2)")
     run.add_argument("--alert-interval", "--alert_interval", dest="alert_interval", type=float, metavar="SECONDS",
                      help="evaluate the alert rules this often (default 5)")
-    run.add_argument("-c", "--config", metavar="YAML", help="job YAML with the same keys as the flags")
+    run.add_argument("-c", "--config", metavar="YAML", help="job YAML with the same keys as the flags, or an Azure "
+                                                            "ML v2 job YAML (type: parallel, command or pipeline)")
+    run.add_argument("--set", action="append", dest="sets", default=None, metavar="KEY.PATH=VALUE",
+                     help="v2 YAML: override a value, as az ml job create --set (repeatable)")
+    run.add_argument("--node", metavar="NAME", help="v2 pipeline: run this node alone (give its upstream inputs "
+                                                    "with --set jobs.NAME.inputs.X=PATH)")
+    run.add_argument("--assets", metavar="FILE", help="v2 YAML: where azureml: assets and datastores are on this "
+                                                      "machine (default: pipeobs-assets.yml beside the YAML)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only unfinished mini-batches run")
     run.add_argument("--debug-mini-batch", "--debug_mini_batch", dest="debug_mini_batch", type=int, metavar="N",
                      help="the worker that gets mini-batch N waits for a debugger (debugpy) before calling run()")
@@ -239,6 +246,11 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
         print_result(result)
         return exit_code(result)
     given = {k: v for k, v in vars(args).items() if v is not None and k not in COMMAND_LINE_ONLY}
+    if args.config and _is_v2(args.config):
+        return command_run_v2(args, given, script_args, debug)
+    if args.sets or args.node or args.assets:
+        flag = "--set" if args.sets else "--node" if args.node else "--assets"
+        raise ConfigError(f"{flag} is for Azure ML v2 job YAMLs (pipeobs run -c job.yml); give flags instead")
     values = merge_values(load_yaml(args.config) if args.config else {}, given)
     step = build_step(values, script_args)
     runs_dir = values.get("runs_dir") or "runs"
@@ -256,6 +268,41 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
             result = run_plan(plan, progress.update)
     print_result(result)
     return exit_code(result)
+
+
+# Flags that say where and how a v2 job runs; the job's own values come from the YAML and --set.
+V2_RUN_FLAGS = ("runs_dir", "model_dir", "export", "export_deadline", "metrics_port", "pushgateway", "alerts",
+                "alert_webhook", "alertmanager", "alert_interval", "backend", "ray_address", "allow_reuse")
+
+
+def _is_v2(path: str) -> bool:
+    from pipeobs.v2 import is_v2_document
+    from pipeobs.v2.document import load_yaml_file
+
+    return is_v2_document(load_yaml_file(path))
+
+
+def command_run_v2(args: argparse.Namespace, given: dict[str, Any], script_args: list[str],
+                   debug: DebugTarget | None) -> int:
+    """``pipeobs run -c job.yml`` for an Azure ML v2 job YAML."""
+    from pipeobs.v2.pipeline import RunOptions, run_v2_file
+
+    extra = next((k for k in given if k not in V2_RUN_FLAGS and k != "entry_script"), None)
+    if given.get("entry_script") or extra:
+        flag = "an entry script" if given.get("entry_script") else "--" + str(extra).replace("_", "-")
+        raise ConfigError(f"{args.config} is an Azure ML v2 job YAML: {flag} cannot be given beside it; change the "
+                          "YAML's value with --set KEY.PATH=VALUE (e.g. --set mini_batch_size=5)")
+    if script_args or debug is not None:
+        raise ConfigError(f"{args.config} is an Azure ML v2 job YAML: give script arguments in task.program_arguments "
+                          "or command (--set), and debug a mini-batch with pipeobs replay")
+    plan = {"model_dir": given.get("model_dir"), "exporters": _as_list(given.get("export")),
+            "export_deadline": float(given.get("export_deadline", 10.0)),
+            "metrics_address": metrics_address(given.get("metrics_port")), "pushgateway": given.get("pushgateway"),
+            "alerts": alert_settings(given), "backend": given.get("backend") or "local",
+            "ray_address": given.get("ray_address")}
+    options = RunOptions(runs_dir=given.get("runs_dir") or "runs", plan=plan, assets=args.assets, node=args.node,
+                         allow_reuse=given.get("allow_reuse", True))
+    return run_v2_file(args.config, list(args.sets or []), options)
 
 
 def debug_target(args: argparse.Namespace) -> DebugTarget | None:
@@ -292,7 +339,7 @@ def metrics_address(value: Any) -> tuple[str, int] | None:
 
 
 # `pipeobs run` flags that are not job values (no YAML key): what to do with the job, not what it is.
-COMMAND_LINE_ONLY = ("command", "config", "resume", "debug_mini_batch", "debugpy")
+COMMAND_LINE_ONLY = ("command", "config", "resume", "debug_mini_batch", "debugpy", "sets", "node", "assets")
 
 
 def exit_code(result: Any) -> int:
@@ -337,7 +384,12 @@ def build_step(values: dict[str, Any], script_args: list[str]) -> Any:
     config = ParallelRunConfig(entry_script=entry, **config_args)
     datasets = [make_dataset(values, path) for path in values["inputs"]]
     name = values.get("name") or _step_name(entry)
-    arguments = list(values.get("arguments") or []) + script_args
+    arguments = values.get("arguments") or []
+    if isinstance(arguments, str):
+        from pipeobs.step import shell_words
+
+        arguments = shell_words(arguments, "arguments")
+    arguments = list(arguments) + script_args
     step = ParallelRunStep(name, config, datasets, output=values.get("output"), arguments=arguments or None,
                            allow_reuse=values.get("allow_reuse", True))
     settings_values = {**step.settings_values, **{k: values[k] for k in SETTING_FLAGS if k in values}}
@@ -350,6 +402,13 @@ def make_dataset(values: dict[str, Any], path: str) -> Any:
 
     fmt = values.get("format")
     partition_format = values.get("partition_format")
+    if is_mltable(path):  # read per its MLTable file, which is never an input item itself
+        from pipeobs.datasets import mltable_dataset
+
+        if fmt or partition_format:
+            raise ConfigError(f"input '{path}' is an MLTable: its MLTable file says how to read it; drop --format "
+                              "and --partition-format (or give its data files instead)")
+        return mltable_dataset(path)
     if not fmt and not values.get("tabular"):
         return FileDataset.from_files(path, partition_format=partition_format)
     fmt = fmt or _guess_format(path)
@@ -359,6 +418,12 @@ def make_dataset(values: dict[str, Any], path: str) -> Any:
         return TabularDataset.from_json_lines_files(path, partition_format=partition_format)
     separator = "\t" if fmt == "tsv" else ","
     return TabularDataset.from_delimited_files(path, separator=separator, partition_format=partition_format)
+
+
+def is_mltable(path: str) -> bool:
+    """A folder holding an ``MLTable`` file, or that file."""
+    return os.path.basename(os.path.normpath(path)) == "MLTable" and os.path.isfile(path) or os.path.isfile(
+        os.path.join(path, "MLTable"))
 
 
 def _guess_format(path: str) -> str:
@@ -404,17 +469,10 @@ def _step_name(entry: str) -> str:
 
 def load_yaml(path: str) -> dict[str, Any]:
     """A job YAML's values (see :mod:`pipeobs.config.jobfile`), its relative paths resolved against its folder."""
-    import yaml
-
     from pipeobs.config import check_job_yaml
+    from pipeobs.v2.document import load_yaml_file
 
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read job YAML '{path}': {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"job YAML '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = load_yaml_file(path)
     values = check_job_yaml({} if data is None else data, path)
     base = Path(path).resolve().parent
     if "inputs" in values:

@@ -13,7 +13,18 @@ pipeobs's own (prefix ``PIPEOBS_``):
   (the hub address, its auth key, the worker's ``<node>/processNNN`` name); internal.
 
 Azure's, set in workers as the runtime does: ``AZUREML_BI_OUTPUT_PATH`` (the output folder),
-``CUDA_VISIBLE_DEVICES``. The exporters' own variables (``APPLICATIONINSIGHTS_CONNECTION_STRING``,
+``CUDA_VISIBLE_DEVICES``.
+
+MLflow's, set in workers so that an entry script's ``mlflow`` calls record into the run directory
+(:mod:`pipeobs.mlflow_bridge`): ``MLFLOW_TRACKING_URI`` (``file:`` URI of ``<run dir>/mlruns``) and
+``MLFLOW_ALLOW_FILE_STORE`` (``true``: MLflow 3 refuses its file store without it); neither is
+set when the step's ``environment_variables`` name a tracking URI.
+
+Set for a v2 command job (:mod:`pipeobs.v2.command`): ``TRACEPARENT`` (the W3C context of its
+``command`` span, so the command's own OpenTelemetry continues the trace) and ``AZUREML_RUN_ID`` (its
+step_id), with the MLflow ones above.
+
+The exporters' own variables (``APPLICATIONINSIGHTS_CONNECTION_STRING``,
 ``OTEL_EXPORTER_OTLP_*``, ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``) are read by the
 plugins as their owners define them.
 """
@@ -33,6 +44,10 @@ AUTHKEY = "PIPEOBS_AUTHKEY"
 WORKER = "PIPEOBS_WORKER"
 OUTPUT_PATH = "AZUREML_BI_OUTPUT_PATH"
 CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
+MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+MLFLOW_ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+TRACEPARENT = "TRACEPARENT"
+AZUREML_RUN_ID = "AZUREML_RUN_ID"
 
 
 def first(*names: str) -> str | None:

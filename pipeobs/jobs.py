@@ -52,6 +52,8 @@ class JobPlan:
     pushgateway: str | None = None  # --pushgateway; not recorded, as debug
     backend: str = "local"  # "local" | "ray" (recorded: a resumed run runs where it ran)
     ray_address: str | None = None  # --ray-address (None: RAY_ADDRESS, or a new local Ray instance)
+    parent_step_id: str | None = None  # the pipeline run this step is a node of (v2 pipelines)
+    parent_traceparent: str | None = None  # its span: the job span is a child of it
 
     @property
     def tabular(self) -> bool:
@@ -69,7 +71,10 @@ class JobPlan:
 
     @property
     def worker_env(self) -> dict[str, str]:
+        from pipeobs.mlflow_bridge import tracking_environment
+
         env = dict(self.config.environment_variables)
+        env.update(tracking_environment(str(self.run_dir.path), env))  # MLflow's files go to the run dir
         env[variables.OUTPUT_PATH] = self.output_dir
         package_parent = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
@@ -96,7 +101,7 @@ class JobPlan:
             output_action=self.config.output_action,
             partition_keys=self.config.partition_keys,
             profiling_module=self.settings.profiling_module,
-            datasets=[d.to_dict() for d in self.datasets] if self.config.partition_keys else [],
+            datasets=[d.to_dict() for d in self.datasets],
             scratch_dir=str(self.run_dir.scratch(node, name)),
             logging_level=self.config.logging_level,
             worker={
@@ -140,10 +145,14 @@ class JobPlan:
                     "export_deadline": self.export_deadline,
                     "backend": self.backend,
                     "ray_address": self.ray_address,
+                    "parent_step_id": self.parent_step_id,
+                    "parent_traceparent": self.parent_traceparent,
                     "python": sys.executable,
                 }
             ),
             "output_path": self.output_file,
+            "kind": "step",
+            "parent_step_id": self.parent_step_id,
         }
 
 
@@ -250,12 +259,23 @@ class JobResult:
     def ok(self) -> bool:
         return self.status == "Completed"
 
+    @property
+    def mini_batches_not_run(self) -> int:
+        """Mini-batches the job stopped before finishing: neither succeeded nor failed."""
+        return self.mini_batches_total - self.mini_batches_succeeded - self.mini_batches_failed
+
+    @property
+    def items_not_run(self) -> int:
+        """Items of the mini-batches not run (a failed empty mini-batch counts one failed item, hence the floor)."""
+        return max(0, self.items_total - self.items_succeeded - self.items_failed)
+
     def headline(self) -> str:
+        """Azure's final summary line: the processed counts, so what was not run is total minus processed."""
         return (
             f"There are {self.mini_batches_total} mini batches with {self.items_total} items. "
             f"Processed {self.mini_batches_succeeded + self.mini_batches_failed} mini batches containing "
-            f"{self.items_total} items, {self.items_succeeded} succeeded, {self.items_failed} failed. "
-            f"Status: {self.status}."
+            f"{self.items_total - self.items_not_run} items, {self.items_succeeded} succeeded, "
+            f"{self.items_failed} failed. Status: {self.status}."
         )
 
     def to_json(self) -> str:

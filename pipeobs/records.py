@@ -54,7 +54,7 @@ class Line:
 class Metric:
     """A metric point: a ``Run.log``-family value or tag of the entry script, or a built-in series.
 
-    ``kind`` is ``scalar | list | row | table | tag`` for the user's values, ``counter | gauge |
+    ``kind`` is ``scalar | list | row | table | tag | param`` for the user's values (``param``: an MLflow param), ``counter | gauge |
     histogram`` for the built-in series, ``observation`` for per-attempt built-in points.
     """
 

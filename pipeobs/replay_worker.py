@@ -21,7 +21,7 @@ from pipeobs.capture import IDLE, WorkerCapture, _decode_log, _flush_stdio
 from pipeobs.entry import load_entry_script, user_traceback
 from pipeobs.errors import EntryScriptError
 from pipeobs.replay import say
-from pipeobs.worker import WorkerLoop, WrongReturnType
+from pipeobs.worker import WorkerLoop, WrongReturnType, takes_context
 
 if TYPE_CHECKING:
     from pipeobs.datasets import MiniBatch
@@ -77,6 +77,7 @@ class ReplayWorker(WorkerLoop):
     def _load_entry_script(self) -> None:
         try:
             self.module = load_entry_script(self.setup.entry_script)
+            self.run_takes_context = takes_context(self.module.run)
         except (EntryScriptError, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - the script's own import error, shown as a run shows it
@@ -89,15 +90,13 @@ class ReplayWorker(WorkerLoop):
         return hook if callable(hook) else lambda: None
 
     def _run(self, mini_batch: MiniBatch) -> bool:
-        from pipeobs.datasets import load_mini_batch, mini_batch_context
+        from pipeobs.datasets import load_mini_batch
 
         loaded, data = self._user_call(lambda: load_mini_batch(mini_batch))
         if not loaded:
             say(f"mini-batch {mini_batch.id} could not be read: run() was not called")
             return False
-        arguments: tuple[Any, ...] = (data,)
-        if self.setup.partition_keys:
-            arguments += (mini_batch_context(mini_batch, self.datasets[mini_batch.input_index]),)
+        arguments = self.run_arguments(mini_batch, data)
         ran, returned = self._user_call(lambda: self.debugging.call(self.module.run, *arguments))
         if not ran:
             say(f"run() raised {type(returned).__name__}")

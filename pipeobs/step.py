@@ -13,6 +13,7 @@ from pipeobs.config import (
     ParallelRunConfig,
     Settings,
     check_step_name,
+    check_v2_job_name,
     check_worker_count,
     make_settings,
     split_arguments,
@@ -47,11 +48,15 @@ class ParallelRunStep:
         side_inputs: Sequence[Any] | None = None,
         arguments: Sequence[Any] | None = None,
         allow_reuse: bool = True,
+        *,
+        v2: bool = False,
     ) -> None:
-        self.name = check_step_name(name)
+        self.name = check_v2_job_name(name) if v2 else check_step_name(name)
         if not isinstance(parallel_run_config, ParallelRunConfig):
             raise ConfigError("Param parallel_run_config must be a azureml.pipeline.steps.ParallelRunConfig")
         self.config = parallel_run_config
+        if isinstance(arguments, str):  # one string, as a shell would split it (never character by character)
+            arguments = shell_words(arguments, "arguments")
         settings, self.script_arguments = split_arguments(list(arguments) if arguments else None)
         self.entry_script = _resolve_entry_script(parallel_run_config)
         self.inputs = _check_inputs(inputs)
@@ -74,8 +79,14 @@ class ParallelRunStep:
         alerts: AlertSettings | None = None,
         backend: str = "local",
         ray_address: str | None = None,
+        step_id: str | None = None,
+        parent: tuple[str, str] | None = None,
     ) -> JobPlan:
-        """Create the run directory and its store; the job is ready to run."""
+        """Create the run directory and its store; the job is ready to run.
+
+        ``step_id`` is chosen by the caller when it must know the run directory first (a v2 job's
+        outputs live in it); ``parent`` is (pipeline step_id, its span's traceparent) for a pipeline node.
+        """
         check_backend(backend)
         if exporters:  # fail on an unknown or unconfigured exporter before anything is created
             from pipeobs.export.routing import create_exporter
@@ -87,7 +98,7 @@ class ParallelRunStep:
                 f"output '{self.output}' is an existing file, not a folder: name a folder (it is created if missing)"
             )
         check_worker_count(1 if backend == "ray" else self.config.node_count, self.config.effective_process_count())
-        step_id = new_step_id(self.name)
+        step_id = step_id or new_step_id(self.name)
         run_dir = RunDir.create(runs_dir, self.name, step_id)
         output_dir = os.path.abspath(self.output) if self.output else str(run_dir.path / "output")
         plan = JobPlan(
@@ -109,6 +120,8 @@ class ParallelRunStep:
             alerts=alerts,
             backend=backend,
             ray_address=ray_address,
+            parent_step_id=parent[0] if parent else None,
+            parent_traceparent=parent[1] if parent else None,
         )
 
         store = Store(run_dir.store)
@@ -131,6 +144,8 @@ class ParallelRunStep:
         alerts: AlertSettings | None = None,
         backend: str = "local",
         ray_address: str | None = None,
+        step_id: str | None = None,
+        parent: tuple[str, str] | None = None,
     ) -> JobResult:
         """Run the step to the end (blocking) and return its result; a failed job is a result.
 
@@ -157,7 +172,8 @@ class ParallelRunStep:
         decision = reuse.decide(fingerprint, self.name, runs_dir, self.allow_reuse)
         print(printable(decision.text()), flush=True)
         plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline, metrics_address=metrics_address,
-                         pushgateway=pushgateway, alerts=alerts, backend=backend, ray_address=ray_address)
+                         pushgateway=pushgateway, alerts=alerts, backend=backend, ray_address=ray_address,
+                         step_id=step_id, parent=parent)
         reuse.record(plan, fingerprint, decision)
         if decision.reused_from:
             return reuse.complete_reused(plan, decision)
@@ -250,6 +266,8 @@ def recorded_plan(row: sqlite3.Row, run_dir: RunDir) -> JobPlan:
         export_deadline=inputs.get("export_deadline") or 10.0,
         backend=inputs.get("backend") or "local",
         ray_address=inputs.get("ray_address"),
+        parent_step_id=inputs.get("parent_step_id"),
+        parent_traceparent=inputs.get("parent_traceparent"),
     )
 
 
@@ -289,6 +307,16 @@ def _check_inputs(inputs: Sequence[Any]) -> list[Any]:
         if not dataset.files():
             raise InputError(f"input '{dataset.paths}' matched no files")
     return list(inputs)
+
+
+def shell_words(text: str, name: str) -> list[str]:
+    """``text`` split as a shell would, or a one-line error naming ``name``."""
+    import shlex
+
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name} '{text}' cannot be split as a shell would ({exc}): check the quotes") from None
 
 
 def _resolve_entry_script(config: ParallelRunConfig) -> Path:

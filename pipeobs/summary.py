@@ -85,8 +85,9 @@ def summary_text(result: JobResult) -> str:
     lines = [
         f"{result.status}: step {result.step_name}, run {result.step_id}",
         f"  mini-batches: {result.mini_batches_succeeded} succeeded, {result.mini_batches_failed} failed, "
-        f"{result.mini_batches_total} total",
-        f"  items:        {result.items_succeeded} succeeded, {result.items_failed} failed, {result.items_total} total",
+        f"{not_run(result.mini_batches_not_run)}{result.mini_batches_total} total",
+        f"  items:        {result.items_succeeded} succeeded, {result.items_failed} failed, "
+        f"{not_run(result.items_not_run)}{result.items_total} total",
         f"  duration:     {result.duration_seconds:.2f} s{rate}; "
         f"retries {result.retries}, timeouts {result.timeouts}, worker restarts {result.worker_restarts}",
     ]
@@ -121,6 +122,11 @@ def summary_text(result: JobResult) -> str:
             lines.append(f"  traceback:    {result.first_error['traceback_file']}")
         lines.append(f"  replay:       {replay_command(result.run_dir, result.first_error)}")
     return printable("\n".join(lines))
+
+
+def not_run(count: int) -> str:
+    """``3 not run, `` when the job stopped before finishing everything; nothing otherwise."""
+    return f"{count} not run, " if count else ""
 
 
 def empty_output(result: JobResult) -> str | None:

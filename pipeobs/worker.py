@@ -12,14 +12,18 @@ script could not be loaded.
 from __future__ import annotations
 
 import faulthandler
+import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
-from pipeobs import context, env
+from pipeobs import context, env, mlflow_bridge
 from pipeobs.capture import Invocation, WorkerCapture
+from pipeobs.datasets.load import MiniBatchContext
 from pipeobs.debugger import DEBUGPY_MISSING, breakpoint_at_first_line, import_debugpy
 from pipeobs.entry import describe_error, load_entry_script
 from pipeobs.process_stats import peak_rss, profile_bytes, reset_peak_rss, start_profiler
@@ -56,6 +60,25 @@ class WrongReturnType(TypeError):
     """run() returned something that is not a list, tuple or DataFrame (Azure's message)."""
 
 
+@dataclass
+class RunContext(MiniBatchContext):
+    """``mini_batch_context`` as a worker passes it: Azure's context also names the mini-batch
+    (``minibatch_index``, read by Azure's own batch-scoring entry script)."""
+
+    minibatch_index: int = -1
+
+
+def takes_context(run: Callable[..., Any]) -> bool:
+    """Whether ``run`` accepts a second positional argument (``run(mini_batch, mini_batch_context)``
+    or ``*args``): only such a run() is passed the context, with partition keys or without."""
+    try:
+        parameters = inspect.signature(run).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): called with the mini-batch alone
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
 class WorkerLoop:
     """The life of one worker process, serving the driver over ``conn``."""
 
@@ -64,6 +87,7 @@ class WorkerLoop:
         self.setup = setup
         self.capture = WorkerCapture(setup.token, setup.logging_level)
         self.module: Any = None
+        self.run_takes_context = False  # read from run()'s signature once the entry script is loaded
         self.datasets: list[Any] = []
         self.tracer: Any = None
         self.parent_context: Any = None
@@ -105,6 +129,7 @@ class WorkerLoop:
         sys.argv = [setup.entry_script, *setup.script_arguments]
         shims = os.path.join(os.path.dirname(__file__), "_shims")
         sys.path.append(shims)  # appended: a real azureml installation is never shadowed
+        mlflow_bridge.install()  # the entry script's mlflow calls, if it makes any, also reach the store
         os.makedirs(setup.scratch_dir, exist_ok=True)
         os.chdir(setup.scratch_dir)  # as on Azure: each worker runs in a private folder
         if setup.datasets:
@@ -164,6 +189,7 @@ class WorkerLoop:
         except BaseException as exc:  # noqa: BLE001 - user code: report, never crash silently
             self.send(LoadFailed(describe_error(exc, self.setup.source_dir)))
             return False
+        self.run_takes_context = takes_context(self.module.run)
         return True
 
     def _init(self) -> bool:
@@ -275,15 +301,21 @@ class WorkerLoop:
 
     def _call_run(self, mini_batch: Any, data: Any, debugged: bool = False) -> Any:
         run = self.module.run
-        args = [data]
-        if self.setup.partition_keys:
-            from pipeobs.datasets import mini_batch_context
-
-            args.append(mini_batch_context(mini_batch, self.datasets[mini_batch.input_index]))
+        args = self.run_arguments(mini_batch, data)
         if not debugged:
             return run(*args)
         with breakpoint_at_first_line(run):
             return run(*args)
+
+    def run_arguments(self, mini_batch: Any, data: Any) -> tuple[Any, ...]:
+        """``(mini_batch,)``, or ``(mini_batch, mini_batch_context)`` for a run() that takes two."""
+        if not self.run_takes_context:
+            return (data,)
+        from pipeobs.datasets import mini_batch_context
+
+        dataset = self.datasets[mini_batch.input_index]
+        fields = {**vars(mini_batch_context(mini_batch, dataset)), "minibatch_index": mini_batch.id}
+        return data, RunContext(**fields)
 
     def _accept(self, returned: Any, total: int) -> dict[str, Any]:
         """Section 2.3: type check, success counting capped at the input count, output rows."""

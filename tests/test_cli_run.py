@@ -140,7 +140,7 @@ class TestExitCodes:
             ("inputs: {data: 1}", "inputs"),
             ("inputs: [data, 5]", "inputs"),
             ("arguments: 5", "arguments"),
-            ("arguments: --model_dir model/", "arguments"),
+            ("arguments: [--model_dir, [model/]]", "arguments"),
             ("output: [out]", "output"),
             ("model_dir: [models]", "model_dir"),
             ("tabular: maybe", "tabular"),

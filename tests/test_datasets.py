@@ -265,12 +265,12 @@ class TestDatasetOptions:
             "{a/b}.wav",
             "{a}}.wav",
             "{}",
-            "{d:yyyy}",
+            "{d:MM/dd}",
             5,
         ],
     )
     def test_invalid_partition_format(self, fmt):
-        """Formats without keys, with repeated, empty or date keys, or bad braces are rejected."""
+        """Formats without keys, with repeated or empty keys, dates without yyyy, or bad braces are rejected."""
         with pytest.raises(ConfigError, match="partition_format"):
             FileDataset.from_files("x", partition_format=fmt)
 

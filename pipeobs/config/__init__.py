@@ -46,6 +46,7 @@ from pipeobs.config.validation import (
     STEP_NAME_RE,
     check_allowed_failed_percent,
     check_step_name,
+    check_v2_job_name,
     parse_mini_batch_size,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "check_allowed_failed_percent",
     "check_job_yaml",
     "check_step_name",
+    "check_v2_job_name",
     "check_worker_count",
     "make_settings",
     "parse_bool",

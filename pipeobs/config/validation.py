@@ -187,6 +187,18 @@ def check_step_name(name: Any) -> str:
     return name
 
 
+V2_JOB_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+
+
+def check_v2_job_name(name: Any) -> str:
+    """A v2 job's or node's name: Azure allows underscores and up to 255 characters there (the v1 step
+    rule stays for ParallelRunStep); it names the run's folder, so no slashes."""
+    if not isinstance(name, str) or not V2_JOB_NAME_RE.match(name):
+        raise ConfigError(f"job name '{name}' is invalid: use up to 255 letters, digits, '_', '-' or '.', "
+                          "starting with a letter, digit or '_'")
+    return name
+
+
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -16,7 +16,10 @@ class MiniBatch:
     """Which inputs one ``run()`` call gets: a descriptor, cheap to store, pickle and send.
 
     Tabular mini-batches hold one file and a byte range (csv, jsonl) or row groups (parquet),
-    except partition-key mini-batches, which read all their files whole.
+    except partition-key mini-batches, which read all their files whole (keeping the rows of
+    their key values when grouped by data columns), and mini-batches of an MLTable with
+    skip/take, which hold ``options["rows"]``: [start, stop) of each file's rows. ``options``
+    carries what reading needs (an MLTable's plan under ``"table"``).
     """
 
     id: int
@@ -59,7 +62,10 @@ class MiniBatch:
 
     def summary(self, limit: int = 3) -> str:
         """Short text naming the inputs, for logs and error messages."""
-        if self.kind == "file" or _reads_whole_files(self):
+        if "rows" in self.options and self.partition_key_value is None:
+            (start, end), *_ = self.options["rows"]
+            text = f"{_base(self.files[0])} rows {start}-{end}"
+        elif self.kind == "file" or _reads_whole_files(self):
             text = _name_files(self.files, limit)
         elif self.kind == "parquet":
             text = f"{_base(self.files[0])} {_span('row group', self.row_groups)}"
@@ -75,8 +81,8 @@ _MINI_BATCH_FIELDS = tuple(f.name for f in dataclass_fields(MiniBatch))
 
 
 def _reads_whole_files(mb: MiniBatch) -> bool:
-    """Partition-key mini-batches read whole files; others read a range of one file."""
-    return mb.partition_key_value is not None
+    """Partition-key and row-window mini-batches read whole files; others a range of one file."""
+    return mb.partition_key_value is not None or "rows" in mb.options
 
 
 def _base(path: str) -> str:

@@ -13,10 +13,13 @@ import glob
 import os
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeobs.datasets.keys import _compile_format
 from pipeobs.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import pandas
 
 PathSpec = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
@@ -25,6 +28,7 @@ KINDS = ("file", "csv", "jsonl", "parquet")
 # Azure's encoding names that Python's codec registry does not know.
 _AZURE_ENCODINGS = {
     "utf8bom": "utf-8-sig",
+    "utf-8bom": "utf-8-sig",
     "iso88591": "iso8859-1",
     "windows1252": "cp1252",
 }
@@ -85,6 +89,10 @@ class Dataset:
             "jsonl": TabularDataset.from_json_lines_files,
             "parquet": TabularDataset.from_parquet_files,
         }
+        if data.get("mltable"):
+            from pipeobs.datasets.mltable import _from_spec
+
+            return _from_spec(data["mltable"])
         kind = data.get("kind")
         if kind not in builders:
             raise ConfigError(f"unknown dataset kind {kind!r}; expected one of {list(KINDS)}")
@@ -137,6 +145,47 @@ class TabularDataset(Dataset):
         self.kind = kind
         super().__init__(path, partition_format, options)
 
+    @property
+    def row_window(self) -> tuple[int, int | None]:
+        """[start, stop) of the whole table's rows that are read: all of them here."""
+        return 0, None
+
+    def _reader_options(self, files: list[str]) -> dict[str, Any]:
+        """What each mini-batch carries to read its rows (the format, to add its key columns)."""
+        if self.partition_format is None:
+            return dict(self.options)
+        return {**self.options, "partition_format": self.partition_format}
+
+    def _header_files(self, files: list[str]) -> set[str]:
+        """The files whose first line is a header, not data."""
+        return set(files) if self.kind == "csv" and self.options.get("header") else set()
+
+    def to_pandas_dataframe(self) -> pandas.DataFrame:
+        """The whole table in one DataFrame, as the concatenation of its mini-batches gives it."""
+        from pipeobs.datasets.load import _concat, _finish, _windowed_files
+
+        files = self.files()
+        options = self._reader_options(files)
+        frames = [
+            _finish(raw.iloc[first:last].reset_index(drop=True), path, options)
+            for path, raw, first, last in _windowed_files(self.kind, options, files, self.row_window)
+        ]
+        return _concat(frames)
+
+    def partition_by(self, partition_keys: list[str], target: str | os.PathLike[str]) -> TabularDataset:
+        """Write the rows under ``target`` as ``<value>/.../part-<n>.parquet`` by the keys' values
+        (Azure's ``partition_by``), and return a dataset over them whose partition_format names
+        those keys, so ``partition_keys`` group it by path without reading the data."""
+        from pipeobs.datasets.partitioning import _write_partitions
+
+        keys = _key_list(partition_keys)
+        folder = os.path.abspath(os.fspath(target))
+        if os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+            raise ConfigError(f"partition_by target {folder!r} exists and is not an empty folder; choose a new one")
+        _write_partitions(self, keys, folder)
+        fmt = "/".join(f"{{{key}}}" for key in keys) + "/part-*.parquet"
+        return TabularDataset.from_parquet_files(folder, partition_format=fmt)
+
     @classmethod
     def from_delimited_files(
         cls,
@@ -170,6 +219,14 @@ class TabularDataset(Dataset):
     def from_parquet_files(cls, path: PathSpec, partition_format: str | None = None) -> TabularDataset:
         """Parquet files, split by row groups."""
         return cls(path, "parquet", partition_format)
+
+
+def _key_list(keys: Any) -> list[str]:
+    if isinstance(keys, str) or not keys or not all(isinstance(key, str) and key for key in keys):
+        raise ConfigError(f"partition_keys must be a non-empty list of column names, got {keys!r}")
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"partition_keys {keys} repeat a column")
+    return list(keys)
 
 
 def _path_specs(path: PathSpec) -> list[str]:

@@ -6,13 +6,14 @@ partition keys by :mod:`pipeobs.datasets.keys`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from pipeobs.datasets.batch import MiniBatch
-from pipeobs.datasets.inputs import Dataset
-from pipeobs.datasets.keys import _by_partition_keys, _check_partition_keys
-from pipeobs.datasets.tabular import _by_line_ranges, _by_row_groups
-from pipeobs.errors import ConfigError
+from pipeobs.datasets.inputs import Dataset, TabularDataset
+from pipeobs.datasets.keys import _by_partition_keys, _check_partition_keys, _groups_of_file
+from pipeobs.datasets.tabular import _by_line_ranges, _by_row_groups, _by_row_windows
+from pipeobs.errors import ConfigError, InputError
 
 DEFAULT_FILES_PER_MINI_BATCH = 10
 DEFAULT_BYTES_PER_MINI_BATCH = 1024 * 1024
@@ -50,13 +51,8 @@ def _generate(datasets: list[Dataset], size: int | None, keys: list[str]) -> Ite
     next_id = 0
     for index, dataset in enumerate(datasets):
         for fields in _dataset_batches(dataset, size, keys):
-            yield MiniBatch(
-                id=next_id,
-                input_index=index,
-                kind=dataset.kind,
-                options=dataset.options,
-                **fields,
-            )
+            options = fields.pop("options", dataset.options)
+            yield MiniBatch(id=next_id, input_index=index, kind=dataset.kind, options=options, **fields)
             next_id += 1
 
 
@@ -66,14 +62,57 @@ def _dataset_batches(dataset: Dataset, size: int | None, keys: list[str]) -> Ite
         return _by_partition_keys(dataset, keys)
     if dataset.kind == "file":
         return _by_file_count(dataset.files(), size or DEFAULT_FILES_PER_MINI_BATCH)
-    target = size or DEFAULT_BYTES_PER_MINI_BATCH
+    assert isinstance(dataset, TabularDataset)
+    return _tabular_batches(dataset, size or DEFAULT_BYTES_PER_MINI_BATCH)
+
+
+def _tabular_batches(dataset: TabularDataset, target: int) -> Iterator[dict]:
+    """Byte ranges or row groups, or row ranges when a skip/take window is set."""
+    files = dataset.files()
+    options = dataset._reader_options(files)
+    if dataset.row_window != (0, None):
+        yield from _by_row_windows(dataset.kind, options, files, target, dataset.row_window)
+        return
     if dataset.kind == "parquet":
-        return _by_row_groups(dataset.files(), target)
-    header = dataset.kind == "csv" and bool(dataset.options.get("header"))
-    return _by_line_ranges(dataset.files(), target, header)
+        batches = _by_row_groups(files, target)
+    else:
+        batches = _by_line_ranges(files, target, dataset._header_files(files))
+    for fields in batches:
+        yield {**fields, "options": options}
 
 
 def _by_file_count(files: list[str], count: int) -> Iterator[dict]:
     for first in range(0, len(files), count):
         chunk = tuple(files[first : first + count])
         yield {"files": chunk, "item_count": len(chunk)}
+
+
+def _write_partitions(dataset: TabularDataset, keys: list[str], folder: str) -> None:
+    """``<folder>/<v1>/<v2>/part-<n>.parquet`` for each source file n and combination of values."""
+    import pyarrow
+    import pyarrow.parquet
+
+    from pipeobs.datasets.load import _finish, _windowed_files
+
+    files = dataset.files()
+    options = dataset._reader_options(files)
+    for number, (path, raw, first, last) in enumerate(
+        _windowed_files(dataset.kind, options, files, dataset.row_window)
+    ):
+        frame = _finish(raw.iloc[first:last].reset_index(drop=True), path, options)
+        for combination, rows in _groups_of_file(frame, keys, path):
+            names = [_folder_name(key, value, path) for key, value in zip(keys, combination, strict=True)]
+            target = os.path.join(folder, *names, f"part-{number:05d}.parquet")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            table = pyarrow.Table.from_pandas(frame[rows].reset_index(drop=True), preserve_index=False)
+            pyarrow.parquet.write_table(table, target)
+
+
+def _folder_name(key: str, value: str, path: str) -> str:
+    """A key's value as a folder name that reads back as the same value."""
+    if not value or value.startswith(".") or "/" in value or os.sep in value:
+        raise InputError(
+            f"partition_by: column {key!r} has the value {value!r} in {path!r}, which cannot name a folder; "
+            "fill or change such values first"
+        )
+    return value

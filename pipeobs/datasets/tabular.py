@@ -1,4 +1,5 @@
-"""Cutting tabular inputs: line-aligned byte ranges of csv and JSON-lines files, parquet row groups.
+"""Cutting tabular inputs: line-aligned byte ranges of csv and JSON-lines files, parquet row groups,
+and row ranges of whole files when an MLTable's ``skip``/``take`` make row positions matter.
 
 pyarrow is imported only when a parquet file is read.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeobs.errors import InputError
 
@@ -18,10 +19,27 @@ if TYPE_CHECKING:
 _SCAN_BLOCK = 64 * 1024
 
 
-def _by_line_ranges(files: list[str], target: int, header: bool) -> Iterator[dict]:
+def _by_line_ranges(files: list[str], target: int, header_files: set[str]) -> Iterator[dict]:
     for path in files:
-        for start, end in _line_ranges(path, target, header):
+        for start, end in _line_ranges(path, target, path in header_files):
             yield {"files": (path,), "start": start, "end": end}
+
+
+def _by_row_windows(
+    kind: str, options: dict[str, Any], files: list[str], target: int, window: tuple[int, int | None]
+) -> Iterator[dict]:
+    """Row ranges of each file inside the table's skip/take window, about ``target`` bytes each.
+
+    The driver reads one file at a time to count its rows; a worker reads the mini-batch's file
+    and keeps its range, so no process holds more than one file.
+    """
+    from pipeobs.datasets.load import _windowed_files
+
+    for path, raw, first, last in _windowed_files(kind, options, files, window):
+        step = max(1, target * len(raw) // max(os.path.getsize(path), 1))
+        for start in range(first, last, step):
+            end = min(start + step, last)
+            yield {"files": (path,), "options": {**options, "rows": [[start, end]]}, "item_count": end - start}
 
 
 def _line_ranges(path: str, target: int, header: bool) -> Iterator[tuple[int, int]]:

@@ -60,6 +60,7 @@ class Driver:
         self.ledger = Ledger(Thresholds.from_config(plan.config), plan.config.run_max_try)
         self.output = OutputFile(plan.output_file, plan.settings.append_row_dataframe_header)
         self.stop_reason: str | None = None
+        self.threshold_stop = False  # stop_reason is a threshold's: its counts are restated at the end
         self.interrupted_by: str | None = None  # "SIGINT" or "SIGTERM"
         self.concluded = False
         self.fatal: PipeobsError | None = None
@@ -193,7 +194,9 @@ class Driver:
 
     def _fail_inflight(self, worker: WorkerSlot, reason: str) -> None:
         status = worker.kill_reason[0] if worker.kill_reason else "PROCESS_CRASHED"
-        if worker.inflight and not self.interrupted_by:  # interrupted: no attempt failed, a resume runs them
+        # Interrupted, or killed because the job is ending: the attempt was cut short, not failed (not
+        # run; a resume runs it), so it never adds to the counts behind the stop's reason.
+        if worker.inflight and not self.interrupted_by and status != "STOPPED":
             head = worker.inflight.popleft()
             self._attempt_failed(worker, head.mini_batch.id, head.attempt, {
                 "status": status, "total": head.mini_batch.item_count or 0, "start_time": time.time(),
@@ -256,6 +259,7 @@ class Driver:
     def _check_thresholds(self, final: bool) -> None:
         message = self.ledger.exceeded()
         if message and not final:
+            self.threshold_stop = self.threshold_stop or self.stop_reason is None
             self._stop(f"{message} Stopping processing.")
         elif message:
             self.stop_reason = self.stop_reason or message
@@ -338,6 +342,8 @@ class Driver:
     def _conclude(self) -> JobResult:
         if not self.fatal and not self.stop_reason:
             self._check_thresholds(final=True)
+        elif not self.interrupted_by:
+            self._end_retries()
         if not self.fatal and not self.stop_reason and self.config.output_action == "append_row" and \
                 not any(s.succeeded for s in self.ledger.states.values()):
             self.stop_reason = NO_RESULT_MESSAGE
@@ -349,6 +355,16 @@ class Driver:
         if self.fatal is not None and not isinstance(self.fatal, JobFailed):
             raise self.fatal
         return result
+
+    def _end_retries(self) -> None:
+        """The job stopped early: mini-batches awaiting a retry failed, and a threshold's reason states
+        the final counts (results still arrived while the workers stopped), as Azure's final error does."""
+        failed = self.ledger.stop()
+        if failed:
+            self.journal.say("ERROR", "mini_batch_failed", f"{failed} mini batches whose latest attempt failed "
+                             "count as failed: the job stopped before their retries.")
+        if self.threshold_stop:
+            self.stop_reason = self.ledger.exceeded() or self.stop_reason
 
     def result(self) -> JobResult:
         counts = self.journal.counts

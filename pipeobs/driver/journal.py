@@ -88,7 +88,8 @@ class RunJournal:
         """Exporters and the job span (imported after the workers started: they take a while)."""
         from pipeobs.telemetry.job import JobTelemetry
 
-        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline, self.metrics)
+        self.telemetry = JobTelemetry(self.plan.step_id, self.plan.step_name, self.pipeline, self.metrics,
+                                      parent=self.plan.parent_traceparent)
         if self.plan.exporters:
             from pipeobs.export.run import RunExports
 

@@ -116,6 +116,16 @@ class Ledger:
         self._update(state, status="failed")
         return Verdict(state, "failed")
 
+    def stop(self) -> int:
+        """The job stopped early: no retry will come, so a mini-batch whose latest attempt failed has
+        failed (it already counted against ``allowed_failed_count``), items and all; one that never
+        finished an attempt stays pending (not run). Returns how many failed here."""
+        stopped = [s for s in self.states.values() if s.status == "pending" and s.last_failed]
+        for state in stopped:
+            self._update(state, status="failed")
+        self.pending = collections.deque(p for p in self.pending if self.states[p[0]].status == "pending")
+        return len(stopped)
+
     def _update(self, state: MiniBatchState, **changes: Any) -> None:
         """Change a mini-batch's state, keeping the threshold tallies current."""
         self.failed_items -= state.failed_items()

@@ -23,7 +23,7 @@ from typing import Any
 from pipeobs.errors import ConfigError
 from pipeobs.record.liveness import shown_status
 
-USER_METRIC_KINDS = ("scalar", "list", "row", "table", "tag")
+USER_METRIC_KINDS = ("scalar", "list", "row", "table", "tag", "param")  # param: mlflow.log_param
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
 LEVEL_SQL = (
     "CASE WHEN coalesce(level, '') = '' THEN (CASE WHEN stream = 'stderr' THEN 30 ELSE 20 END) "
@@ -77,6 +77,8 @@ def run_summary(conn: sqlite3.Connection, now: float | None = None) -> Row:
     return {
         "step": run.get("step_name"),
         "step_id": run.get("step_id"),
+        "kind": run.get("kind") or "step",  # "command": a v2 command job, which has no mini-batches
+        "parent_step_id": run.get("parent_step_id"),
         "status": status,
         "live": status == "Running",
         "entry_script": run.get("entry_script"),
@@ -216,7 +218,7 @@ def _list_numbers(conn: sqlite3.Connection) -> dict[str, list[float]]:
 
 
 def user_metrics(conn: sqlite3.Connection) -> list[Row]:
-    """The ``Run.log``-family metrics and tags (not pipeobs's built-in series)."""
+    """The ``Run.log``-family metrics and tags, and MLflow params (not pipeobs's built-in series)."""
     return metric_summaries(conn, USER_METRIC_KINDS)
 
 

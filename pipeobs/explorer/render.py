@@ -91,11 +91,16 @@ def runs_table(console: Console, runs: list[dict[str, Any]], root: Path) -> None
         return
     table = _table(f"runs below {root}", "step", "step_id", "status", "start", "duration",
                    "mini-batches\ndone/failed/total", "items\nok/failed")
-    for r in runs:
-        batches = r.get("mini_batches") or {}
-        items = r.get("items") or {}
+    for index, r in enumerate(runs):
+        counted = r.get("kind") not in ("command", "pipeline")  # no mini-batches or items of their own
+        step = r.get("step")
+        if r.get("depth"):  # a v2 pipeline's node, under its pipeline
+            last = index + 1 == len(runs) or not runs[index + 1].get("depth")
+            step = f"{'└' if last else '├'} {step}"
+        batches = (r.get("mini_batches") or {}) if counted else {}
+        items = (r.get("items") or {}) if counted else {}
         table.add_row(
-            _text(r.get("step")), _text(r.get("step_id") or r["run_dir"]), _status(r["status"]), _text(utc(r.get("start"))),
+            _text(step), _text(r.get("step_id") or r["run_dir"]), _status(r["status"]), _text(utc(r.get("start"))),
             _text(seconds(r.get("duration"))),
             _text(f"{batches.get('done', 0)}/{batches.get('failed', 0)}/{batches.get('total', 0)}" if batches else "-"),
             _text(f"{items.get('succeeded', 0)}/{items.get('failed', 0)}" if items else "-"),
@@ -106,6 +111,10 @@ def runs_table(console: Console, runs: list[dict[str, Any]], root: Path) -> None
 # ----------------------------------------------------------------------------- show
 def show(console: Console, result: dict[str, Any]) -> None:
     summary_block(console, result["summary"], result.get("run_dir"))
+    if result["summary"].get("kind") == "command":  # no mini-batches, attempts or workers to show
+        if result["metrics"]:
+            metric_table(console, result["metrics"], title="user metrics")
+        return
     slowest_table(console, result["slowest"])
     failures_block(console, result["failures"], result.get("run_dir"))
     retries_line(console, result["retries"])
@@ -137,9 +146,14 @@ def summary_block(console: Console, s: dict[str, Any], run_dir: str | None) -> N
         ("status", _status(s["status"])),
         ("started", _text(utc(s["start"]))),
         ("duration", _text(seconds(s["duration"]) + (" so far" if s["live"] else ""))),
-        ("mini-batches", _text(f"{b['done']} done, {b['failed']} failed, {b['pending']} pending, {b['total']} total")),
-        ("items", _text(f"{i['succeeded']} succeeded, {i['failed']} failed, {i['total']} total")),
     ]
+    if s.get("kind") == "command":
+        rows.append(("command", _text(s["entry_script"])))
+    else:
+        rows += [
+            ("mini-batches", _text(f"{b['done']} done, {b['failed']} failed, {b['pending']} pending, {b['total']} total")),
+            ("items", _text(f"{i['succeeded']} succeeded, {i['failed']} failed, {i['total']} total")),
+        ]
     if run_dir:
         rows.append(("run dir", _text(run_dir)))
     if s.get("error"):

@@ -28,7 +28,9 @@ def resolve_run(spec: str, runs_dir: str | Path = "runs") -> Path:
     if path.name == STORE_NAME and path.is_file():
         return path.parent
     if spec and "/" not in spec and spec not in (".", ".."):
-        matches = sorted(Path(runs_dir).glob(f"*/{glob.escape(spec)}/{STORE_NAME}"))
+        name = glob.escape(spec)  # a step's run, or a v2 pipeline node's inside its pipeline's run
+        matches = sorted(Path(runs_dir).glob(f"*/{name}/{STORE_NAME}")) or sorted(
+            Path(runs_dir).glob(f"*/*/*/{name}/{STORE_NAME}"))
         if matches:
             return matches[0].parent
     raise RunDirError(
@@ -66,12 +68,36 @@ def open_run(run_dir: str | Path) -> Iterator[sqlite3.Connection]:
 
 
 def find_run_dirs(root: str | Path) -> list[Path]:
-    """``root`` itself if it is a run directory, and every ``*/pipeobs.db``, ``*/*/pipeobs.db`` below it."""
+    """``root`` itself if it is a run directory, and every ``*/pipeobs.db``, ``*/*/pipeobs.db`` below it; after
+    each, the runs of a v2 pipeline's nodes inside it (``<node>/<step_id>/pipeobs.db``)."""
     root = Path(root)
     found = [root] if (root / STORE_NAME).is_file() else []
     for pattern in (f"*/{STORE_NAME}", f"*/*/{STORE_NAME}"):
         found.extend(p.parent for p in sorted(root.glob(pattern)) if p.is_file())
-    return found
+    return [nested for run_dir in found for nested in (run_dir, *_node_runs(run_dir))]
+
+
+def _node_runs(run_dir: Path) -> list[Path]:
+    return [p.parent for p in sorted(run_dir.glob(f"*/*/{STORE_NAME}")) if p.is_file()]
+
+
+def nest_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` (in the order to show them) with each pipeline's node runs right after it, in start order,
+    and ``depth`` 1 for those (0 for the others)."""
+    by_parent: dict[str, list[dict[str, Any]]] = {}
+    step_ids = {r.get("step_id") for r in runs}
+    for run in runs:
+        parent = run.get("parent_step_id")
+        if parent and parent in step_ids:
+            by_parent.setdefault(parent, []).append(run)
+    nested = []
+    for run in runs:
+        if run.get("parent_step_id") in step_ids and run.get("parent_step_id"):
+            continue
+        nested.append({**run, "depth": 0})
+        children = sorted(by_parent.get(run.get("step_id") or "", []), key=lambda r: (r.get("start") or 0.0))
+        nested.extend({**child, "depth": 1} for child in children)
+    return nested
 
 
 def list_runs(root: str | Path) -> list[dict[str, Any]]:
@@ -87,4 +113,4 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
             summary = {"status": "unreadable", "error": str(exc), "start": None}
         runs.append({"run_dir": str(run_dir), **summary})
     runs.sort(key=lambda r: (r.get("start") is None, r.get("start") or 0.0, r["run_dir"]))
-    return runs
+    return nest_runs(runs)

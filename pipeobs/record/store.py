@@ -11,7 +11,8 @@ Schema (documented in the README):
   output path, ``output_size`` = bytes of the output file covered by done mini-batches, and the
   driver writing it: ``driver_pid``, ``driver_host``, ``driver_since`` = its process start time;
   ``fingerprint`` = the step's fingerprint digest, see :mod:`pipeobs.fingerprint`, and
-  ``reused_from`` = the run it reused, see :mod:`pipeobs.reuse`).
+  ``reused_from`` = the run it reused, see :mod:`pipeobs.reuse`; ``kind`` = ``step``, ``command`` or
+  ``pipeline`` (NULL in older stores: a step), and ``parent_step_id`` = the pipeline run it belongs to).
 * ``mini_batches``: the ledger: descriptor JSON, status (pending/done/failed), attempts, items.
 * ``attempts``: one row per mini-batch attempt (the ``processed_mini-batches.csv`` columns).
 * ``log_lines``: every captured line with step_id, worker, stream, phase, mini_batch_id,
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS runs (
     entry_script TEXT, config TEXT, settings TEXT, inputs TEXT, output_path TEXT,
     output_size INTEGER NOT NULL DEFAULT 0, partitioned INTEGER NOT NULL DEFAULT 0,
     error TEXT, summary TEXT, driver_pid INTEGER, driver_host TEXT, driver_since REAL,
-    fingerprint TEXT, reused_from TEXT, metrics_port INTEGER
+    fingerprint TEXT, reused_from TEXT, metrics_port INTEGER, kind TEXT, parent_step_id TEXT
 );
 CREATE TABLE IF NOT EXISTS mini_batches (
     id INTEGER PRIMARY KEY, descriptor TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
@@ -119,7 +120,8 @@ _SQL["ledger"] = (
     "UPDATE mini_batches SET status=?, attempts=?, total=?, succeeded=?, failed=?, worker=?, output_end=? WHERE id=?"
 )
 ADDED_RUN_COLUMNS = {"driver_pid": "INTEGER", "driver_host": "TEXT", "driver_since": "REAL",  # older stores lack them
-                     "fingerprint": "TEXT", "reused_from": "TEXT", "metrics_port": "INTEGER"}
+                     "fingerprint": "TEXT", "reused_from": "TEXT", "metrics_port": "INTEGER",
+                     "kind": "TEXT", "parent_step_id": "TEXT"}
 _JSON_COLUMNS = {"attributes", "events", "labels", "value_json", "drop_reasons"}
 _NOT_NULL_JSON = {"attributes": "{}", "events": "[]"}
 

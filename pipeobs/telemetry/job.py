@@ -12,6 +12,7 @@ from pipeobs.records import Invocation, Metric, Span
 from pipeobs.telemetry.metrics import JobMetrics, status_labels
 from pipeobs.telemetry.spans import (
     CallbackSpanExporter,
+    context_from_traceparent,
     killed_span,
     make_tracer_provider,
     pending_span,
@@ -22,7 +23,9 @@ from pipeobs.telemetry.spans import (
 class JobTelemetry:
     """Opens the job span, counts what happens, and closes the span with the job's outcome."""
 
-    def __init__(self, step_id: str, step_name: str, pipeline: Pipeline, metrics: JobMetrics) -> None:
+    def __init__(self, step_id: str, step_name: str, pipeline: Pipeline, metrics: JobMetrics,
+                 parent: str | None = None) -> None:
+        """``parent``: the traceparent of a v2 pipeline's span, when the job is one of its nodes."""
         from opentelemetry.trace import SpanKind
 
         self.step_id = step_id
@@ -32,7 +35,8 @@ class JobTelemetry:
         )
         tracer = self.provider.get_tracer("pipeobs")
         self.span = tracer.start_span(
-            "job", kind=SpanKind.CONSUMER, attributes={"pipeobs.step_id": step_id, "pipeobs.step_name": step_name}
+            "job", kind=SpanKind.CONSUMER, attributes={"pipeobs.step_id": step_id, "pipeobs.step_name": step_name},
+            context=context_from_traceparent(parent) if parent else None,
         )
         self.traceparent = traceparent_of(self.span)
         ctx = self.span.get_span_context()

@@ -27,7 +27,7 @@ from typing import Any
 
 from pipeobs.errors import ConfigError, RunDirError
 from pipeobs.explorer import queries
-from pipeobs.explorer.runs import find_run_dirs, open_run
+from pipeobs.explorer.runs import find_run_dirs, nest_runs, open_run
 from pipeobs.ui import data
 from pipeobs.ui._deps import INSTALL_HINT, PERFETTO_URL
 
@@ -189,6 +189,7 @@ class _UI:
         shown.sort(key=lambda r: (r[key] is None, r[key] if r[key] is not None else 0), reverse=order == "desc")
         if order == "desc":  # keep runs without a value last
             shown.sort(key=lambda r: r[key] is None)
+        shown = nest_runs(shown)  # a v2 pipeline's nodes right under it
         return "runs.html", {"runs": shown, "all_count": len(runs), "steps": steps, "statuses": statuses,
                              "status": status, "step": step, "sort": sort, "order": order, "root": str(self.root)}
 
@@ -204,7 +205,8 @@ class _UI:
             row["error"] = str(exc)
             return row
         b = s["mini_batches"]
-        row.update(step=s["step"], status=s["status"], start=s["start"], duration=s["duration"],
+        row.update(step=s["step"], step_id=s["step_id"], parent_step_id=s["parent_step_id"], kind=s["kind"],
+                   status=s["status"], start=s["start"], duration=s["duration"],
                    done_batches=b.get("done", 0), failed_batches=b.get("failed", 0), total_batches=b["total"],
                    items=s["items"]["total"], alerts=len(fired), error=s["error"], live=s["live"])
         return row

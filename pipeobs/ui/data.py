@@ -216,7 +216,7 @@ def _records(conn: sqlite3.Connection, where: str, key: Any, limit: int = 5_000)
     for line in lines:
         line["type"] = "line"
     points = fetch_rows(conn, f"SELECT time, worker, attempt, name, kind, value, value_json FROM metrics WHERE {where} "
-                              "AND kind IN ('scalar', 'list', 'row', 'table', 'tag') ORDER BY time, id LIMIT ?", key, limit)
+                              "AND kind IN ('scalar', 'list', 'row', 'table', 'tag', 'param') ORDER BY time, id LIMIT ?", key, limit)
     for point in points:
         point["type"] = "metric"
         point["value"] = point["value"] if point["value_json"] is None else parse_json(point["value_json"])

@@ -1,0 +1,3 @@
+from pipeobs.azureml import Dataset
+
+__all__ = ["Dataset"]

@@ -1,0 +1,472 @@
+"""Running a v2 job YAML: a parallel or command job, or a pipeline of them.
+
+A pipeline runs its nodes one after another in dependency order (``${{parent.jobs.A.outputs.x}}`` makes
+A run first; otherwise the YAML's order). It has a run directory of its own,
+``<runs>/<pipeline>/<pipeline step_id>/``, holding its store (its ``runs`` row, kind ``pipeline``, and its
+``pipeline`` span), its outputs, and one run directory per node, ``<node>/<node step_id>/``. Each node's
+job span is a child of the pipeline's span. A node that fails stops every node that depends on it (and,
+with ``settings.continue_on_step_failure: false``, every node not yet run); the summary names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeobs.errors import ConfigError, PipeobsError
+from pipeobs.v2.document import apply_sets, read_yaml
+from pipeobs.v2.expressions import BINDING, bindings, substitute
+from pipeobs.v2.locations import DEFAULT_DATASTORE, Locations
+from pipeobs.v2.nodes import (
+    Node,
+    Value,
+    io_lookup,
+    load_job_file,
+    load_node,
+    prepare_outputs,
+    resolve_inputs,
+    resolve_outputs,
+)
+from pipeobs.v2.schema import check_keys, check_node_name, job_type, ports
+
+NODE_FIELDS_OWN_CONTEXT = ("command", "input_data", "task", "component", "inputs", "outputs", "type")
+
+
+@dataclass
+class RunOptions:
+    """What ``pipeobs run`` says about where and how, beyond the YAML."""
+
+    runs_dir: str = "runs"
+    plan: dict[str, Any] | None = None  # ParallelRunStep.plan keywords (exporters, alerts, backend...)
+    assets: str | None = None
+    node: str | None = None  # --node NAME: run this node of the pipeline alone
+    allow_reuse: bool = True
+
+
+def run_v2_file(path: str, sets: list[str], options: RunOptions) -> int:
+    """Run a v2 job YAML; the exit code of ``pipeobs run`` (0, or 42 when the job or a node failed)."""
+    file = Path(path)
+    document = apply_sets(read_yaml(file), sets)
+    locations = Locations(file, options.assets)
+    kind = document.get("type") or ("pipeline" if "jobs" in document else "parallel" if "task" in document
+                                    else "command")
+    if kind == "pipeline":
+        return PipelineRun(file, document, locations, options).run()
+    if options.node:
+        raise ConfigError("--node names a node of a pipeline; this YAML is a single job")
+    check_keys(document, job_type(document, file.name), file.name)
+    node = load_job_file(file, document, locations)
+    step_id = _new_step_id(node.name)
+    run_dir = Path(options.runs_dir).resolve() / node.name / step_id
+    inputs = resolve_inputs(node, locations, None)
+    outputs = resolve_outputs(node, locations, run_dir, _output_names(step_id, document), None)
+    result = run_node(node, inputs, outputs, locations, options, Path(options.runs_dir), step_id, None)
+    return _exit_code(result)
+
+
+def run_node(node: Node, inputs: dict[str, Value], outputs: dict[str, Value], locations: Locations,
+             options: RunOptions, runs_root: Path, step_id: str, parent: tuple[str, str] | None) -> Any:
+    """Run one parallel or command job; its result (already printed)."""
+    if node.type == "command":
+        return _run_command(node, inputs, outputs, locations, runs_root, step_id, parent)
+    from pipeobs.step import run_plan
+    from pipeobs.summary import Progress, print_result
+    from pipeobs.v2.parallel import build_parallel
+
+    step = build_parallel(node, inputs, outputs, locations, _notice, options.allow_reuse)
+    plan = step.plan(runs_root, step_id=step_id, parent=parent, **(options.plan or {}))
+    prepare_outputs(outputs)
+    _record_job(plan.run_dir.path, node, inputs, outputs)
+    with Progress() as progress:
+        result = run_plan(plan, progress.update)
+    print_result(result)
+    _print_outputs(outputs)
+    return result
+
+
+def _run_command(node: Node, inputs: dict[str, Value], outputs: dict[str, Value], locations: Locations,
+                 runs_root: Path, step_id: str, parent: tuple[str, str] | None) -> Any:
+    from pipeobs.v2.command import CommandRun, print_command_result, run_command
+
+    fields, where = node.fields, node.where
+    if not fields.get("command"):
+        raise ConfigError(f"{where}: a command job needs 'command'")
+    command = substitute(str(fields["command"]), io_lookup(inputs, outputs, where), f"{where} command", quote=True)
+    code = fields.get("code")
+    code_dir = locations.path(code, node.code_base, f"{where} code") if code else str(node.code_base)
+    timeout = (fields.get("limits") or {}).get("timeout")
+    run_dir = runs_root / node.name / step_id
+    variables = {str(k): str(v) for k, v in (fields.get("environment_variables") or {}).items()}
+    # `python` in a command is the Python running pipeobs (as the workers'), with its packages
+    variables.setdefault("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    job = CommandRun(
+        name=node.name, step_id=step_id, run_dir=run_dir, command=command, code_dir=code_dir,
+        environment_variables=variables,
+        timeout=float(timeout) if timeout else None,
+        outputs={name: (value.type, value.text) for name, value in outputs.items() if value.text},
+        record=_facts(node, inputs, outputs),
+        parent_traceparent=parent[1] if parent else None, parent_step_id=parent[0] if parent else None,
+        echo=lambda line: print(f"  {line}", flush=True),
+    )
+    result = run_command(job)
+    print_command_result(result)
+    _print_outputs(outputs)
+    return result
+
+
+class PipelineRun:
+    """One run of a pipeline job: its nodes in order, its run directory, store and span."""
+
+    def __init__(self, file: Path, document: dict[str, Any], locations: Locations, options: RunOptions) -> None:
+        check_keys(document, "pipeline", file.name)
+        self.file, self.document, self.locations, self.options = file, document, locations, options
+        self.name = pipeline_name(document, file)
+        self.settings = document.get("settings") or {}
+        jobs = document.get("jobs")
+        if not isinstance(jobs, dict) or not jobs:
+            raise ConfigError(f"{file.name}: a pipeline needs 'jobs', a mapping of node names to jobs")
+        base = file.resolve().parent
+        self.nodes = {check_node_name(name, file.name): load_node(_mapping(spec, name, file), name, base,
+                                                                   f"{file.name} jobs.{name}", locations)
+                      for name, spec in jobs.items()}
+        self.order = dependency_order(self.nodes)
+        if options.node is not None and options.node not in self.nodes:
+            raise ConfigError(f"--node {options.node}: the pipeline has no such node; nodes: {', '.join(self.nodes)}")
+        self.selected = self._nodes_to_run()
+        self.inputs = self._pipeline_inputs(base)
+
+    def _pipeline_inputs(self, base: Path) -> dict[str, Value]:
+        values = {}
+        for name, port in ports(self.document.get("inputs"), self.file.name).items():
+            where = f"{self.file.name} inputs.{name}"
+            if port.value is None:
+                values[name] = Value(port.type, None, True)
+            elif port.is_data:
+                values[name] = Value(port.type, self.locations.path(port.value, base, where))
+            else:
+                values[name] = Value(port.type, str(port.value))
+        return values
+
+    def run(self) -> int:
+        from pipeobs.record.rundir import RunDir
+
+        step_id = _new_step_id(self.name)
+        self.run_dir = RunDir.create(self.options.runs_dir, self.name, step_id).path
+        names = _output_names(step_id, self.document)
+        self.outputs = self._pipeline_outputs(names)
+        self.results: dict[str, Any] = {}
+        self.values: dict[str, tuple[dict[str, Value], dict[str, Value]]] = {}
+        plan = self.options.plan or {}
+        with PipelineRecord(self.run_dir, step_id, self.name, self._facts(), plan.get("exporters") or [],
+                            plan.get("export_deadline", 10.0)) as record:
+            status, reason = "Completed", None
+            try:
+                for name in self.selected:
+                    skipped = self._blocked(name)
+                    if skipped:
+                        self.results[name] = skipped
+                        print(f"node {name}: skipped: {skipped}", flush=True)
+                        continue
+                    print(f"node {name} ({self.nodes[name].type}):", flush=True)
+                    result = self.results[name] = self._run_node(name, step_id, record.traceparent)
+                    if getattr(result, "interrupted_by", None):
+                        record.finish("Interrupted", f"node {name} was interrupted", self._node_rows())
+                        return _exit_code(result)
+            except KeyboardInterrupt:
+                record.finish("Interrupted", "interrupted", self._node_rows())
+                raise
+            except PipeobsError as exc:  # a node that cannot start: the pipeline fails with its reason
+                record.finish("Failed", str(exc), self._node_rows())
+                raise
+            failed = [n for n, r in self.results.items() if not isinstance(r, str) and not r.ok]
+            if failed:
+                status, reason = "Failed", f"node {failed[0]} failed: {self.results[failed[0]].reason or 'see its run'}"
+            record.finish(status, reason, self._node_rows())
+        self._print_summary(status, reason)
+        return 0 if status == "Completed" else 42
+
+    def _nodes_to_run(self) -> list[str]:
+        if self.options.node is None:
+            return self.order
+        node = self.nodes[self.options.node]
+        for name, port in node.inputs.items():
+            for binding in bindings(str(port.value)) if isinstance(port.value, str) else []:
+                if binding.startswith("parent.jobs."):
+                    upstream = binding.split(".")[2]
+                    raise ConfigError(f"--node {node.name}: input '{name}' comes from node '{upstream}' "
+                                      f"(${{{{{binding}}}}}); running the node alone, give it with "
+                                      f"--set jobs.{node.name}.inputs.{name}=PATH")
+        return [self.options.node]
+
+    def _blocked(self, name: str) -> str | None:
+        """Why node ``name`` does not run: an upstream node failed, or an earlier failure stops the rest."""
+        for upstream in sorted(upstream_nodes(self.nodes[name])):
+            result = self.results.get(upstream)
+            if isinstance(result, str) or (result is not None and not result.ok):
+                return f"upstream node '{upstream}' did not complete"
+        stop = self.settings.get("continue_on_step_failure") is False
+        failed = next((n for n, r in self.results.items() if not isinstance(r, str) and not r.ok), None)
+        if stop and failed:
+            return f"node '{failed}' failed and settings.continue_on_step_failure is false"
+        return None
+
+    def _run_node(self, name: str, pipeline_id: str, traceparent: str) -> Any:
+        node = self.nodes[name]
+        step_id = _new_step_id(name)
+        node_dir = self.run_dir / name / step_id
+        bind = self._binder(name)
+        _bind_fields(node, bind)
+        inputs = resolve_inputs(node, self.locations, bind)
+        outputs = resolve_outputs(node, self.locations, node_dir, _output_names(step_id, self.document), bind)
+        self.values[name] = (inputs, outputs)
+        return run_node(node, inputs, outputs, self.locations, self.options, self.run_dir, step_id,
+                        (pipeline_id, traceparent))
+
+    def _binder(self, node_name: str) -> Callable[[str, str], Value]:
+        def bind(binding: str, where: str) -> Value:
+            parts = binding.split(".")
+            if parts[:2] == ["parent", "inputs"] and len(parts) == 3 and parts[2] in self.inputs:
+                return self.inputs[parts[2]]
+            if parts[:2] == ["parent", "outputs"] and len(parts) == 3 and parts[2] in self.outputs:
+                return self.outputs[parts[2]]
+            if parts[:2] == ["parent", "jobs"] and len(parts) == 5 and parts[3] in ("inputs", "outputs"):
+                upstream = self.values.get(parts[2])
+                if upstream is None:
+                    raise ConfigError(f"{where}: ${{{{{binding}}}}} names node '{parts[2]}', which has not run")
+                table = upstream[0] if parts[3] == "inputs" else upstream[1]
+                if parts[4] in table:
+                    return table[parts[4]]
+            raise ConfigError(f"{where}: ${{{{{binding}}}}} names nothing in this pipeline (parent.inputs.X, "
+                              "parent.outputs.X or parent.jobs.NODE.outputs.X)")
+
+        return bind
+
+    def _pipeline_outputs(self, names: dict[str, str]) -> dict[str, Value]:
+        values = {}
+        for name, port in ports(self.document.get("outputs"), self.file.name, outputs=True).items():
+            if port.value is None:
+                values[name] = Value(port.type, str(self.run_dir / "outputs" / name))
+            else:
+                values[name] = Value(port.type, self.locations.output_path(
+                    port.value, self.file.resolve().parent, f"{self.file.name} outputs.{name}",
+                    {**names, "output_name": name}))
+        return values
+
+    def _facts(self) -> dict[str, Any]:
+        return {"yaml": str(self.file.resolve()), "document": self.document,
+                "inputs": {k: v.text for k, v in self.inputs.items()},
+                "outputs": {k: v.text for k, v in self.outputs.items()}, "order": self.order}
+
+    def _node_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for name in self.selected:
+            result = self.results.get(name)
+            if isinstance(result, str) or result is None:
+                rows.append({"node": name, "status": "Skipped" if result else "NotRun", "reason": result})
+            else:
+                rows.append({"node": name, "status": result.status, "step_id": result.step_id,
+                             "run_dir": result.run_dir, "reason": result.reason,
+                             "duration": round(result.duration_seconds, 3)})
+        return rows
+
+    def _print_summary(self, status: str, reason: str | None) -> None:
+        print(f"\npipeline {self.name}: {status}" + (f": {reason}" if reason else ""))
+        for row in self._node_rows():
+            detail = row.get("run_dir") or row.get("reason") or ""
+            print(f"  {row['node']:<24} {row['status']:<11} {detail}")
+        _print_outputs(self.outputs)
+        print(f"run directory: {self.run_dir}", flush=True)
+
+
+class PipelineRecord:
+    """The pipeline's own store row and span (the parent of its nodes' job spans); the span also goes to the
+    run's exporters, so that a tracing backend gets the parent of the nodes' spans."""
+
+    def __init__(self, run_dir: Path, step_id: str, name: str, facts: dict[str, Any], exporters: list[str],
+                 export_deadline: float) -> None:
+        from opentelemetry.trace import SpanKind
+
+        from pipeobs.record.store import Store
+        from pipeobs.records import Span
+        from pipeobs.step import this_driver
+        from pipeobs.telemetry.spans import CallbackSpanExporter, make_tracer_provider, traceparent_of
+
+        self.store = Store(run_dir / "pipeobs.db", step_id)
+        self.store.insert_run({"step_id": step_id, "step_name": name, "status": "Running", "started_at": time.time(),
+                               "entry_script": facts["yaml"], "config": json.dumps(facts, default=str),
+                               "settings": json.dumps(facts["document"].get("settings") or {}, default=str),
+                               "inputs": json.dumps({"inputs": facts["inputs"], "outputs": facts["outputs"]}),
+                               "kind": "pipeline", **this_driver()})
+        store = self.store
+        self.run_dir, self.name, self.exporters, self.export_deadline = run_dir, name, exporters, export_deadline
+        self.finished: list[Span] = []
+
+        def ended(record: dict[str, Any]) -> None:
+            store.add_span(Span(record, "driver"))
+            self.finished.append(Span(record, "driver"))
+
+        self.provider = make_tracer_provider(name, {"pipeobs.step_id": step_id}, CallbackSpanExporter(ended))
+        self.span = self.provider.get_tracer("pipeobs").start_span(
+            "pipeline", kind=SpanKind.INTERNAL, attributes={"pipeobs.step_id": step_id, "pipeobs.step_name": name})
+        self.traceparent = traceparent_of(self.span)
+        self.store.flush()
+
+    def __enter__(self) -> PipelineRecord:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.store.close()
+
+    def finish(self, status: str, reason: str | None, nodes: list[dict[str, Any]]) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        self.span.set_attribute("pipeobs.status", status)
+        self.span.set_status(Status(StatusCode.OK) if status == "Completed" else Status(StatusCode.ERROR, reason))
+        self.span.end()
+        self.provider.shutdown()
+        self.store.update_run(status=status, ended_at=time.time(), error=reason, summary=json.dumps({"nodes": nodes}))
+        if self.exporters:
+            self._export()
+        self.store.flush()
+
+    def _export(self) -> None:
+        from pipeobs.export.run import RunExports
+
+        def say(level: str, kind: str, message: str) -> None:
+            if level != "INFO":
+                print(f"pipeline {self.name}: {message}", file=sys.stderr, flush=True)
+
+        exports = RunExports(self.run_dir, self.store, self.name, self.exporters, self.export_deadline, say)
+        for span in self.finished:
+            exports.add_span(span)
+        exports.finish()
+
+
+def pipeline_name(document: dict[str, Any], file: Path) -> str:
+    """The pipeline run's folder name: its ``name``, else its ``display_name`` made a name, else the file's."""
+    import re
+
+    from pipeobs.config import check_v2_job_name
+
+    if document.get("name"):
+        return check_v2_job_name(str(document["name"]))
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(document.get("display_name") or "")).strip("-.")[:255]
+    return slug or file.stem
+
+
+def dependency_order(nodes: dict[str, Node]) -> list[str]:
+    """Node names so that each comes after the nodes it binds to; otherwise in the YAML's order."""
+    order: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name in visiting:
+            cycle = " -> ".join([*visiting[visiting.index(name):], name])
+            raise ConfigError(f"the pipeline's nodes depend on each other in a cycle: {cycle}")
+        visiting.append(name)
+        for upstream in upstream_nodes(nodes[name]):
+            if upstream not in nodes:
+                raise ConfigError(f"{nodes[name].where}: binds to node '{upstream}', which the pipeline does not have; "
+                                  f"nodes: {', '.join(nodes)}")
+            visit(upstream)
+        visiting.pop()
+        order.append(name)
+
+    for name in nodes:
+        visit(name)
+    return order
+
+
+def upstream_nodes(node: Node) -> set[str]:
+    """The nodes ``node`` binds to (``${{parent.jobs.NAME...}}`` anywhere in its inputs or fields)."""
+    text = json.dumps([{k: p.value for k, p in node.inputs.items()}, node.fields], default=str)
+    return {name.split(".")[2] for name in BINDING.findall(text) if name.startswith("parent.jobs.")
+            and len(name.split(".")) > 2}
+
+
+def _bind_fields(node: Node, bind: Callable[[str, str], Value]) -> None:
+    """``${{parent...}}`` in a node's other fields (``mini_batch_size: ${{parent.inputs.size}}``): the value,
+    typed as the bound literal."""
+
+    def bound(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: bound(v, f"{where}.{k}") for k, v in value.items()}
+        if not isinstance(value, str) or not any(b.startswith("parent.") for b in bindings(value)):
+            return value
+        whole = BINDING.fullmatch(value.strip())
+        if whole:
+            found = bind(whole.group(1), where)
+            return _typed(found)
+        return substitute(value, lambda name: bind(name, where).text if name.startswith("parent.") else f"${{{{{name}}}}}",
+                          where)
+
+    for key, value in list(node.fields.items()):
+        if key not in NODE_FIELDS_OWN_CONTEXT:
+            node.fields[key] = bound(value, f"{node.where} {key}")
+
+
+def _typed(value: Value) -> Any:
+    if value.text is None:
+        return None
+    if value.type == "integer":
+        return int(value.text)
+    if value.type == "number":
+        return float(value.text)
+    if value.type == "boolean":
+        return value.text.lower() == "true"
+    return value.text
+
+
+def _mapping(spec: Any, name: str, file: Path) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{file.name} jobs.{name} must be a mapping (a job), not {spec!r}")
+    return spec
+
+
+def _output_names(step_id: str, document: dict[str, Any]) -> dict[str, str]:
+    """What ``${{name}}`` and ``${{default_datastore}}`` mean in output paths: the job's step_id, and
+    ``settings.default_datastore`` (without ``azureml:``) or the workspace default."""
+    datastore = str((document.get("settings") or {}).get("default_datastore") or DEFAULT_DATASTORE)
+    return {"name": step_id, "default_datastore": datastore.removeprefix("azureml:")}
+
+
+def _facts(node: Node, inputs: dict[str, Value], outputs: dict[str, Value]) -> dict[str, Any]:
+    return {"yaml": node.where, "display_name": node.display_name, "fields": node.fields,
+            "inputs": {k: v.text for k, v in inputs.items()}, "outputs": {k: v.text for k, v in outputs.items()}}
+
+
+def _record_job(run_dir: Path, node: Node, inputs: dict[str, Value], outputs: dict[str, Value]) -> None:
+    """``azureml_job.json`` in the run directory: the v2 fields pipeobs records but has no use for here
+    (compute, environment, identity, tags...), with the inputs and outputs as resolved."""
+    (run_dir / "azureml_job.json").write_text(json.dumps(_facts(node, inputs, outputs), indent=2, default=str))
+
+
+def _print_outputs(outputs: dict[str, Value]) -> None:
+    for name, value in outputs.items():
+        print(f"output {name}: {value.text}", flush=True)
+
+
+def _new_step_id(name: str) -> str:
+    from pipeobs.record.rundir import new_step_id
+
+    return new_step_id(name)
+
+
+def _exit_code(result: Any) -> int:
+    if getattr(result, "interrupted_by", None):
+        import signal
+
+        return 128 + signal.Signals[result.interrupted_by].value
+    return 0 if result.ok else 42
+
+
+def _notice(text: str) -> None:
+    print(f"notice: {text}", file=sys.stderr, flush=True)
