@@ -65,6 +65,7 @@ class ParallelRunStep:
         self.settings_values = settings
         self.settings = make_settings(settings)
         self.allow_reuse = allow_reuse
+        self._listed = False  # run() listed the inputs for the plan it makes
 
     def plan(
         self,
@@ -88,6 +89,9 @@ class ParallelRunStep:
         outputs live in it); ``parent`` is (pipeline step_id, its span's traceparent) for a pipeline node.
         """
         check_backend(backend)
+        if not self._listed:  # called alone: the inputs are looked at anew (run() has just listed them)
+            for dataset in self.inputs:
+                dataset.relist()
         if exporters:  # fail on an unknown or unconfigured exporter before anything is created
             from pipeobs.export.routing import create_exporter
 
@@ -168,12 +172,18 @@ class ParallelRunStep:
         from pipeobs.fingerprint import take_fingerprint
 
         settings = settings or self.settings
+        for dataset in self.inputs:  # a new run looks at the inputs anew (once: fingerprint, plan and partition)
+            dataset.relist()
         fingerprint = take_fingerprint(self, runs_dir, settings, model_dir)
         decision = reuse.decide(fingerprint, self.name, runs_dir, self.allow_reuse)
         print(printable(decision.text()), flush=True)
-        plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline, metrics_address=metrics_address,
-                         pushgateway=pushgateway, alerts=alerts, backend=backend, ray_address=ray_address,
-                         step_id=step_id, parent=parent)
+        self._listed = True
+        try:
+            plan = self.plan(runs_dir, settings, model_dir, exporters, export_deadline, metrics_address=metrics_address,
+                             pushgateway=pushgateway, alerts=alerts, backend=backend, ray_address=ray_address,
+                             step_id=step_id, parent=parent)
+        finally:
+            self._listed = False
         reuse.record(plan, fingerprint, decision)
         if decision.reused_from:
             return reuse.complete_reused(plan, decision)

@@ -816,3 +816,28 @@ class TestImport:
         )
 
         assert result.stdout.strip() == "[]"
+
+
+def test_a_run_lists_its_inputs_once_and_the_next_run_anew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fingerprint, the recorded environment and the partitioning share one listing per run; a later
+    run of the same step sees files added since."""
+    from pipeobs.config import ParallelRunConfig
+    from pipeobs.step import ParallelRunStep
+
+    (tmp_path / "data").mkdir()
+    for index in range(3):
+        (tmp_path / "data" / f"{index}.txt").write_text("x\n")
+    (tmp_path / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    dataset = FileDataset.from_files(str(tmp_path / "data"))
+    listings = []
+    real = FileDataset._list_files
+    monkeypatch.setattr(FileDataset, "_list_files", lambda self: listings.append(1) or real(self))
+    config = ParallelRunConfig(entry_script=str(tmp_path / "score.py"), mini_batch_size="1",
+                               process_count_per_node=1)
+    step = ParallelRunStep("listed-once", config, [dataset], allow_reuse=False)
+    listings.clear()
+    first = step.run(tmp_path / "runs")
+    assert (first.mini_batches_total, len(listings)) == (3, 1)
+    (tmp_path / "data" / "3.txt").write_text("x\n")
+    second = step.run(tmp_path / "runs")
+    assert (second.mini_batches_total, len(listings)) == (4, 2)

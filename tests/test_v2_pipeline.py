@@ -240,3 +240,138 @@ def test_the_web_explorer_shows_the_pipeline_with_its_nodes_under_it(pipeline_di
         assert steps == ["words", "↳ split", "↳ count", "↳ report"]
         for name in re.findall(r'class="run-link" href="/runs/([^"]+)"', page):
             assert client.get(f"/runs/{name}").status_code == 200, name
+
+
+TRAIN_COMPONENT = """
+$schema: https://azuremlschemas.azureedge.net/latest/commandComponent.schema.json
+name: train_data_component_cli
+type: command
+inputs:
+  training_data: {type: uri_folder}
+  max_epocs: {type: integer, optional: true}
+  learning_rate: {type: number, default: 0.01, optional: true}
+outputs:
+  model_output: {type: uri_folder}
+code: ./src
+environment: azureml://registries/azureml/environments/sklearn-1.5/labels/latest
+command: >-
+  echo train $[[--max_epocs ${{inputs.max_epocs}}]] $[[--learning_rate ${{inputs.learning_rate}}]]
+  > ${{outputs.model_output}}/model.txt
+"""
+
+COMPONENT_PIPELINE = """
+type: pipeline
+display_name: e2e local components
+settings:
+  default_datastore: azureml:workspaceblobstore
+inputs:
+  training_input: {type: uri_folder, path: ./texts}
+  epochs: 20
+jobs:
+  train_job:
+    type: command
+    component: ./train.yml
+    inputs:
+      training_data: ${{parent.inputs.training_input}}
+      max_epocs: ${{parent.inputs.epochs}}
+  score_job:
+    type: command
+    command: cat ${{inputs.model}}/model.txt > ${{outputs.scores}}/scores.txt
+    inputs:
+      model: ${{parent.jobs.train_job.outputs.model_output}}
+    outputs:
+      scores:
+        type: uri_folder
+        path: azureml://datastores/${{default_datastore}}/paths/azureml/${{name}}/${{output_name}}/
+"""
+
+
+@pytest.fixture
+def component_dir(pipeline_dir: Path) -> Path:
+    write(pipeline_dir / "train.yml", TRAIN_COMPONENT)
+    write(pipeline_dir / "pipeline.yml", COMPONENT_PIPELINE)
+    return pipeline_dir
+
+
+class TestCheckedBeforeAnyNodeRuns:
+    @pytest.mark.parametrize(("override", "message"), [
+        ("jobs.score_job.inputs.model=${{parent.jobs.train_job.outputs.model_outptu}}",
+         "pipeline.yml jobs.score_job inputs.model: ${{parent.jobs.train_job.outputs.model_outptu}} names nothing in "
+         "this pipeline; did you mean ${{parent.jobs.train_job.outputs.model_output}}?"),
+        ("jobs.train_job.inputs.training_data=${{parents.inputs.training_input}}",
+         "did you mean ${{parent.inputs.training_input}}?"),
+        ("jobs.score_job.command=cat ${{inputs.modle}}",
+         "pipeline.yml jobs.score_job command: ${{inputs.modle}} is not an input or output of this job; did you mean "
+         "${{inputs.model}}?"),
+        ("inputs.epochs=twenty",
+         "pipeline.yml jobs.train_job inputs.max_epocs is declared integer, and 'twenty' is not one; give an integer"),
+        ("jobs.train_job.inputs.learning_rte=0.1",
+         "pipeline.yml jobs.train_job inputs.learning_rte: the component declares no such input; did you mean "
+         "learning_rate?"),
+        ("jobs.score_job.inputs.extra.path=azureml:iris:1",
+         "asset 'azureml:iris:1' is in an Azure ML workspace"),
+        ("jobs.score_job.inputs.extra.path=https://example.com/data.csv",
+         "give a local path (--set jobs.score_job.inputs.extra.path=PATH)"),
+    ])
+    def test_a_mistake_in_a_later_node_is_one_line_before_the_first_node_runs(
+            self, component_dir: Path, capsys: pytest.CaptureFixture[str], override: str, message: str) -> None:
+        """Bindings, literal types, undeclared inputs, assets and cloud paths of every node are checked up front."""
+        runs = component_dir / "runs"
+
+        code = main(["run", "-c", str(component_dir / "pipeline.yml"), "--runs-dir", str(runs), "--set", override])
+
+        captured = capsys.readouterr()
+        assert code == 2
+        assert message in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+        assert "node train_job" not in captured.out and not runs.exists()
+
+    def test_node_alone_is_not_held_up_by_another_nodes_asset(self, component_dir: Path) -> None:
+        """--node checks the paths of the node it runs, not those of the nodes it leaves out."""
+        runs = component_dir / "runs"
+
+        code = main(["run", "-c", str(component_dir / "pipeline.yml"), "--runs-dir", str(runs), "--node", "train_job",
+                     "--set", "jobs.score_job.inputs.extra.path=azureml:iris:1"])
+
+        assert code == 0
+
+    def test_components_literals_optional_blocks_and_datastore_outputs_run(
+            self, component_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A local component with an integer input, a dropped-or-kept $[[...]] and a templated datastore output."""
+        runs = component_dir / "runs"
+
+        assert main(["run", "-c", str(component_dir / "pipeline.yml"), "--runs-dir", str(runs)]) == 0
+
+        [scores] = (component_dir / "datastores" / "workspaceblobstore" / "azureml").glob("score_job_*/scores/scores.txt")
+        assert scores.read_text().strip() == "train --max_epocs 20 --learning_rate 0.01"
+        assert pipeline_run(runs).parent.name == "e2e-local-components"
+
+
+def test_a_node_that_cannot_start_fails_alone_and_its_dependants_are_skipped(
+        pipeline_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An input an upstream node did not write is that node's failure: named, dependants skipped, exit 42."""
+    runs = pipeline_dir / "runs"
+
+    code = main(["run", "-c", str(pipeline_dir / "pipeline.yml"), "--runs-dir", str(runs),
+                 "--set", "jobs.split.command=echo nothing written"])
+
+    captured = capsys.readouterr()
+    assert code == 42
+    assert "node count: cannot start:" in captured.err and "error:" not in captured.err
+    assert "node report: skipped: upstream node 'count' did not complete" in captured.out
+    assert "pipeline words: Failed: node count failed: cannot start:" in captured.out
+    row = query(pipeline_run(runs), "SELECT status, summary FROM runs")[0]
+    nodes = {n["node"]: n["status"] for n in json.loads(row["summary"])["nodes"]}
+    assert (row["status"], nodes) == ("Failed", {"split": "Completed", "count": "Failed", "report": "Skipped"})
+
+
+def test_unknown_settings_are_a_notice_as_azure_takes_any(pipeline_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Azure's own 3a_basic_pipeline sample carries settings.default_datestore: it runs, with a did-you-mean notice."""
+    runs = pipeline_dir / "runs"
+
+    code = main(["run", "-c", str(pipeline_dir / "pipeline.yml"), "--runs-dir", str(runs),
+                 "--set", "settings.default_datestore=azureml:workspaceblobstore"])
+
+    assert code == 0
+    assert "'default_datestore' is not a setting pipeobs knows; it is recorded, not used; did you mean " \
+           "default_datastore?" in capsys.readouterr().err

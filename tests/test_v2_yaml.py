@@ -328,3 +328,49 @@ def test_a_string_of_arguments_is_split_as_a_shell_would(tmp_path: Path) -> None
     from pipeobs.cli import build_step, load_yaml
 
     assert build_step(load_yaml(str(flat)), []).script_arguments == ["--m", "a b"]
+
+
+def test_a_standalone_jobs_display_name_is_free_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job without name runs under its display name made a folder name; a bare command job is v2 too."""
+    yml = write(tmp_path / "job.yml", "command: echo hi\ndisplay_name: My hello job!\n")
+    runs = tmp_path / "runs"
+
+    assert main(["run", "-c", str(yml), "--runs-dir", str(runs)]) == 0
+
+    assert only_run(runs).parent.name == "My-hello-job"
+    assert is_v2_document({"command": "echo hi"})
+
+
+def test_invalid_yaml_says_where(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A YAML syntax error names the line and column."""
+    yml = write(tmp_path / "job.yml", "type: command\ncommand: echo\n  bad: [\n")
+
+    assert main(["run", "-c", str(yml)]) == 2
+
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: job YAML ") and "is not valid YAML at line 3, column 6: " in err
+
+
+def test_a_nodes_cloud_input_suggests_the_nodes_set_key(tmp_path: Path) -> None:
+    """The --set key in a message names the node (jobs.NODE.inputs.X.path), not a top-level input."""
+    places = Locations(write(tmp_path / "p.yml", "type: pipeline\n"))
+
+    with pytest.raises(ConfigError, match=r"--set jobs\.score_job\.inputs\.data\.path=PATH"):
+        places.path("https://example.com/x.csv", tmp_path, "my pipeline.yml jobs.score_job inputs.data")
+
+
+def test_a_command_without_code_runs_in_its_run_directory(tmp_path: Path) -> None:
+    """Azure's hello-world-output writes ./outputs/helloworld.txt: a job without code has its own folder
+    where ./outputs exists, and the YAML's folder is left alone."""
+    yml = write(tmp_path / "job.yml", """
+        $schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json
+        command: echo "hello world" > ./outputs/helloworld.txt
+        environment:
+          image: library/python:latest
+    """)
+    runs = tmp_path / "runs"
+
+    assert main(["run", "-c", str(yml), "--runs-dir", str(runs)]) == 0
+
+    assert (only_run(runs) / "outputs" / "helloworld.txt").read_text() == "hello world\n"
+    assert not (tmp_path / "outputs").exists()

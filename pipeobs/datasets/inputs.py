@@ -47,6 +47,7 @@ class Dataset:
         options: dict[str, Any] | None = None,
     ) -> None:
         self.paths = _path_specs(path)
+        self._listing: list[str] | None = None
         self.partition_format = partition_format
         self.options = dict(options or {})
         if partition_format is not None:
@@ -62,7 +63,19 @@ class Dataset:
         return list(_compile_format(self.partition_format)[1])
 
     def files(self) -> list[str]:
-        """Absolute paths of every input file, sorted so mini-batch ids are reproducible."""
+        """Absolute paths of every input file, sorted so mini-batch ids are reproducible.
+
+        Listed (and checked readable) once: a run's fingerprint, its recorded environment and its
+        partitioning see the same files; :meth:`relist` makes the next call look again."""
+        if self._listing is None:
+            self._listing = self._list_files()
+        return list(self._listing)
+
+    def relist(self) -> None:
+        """Forget the listing: the next :meth:`files` looks at the file system again (a new run)."""
+        self._listing = None
+
+    def _list_files(self) -> list[str]:
         found: set[str] = set()
         for spec in self.paths:
             found.update(_expand_spec(spec))
@@ -104,6 +117,7 @@ class Dataset:
         """A copy of this dataset that names only ``files`` (for a mini-batch's context)."""
         clone = copy.copy(self)
         clone.paths = list(files)
+        clone._listing = None
         clone.options = dict(self.options)
         return clone
 
@@ -283,13 +297,20 @@ def _files_at(path: str) -> list[str]:
 def _files_below(top: str) -> list[str]:
     """Regular files below ``top``, skipping hidden names (.git, .ipynb_checkpoints, ._x)
     that tools leave beside data and that would otherwise become failing mini-batches."""
-    files = []
-    for root, dirs, names in os.walk(top):
-        dirs[:] = [name for name in dirs if not name.startswith(".")]
-        for name in names:
-            path = os.path.join(root, name)
-            if not name.startswith(".") and os.path.isfile(path):
-                files.append(os.path.abspath(path))
+    files: list[str] = []
+    folders = [os.path.abspath(top)]
+    while folders:  # scandir: the directory entry's type, not a stat per file (a symlink is followed)
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:
+            continue  # as os.walk: an unreadable folder below the input is skipped
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                folders.append(entry.path)
+            elif entry.is_file():
+                files.append(entry.path)
     return files
 
 

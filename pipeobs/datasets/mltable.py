@@ -149,7 +149,7 @@ class MLTableFileDataset(MLTableDataset, FileDataset):
         super().__init__([next(iter(item.values())) for item in spec["paths"]], formats[-1] if formats else None)
         self._init_mltable(spec)
 
-    def files(self) -> list[str]:
+    def _list_files(self) -> list[str]:
         start, stop = _row_window(self.mltable["transformations"])
         return self._listed()[start:stop]
 
@@ -164,7 +164,7 @@ class MLTableTabularDataset(MLTableDataset, TabularDataset):
         self._init_mltable(spec)
         self.reader = dict(parameters)
 
-    def files(self) -> list[str]:
+    def _list_files(self) -> list[str]:
         return self._listed()
 
     @property
@@ -191,6 +191,9 @@ class MLTableTabularDataset(MLTableDataset, TabularDataset):
                 for path in files:
                     union.update(dict.fromkeys(_csv_header(path, self.reader)))
                 plan["columns"] = list(union)
+            header = plan.get("names") or plan.get("columns")
+            if header:
+                _check_named_columns(self.mltable_file, header, plan)
         return {"table": plan}
 
     def _header_files(self, files: list[str]) -> set[str]:
@@ -199,6 +202,23 @@ class MLTableTabularDataset(MLTableDataset, TabularDataset):
         if self.kind != "csv" or mode == "no_header":
             return set()
         return set(files[:1]) if mode == "from_first_file" else set(files)
+
+
+def _check_named_columns(file: str, header: list[str], plan: dict[str, Any]) -> None:
+    """``keep_columns`` by name names columns the table has: a misspelt one would otherwise become a
+    column of nulls (a ``drop_columns`` name it lacks drops nothing, and is let be)."""
+    columns = list(header) + ([plan["path_column"]] if plan["path_column"] else [])
+    for step, value in plan["steps"]:
+        if step == "extract":
+            columns += [key for key in _compile_format(value)[1] if key not in columns]
+        elif isinstance(value, list) and step == "keep":
+            missing = next((name for name in value if name not in columns), None)
+            if missing is not None:
+                raise ConfigError(f"{file}: keep_columns names column {missing!r}, which the table does not have"
+                                  f"{_did_you_mean(missing, columns)}")
+            columns = list(value)
+        elif isinstance(value, list):
+            columns = [name for name in columns if name not in value]
 
 
 def _row_window(steps: list[dict[str, Any]]) -> tuple[int, int | None]:

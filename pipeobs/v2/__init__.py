@@ -24,6 +24,7 @@ V2_TYPES = ("parallel", "command", "pipeline")
 
 
 def is_v2_document(data: Any) -> bool:
-    """Whether a job YAML is Azure ML v2 (a ``type``, ``$schema``, ``jobs`` or ``task`` key) rather
-    than pipeobs's flat job YAML."""
-    return isinstance(data, dict) and any(key in data for key in ("type", "$schema", "jobs", "task", "component"))
+    """Whether a job YAML is Azure ML v2 (a ``type``, ``$schema``, ``jobs``, ``task``, ``component`` or
+    ``command`` key: Azure's type defaults to command) rather than pipeobs's flat job YAML."""
+    return isinstance(data, dict) and any(key in data for key in ("type", "$schema", "jobs", "task", "component",
+                                                                  "command"))

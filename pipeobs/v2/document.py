@@ -26,7 +26,10 @@ def load_yaml_file(path: str | Path, what: str = "job YAML") -> Any:
     except OSError as exc:
         raise ConfigError(f"cannot read {what} '{path}': {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{what} '{path}' is not valid YAML{where}: {problem}") from None
 
 
 def read_yaml(path: Path, what: str = "job YAML") -> dict[str, Any]:

@@ -126,6 +126,10 @@ def _mapping(value: Any, path: Path, key: str) -> dict[Any, Any]:
 
 
 def _set_key(where: str) -> str:
-    """The ``--set`` key a message suggests: the dotted part of ``where`` (``jobs.score.inputs.data.path``)."""
-    dotted = where.rsplit(" ", 1)[-1]
+    """The ``--set`` key a message suggests: the dotted part of ``where`` with its node
+    (``"pipeline.yml jobs.score inputs.data"`` -> ``jobs.score.inputs.data.path``)."""
+    match = re.search(r"(?:(jobs\.[a-z0-9_]+) )?(\S+)$", where)
+    if match is None:
+        return where
+    dotted = ".".join(part for part in match.groups() if part)
     return dotted + ".path" if ".inputs." in f".{dotted}" or dotted.startswith(("inputs.", "outputs.")) else dotted

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeobs.errors import ConfigError
 from pipeobs.v2.document import read_yaml
-from pipeobs.v2.expressions import whole_binding
+from pipeobs.v2.expressions import bindings, whole_binding
 from pipeobs.v2.locations import Locations
 from pipeobs.v2.schema import Port, check_keys, job_type, literal_text, ports
 
@@ -76,6 +76,9 @@ def load_node(data: dict[str, Any], name: str, base: Path, where: str, locations
     declared_out = ports((component or {}).get("outputs"), f"component of {where}", outputs=True)
     given_in = ports(data.get("inputs"), where)
     given_out = ports(data.get("outputs"), where, outputs=True)
+    if component is not None:
+        _declared(given_in, declared_in, f"{where} inputs")
+        _declared(given_out, declared_out, f"{where} outputs")
     inputs = _merge(declared_in, given_in)
     input_bases = {n: (base if n in given_in and given_in[n].value is not None else code_base) for n in inputs}
     return Node(name, kind, fields, inputs, _merge(declared_out, given_out), base, code_base, where, input_bases)
@@ -100,6 +103,17 @@ def _component(data: dict[str, Any], base: Path, where: str,
     component = read_yaml(path, "component YAML")
     check_keys(component, job_type(component, str(path)), str(path))
     return component, path.resolve().parent
+
+
+def _declared(given: dict[str, Port], declared: dict[str, Port], where: str) -> None:
+    """A node gives only the inputs and outputs its component declares (a misspelt one would be ignored)."""
+    import difflib
+
+    for name in given:
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"it declares: {', '.join(declared) or 'none'}"
+            raise ConfigError(f"{where}.{name}: the component declares no such {where.rsplit(' ', 1)[-1][:-1]}; {hint}")
 
 
 def _merge(declared: dict[str, Port], given: dict[str, Port]) -> dict[str, Port]:
@@ -133,8 +147,26 @@ def resolve_inputs(node: Node, locations: Locations, bind: Bind | None) -> dict[
         elif port.is_data:
             values[name] = Value(port.type, locations.path(port.value, node.input_bases.get(name, node.base), where))
         else:
-            values[name] = Value(port.type, literal_text(port.value))
+            values[name] = Value(port.type, checked_literal(port.type, literal_text(port.value), where))
     return values
+
+
+LITERAL_CHECKS: dict[str, Callable[[str], object]] = {
+    "integer": int, "number": float, "boolean": lambda text: {"true": 1, "false": 0}[text.lower()],
+}
+
+
+def checked_literal(kind: str, text: str, where: str) -> str:
+    """``text`` when it is a value of an input declared ``integer``, ``number`` or ``boolean`` (as Azure
+    checks a literal against its declaration before the job starts)."""
+    check = LITERAL_CHECKS.get(kind)
+    if check is not None:
+        try:
+            check(text)
+        except (ValueError, KeyError):
+            raise ConfigError(f"{where} is declared {kind}, and {text!r} is not one; give a"
+                              f"{'n' if kind == 'integer' else ''} {kind}") from None
+    return text
 
 
 def resolve_outputs(node: Node, locations: Locations, run_dir: Path, names: dict[str, str],
@@ -161,6 +193,8 @@ def _bound(port: Port, bind: Bind | None, where: str) -> Value:
     if bind is None:
         raise ConfigError(f"{where}: ${{{{{binding}}}}} only has a meaning inside a pipeline; give a value")
     bound = bind(str(binding), where)
+    if port.type in LITERAL_CHECKS and not bound.is_data and bound.text is not None:
+        return Value(port.type, checked_literal(port.type, bound.text, where), port.optional)
     kind = bound.type if port.type == "uri_folder" or not bound.is_data else port.type
     return Value(kind, bound.text, port.optional)
 
@@ -180,6 +214,34 @@ def io_lookup(inputs: dict[str, Value], outputs: dict[str, Value], where: str) -
     return lookup
 
 
+OWN_CONTEXT_FIELDS = (("command",), ("input_data",), ("task", "program_arguments"), ("task", "append_row_to"))
+
+
+def check_own_bindings(node: Node) -> None:
+    """Every ``${{inputs.X}}``/``${{outputs.Y}}`` in the node's own fields (``command``, ``input_data``,
+    ``task.program_arguments``, ``task.append_row_to``) names one of its inputs or outputs: checked before
+    anything runs, so a typo in the last node of a pipeline does not wait for the nodes before it."""
+    known = [f"inputs.{name}" for name in node.inputs] + [f"outputs.{name}" for name in node.outputs]
+    for path in OWN_CONTEXT_FIELDS:
+        text: Any = node.fields
+        for key in path:
+            text = text.get(key) if isinstance(text, dict) else None
+        for name in bindings(text) if isinstance(text, str) else []:
+            if name not in known:
+                raise ConfigError(f"{node.where} {'.'.join(path)}: ${{{{{name}}}}} is not an input or output of this "
+                                  f"job{did_you_mean(name, known)}")
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """``"; did you mean X?"``, or the choices when none is close (or ``""`` when there are none)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean ${{{{{close[0]}}}}}?"
+    return f"; known: {', '.join(choices)}" if choices else ""
+
+
 def prepare_outputs(outputs: dict[str, Value]) -> None:
     """Create output folders (a uri_file output: its folder) before the job runs, as Azure mounts them."""
     for value in outputs.values():
@@ -194,5 +256,17 @@ def prepare_outputs(outputs: dict[str, Value]) -> None:
 
 def load_job_file(path: Path, data: dict[str, Any], locations: Locations) -> Node:
     """A standalone parallel or command job file as a node named after its ``name``, or the file."""
-    name = str(data.get("name") or data.get("display_name") or path.stem)
-    return load_node(data, name, path.resolve().parent, path.name, locations)
+    return load_node(data, job_name(data, path), path.resolve().parent, path.name, locations)
+
+
+def job_name(document: dict[str, Any], file: Path) -> str:
+    """A job's or pipeline's run folder name: its ``name``, else its ``display_name`` made a name (a display
+    name is free text: "Score items" is ``Score-items``), else the file's."""
+    import re
+
+    from pipeobs.config import check_v2_job_name
+
+    if document.get("name"):
+        return check_v2_job_name(str(document["name"]))
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(document.get("display_name") or "")).strip("-.")[:255]
+    return slug or file.stem

@@ -26,7 +26,10 @@ from pipeobs.v2.locations import DEFAULT_DATASTORE, Locations
 from pipeobs.v2.nodes import (
     Node,
     Value,
+    check_own_bindings,
+    did_you_mean,
     io_lookup,
+    job_name,
     load_job_file,
     load_node,
     prepare_outputs,
@@ -99,9 +102,13 @@ def _run_command(node: Node, inputs: dict[str, Value], outputs: dict[str, Value]
         raise ConfigError(f"{where}: a command job needs 'command'")
     command = substitute(str(fields["command"]), io_lookup(inputs, outputs, where), f"{where} command", quote=True)
     code = fields.get("code")
-    code_dir = locations.path(code, node.code_base, f"{where} code") if code else str(node.code_base)
     timeout = (fields.get("limits") or {}).get("timeout")
     run_dir = runs_root / node.name / step_id
+    if code:
+        code_dir = locations.path(code, node.code_base, f"{where} code")
+    else:  # as on Azure, a job without code runs in a folder of its own, where ./outputs exists
+        code_dir = str(run_dir.resolve())
+        (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
     variables = {str(k): str(v) for k, v in (fields.get("environment_variables") or {}).items()}
     # `python` in a command is the Python running pipeobs (as the workers'), with its packages
     variables.setdefault("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
@@ -120,13 +127,27 @@ def _run_command(node: Node, inputs: dict[str, Value], outputs: dict[str, Value]
     return result
 
 
+@dataclass
+class NotStarted:
+    """A node that failed before it had a run (an input an upstream node did not write, a missing script):
+    a failed node, so its dependants are skipped and the pipeline goes on as after any failure."""
+
+    reason: str
+    status: str = "Failed"
+    ok: bool = False
+    step_id: str | None = None
+    run_dir: str | None = None
+    duration_seconds: float = 0.0
+    interrupted_by: str | None = None
+
+
 class PipelineRun:
     """One run of a pipeline job: its nodes in order, its run directory, store and span."""
 
     def __init__(self, file: Path, document: dict[str, Any], locations: Locations, options: RunOptions) -> None:
         check_keys(document, "pipeline", file.name)
         self.file, self.document, self.locations, self.options = file, document, locations, options
-        self.name = pipeline_name(document, file)
+        self.name = job_name(document, file)
         self.settings = document.get("settings") or {}
         jobs = document.get("jobs")
         if not isinstance(jobs, dict) or not jobs:
@@ -136,10 +157,37 @@ class PipelineRun:
                                                                    f"{file.name} jobs.{name}", locations)
                       for name, spec in jobs.items()}
         self.order = dependency_order(self.nodes)
+        self.inputs = self._pipeline_inputs(base)
         if options.node is not None and options.node not in self.nodes:
             raise ConfigError(f"--node {options.node}: the pipeline has no such node; nodes: {', '.join(self.nodes)}")
         self.selected = self._nodes_to_run()
-        self.inputs = self._pipeline_inputs(base)
+        self._check_bindings()
+
+    def _check_bindings(self) -> None:
+        """Every ``${{parent...}}`` names a pipeline input or output or another node's, every
+        ``${{inputs.X}}`` a node's own, and the paths of every node that is to run are local (no
+        unmapped asset or cloud URI): checked before the first node runs."""
+        known = [f"parent.inputs.{name}" for name in ports(self.document.get("inputs"), self.file.name)]
+        known += [f"parent.outputs.{name}" for name in ports(self.document.get("outputs"), self.file.name, True)]
+        for name, node in self.nodes.items():
+            known += [f"parent.jobs.{name}.inputs.{port}" for port in node.inputs]
+            known += [f"parent.jobs.{name}.outputs.{port}" for port in node.outputs]
+        for node in self.nodes.values():
+            check_own_bindings(node)
+            if node.name in self.selected:
+                resolve_inputs(node, self.locations, self._static_binder)  # assets, cloud URIs, literals' types
+            for where, value in _parent_bound(node):
+                for binding in bindings(value):
+                    if binding.split(".")[0] in ("parent", "parents") and binding not in known:
+                        raise ConfigError(f"{node.where} {where}: ${{{{{binding}}}}} names nothing in this pipeline"
+                                          + did_you_mean(binding, known))
+
+    def _static_binder(self, binding: str, where: str) -> Value:
+        """What a binding is before any node runs: a pipeline input's value, else not known yet."""
+        parts = binding.split(".")
+        if parts[:2] == ["parent", "inputs"] and len(parts) == 3 and parts[2] in self.inputs:
+            return self.inputs[parts[2]]
+        return Value("uri_folder", None)
 
     def _pipeline_inputs(self, base: Path) -> dict[str, Value]:
         values = {}
@@ -174,15 +222,16 @@ class PipelineRun:
                         print(f"node {name}: skipped: {skipped}", flush=True)
                         continue
                     print(f"node {name} ({self.nodes[name].type}):", flush=True)
-                    result = self.results[name] = self._run_node(name, step_id, record.traceparent)
+                    try:
+                        result = self.results[name] = self._run_node(name, step_id, record.traceparent)
+                    except PipeobsError as exc:  # its inputs are not there, its script is missing...
+                        result = self.results[name] = NotStarted(f"cannot start: {exc}")
+                        print(f"node {name}: {result.reason}", file=sys.stderr, flush=True)
                     if getattr(result, "interrupted_by", None):
                         record.finish("Interrupted", f"node {name} was interrupted", self._node_rows())
                         return _exit_code(result)
             except KeyboardInterrupt:
                 record.finish("Interrupted", "interrupted", self._node_rows())
-                raise
-            except PipeobsError as exc:  # a node that cannot start: the pipeline fails with its reason
-                record.finish("Failed", str(exc), self._node_rows())
                 raise
             failed = [n for n, r in self.results.items() if not isinstance(r, str) and not r.ok]
             if failed:
@@ -348,18 +397,6 @@ class PipelineRecord:
         exports.finish()
 
 
-def pipeline_name(document: dict[str, Any], file: Path) -> str:
-    """The pipeline run's folder name: its ``name``, else its ``display_name`` made a name, else the file's."""
-    import re
-
-    from pipeobs.config import check_v2_job_name
-
-    if document.get("name"):
-        return check_v2_job_name(str(document["name"]))
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(document.get("display_name") or "")).strip("-.")[:255]
-    return slug or file.stem
-
-
 def dependency_order(nodes: dict[str, Node]) -> list[str]:
     """Node names so that each comes after the nodes it binds to; otherwise in the YAML's order."""
     order: list[str] = []
@@ -390,6 +427,25 @@ def upstream_nodes(node: Node) -> set[str]:
     text = json.dumps([{k: p.value for k, p in node.inputs.items()}, node.fields], default=str)
     return {name.split(".")[2] for name in BINDING.findall(text) if name.startswith("parent.jobs.")
             and len(name.split(".")) > 2}
+
+
+def _parent_bound(node: Node) -> list[tuple[str, str]]:
+    """(where, text) of every value bound in the parent's context: the node's inputs and outputs, and its
+    fields other than those read in its own context."""
+    found = [(f"{section}.{name}", port.value) for section, table in (("inputs", node.inputs), ("outputs", node.outputs))
+             for name, port in table.items() if isinstance(port.value, str)]
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, str):
+            found.append((where, value))
+
+    for key, value in node.fields.items():
+        if key not in NODE_FIELDS_OWN_CONTEXT:
+            walk(value, key)
+    return found
 
 
 def _bind_fields(node: Node, bind: Callable[[str, str], Value]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,21 @@ def check_keys(data: dict[str, Any], job_type: str, where: str) -> None:
             continue
         if not isinstance(value, dict):
             raise ConfigError(f"'{block}' in {where} must be a mapping, not {value!r}")
-        _known(value, allowed, f"{where} ({block})")
+        if block == "settings":
+            _noted(value, allowed, f"{where} (settings)")
+        else:
+            _known(value, allowed, f"{where} ({block})")
+
+
+def _noted(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    """Unknown ``settings`` keys: Azure's schema takes any (its own sample ``3a_basic_pipeline`` carries
+    ``default_datestore``), so they are a notice, not an error."""
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            print(f"notice: {where}: '{key}' is not a setting pipeobs knows; it is recorded, not used{hint}",
+                  file=sys.stderr, flush=True)
 
 
 def _known(data: dict[str, Any], allowed: set[str], where: str) -> None:

@@ -376,6 +376,18 @@ class TestErrors:
             f"MLTable transformation '{name}' in {tmp_path / 'MLTable'} is not supported by pipeobs; supported: read_delimited,"
         )
 
+    def test_keep_columns_naming_a_column_the_table_lacks(self, tmp_path):
+        """A misspelt keep_columns name is a one-line error, not a column of nulls; drop of one is let be."""
+        csv_files(tmp_path)
+        mltable(tmp_path, "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited\n  - keep_columns: [id, nmae]\n")
+
+        with pytest.raises(ConfigError, match="keep_columns names column 'nmae', which the table does not have; "
+                                              "did you mean 'name'?"):
+            list(partition([mltable_dataset(tmp_path)], 10, None))
+        mltable(tmp_path, "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited:\n"
+                          "      include_path_column: true\n  - drop_columns: [Path, nope]\n  - keep_columns: [id]\n")
+        assert list(frame(mltable_dataset(tmp_path)).columns) == ["id"]
+
     def test_missing_file(self, tmp_path):
         """A folder without an MLTable file says what to give."""
         with pytest.raises(InputError, match="no MLTable file at"):
