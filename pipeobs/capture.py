@@ -83,13 +83,17 @@ class StreamParser:
 
     def _drain(self, final: bool) -> Iterator[Item]:
         buf = self._buffer
-        if not final and self._mark not in buf:  # plain output, the common case: every complete line at once
-            plain = self._plain_lines(buf)
-            if plain is not None:
-                yield from plain
-                return
         pos = 0
         while pos < len(buf):
+            if not final:  # the complete lines up to the next marker's line, at once (plain output is most)
+                mark = buf.find(self._mark, pos)
+                end = buf.rfind(b"\n", pos, len(buf) if mark < 0 else mark)
+                if end >= pos:
+                    plain = self._plain_lines(bytes(buf[pos:end]))
+                    if plain is not None:
+                        yield from plain
+                        pos = end + 1
+                        continue
             newline = buf.find(b"\n", pos)
             mark = buf.find(self._mark, pos, newline if newline >= 0 else len(buf))
             if mark > pos:  # text before a marker is a line of its own
@@ -115,16 +119,12 @@ class StreamParser:
             yield self._marker(raw) if is_marker else self._line(raw)
         del buf[:pos]
 
-    def _plain_lines(self, buf: bytearray) -> list[Line] | None:
-        """The complete lines of a buffer holding no marker, taken out of it; None if one is longer than
-        :data:`MAX_LINE` (the general loop cuts it)."""
-        end = buf.rfind(b"\n")
-        if end < 0:
+    def _plain_lines(self, block: bytes) -> list[Line] | None:
+        """The lines of a block of complete lines holding no marker (its last newline left out); None if one is
+        longer than :data:`MAX_LINE` (the general loop cuts it)."""
+        raws = block.split(b"\n")
+        if len(block) > MAX_LINE and max(map(len, raws)) > MAX_LINE:
             return None
-        raws = bytes(buf[:end]).split(b"\n")
-        if end > MAX_LINE and max(map(len, raws)) > MAX_LINE:
-            return None
-        del buf[: end + 1]
         stream, inv, now, worker = self.stream, self.invocation, self._now, self.worker
         return [Line(stream, inv, raw.decode("utf-8", "backslashreplace").rstrip("\r"), time=now, worker=worker)
                 for raw in raws]
@@ -187,20 +187,25 @@ class WorkerCapture:
     def begin(self, invocation: Invocation) -> None:
         self._both(b"B" + _format_begin(invocation))
 
-    def end(self) -> None:
-        self._both(b"E")
+    def end(self, span: dict[str, object] | None = None) -> None:
+        """The end marker; with the invocation's finished span, written before it on fd 2 in the same write."""
+        before = b"" if span is None else self._mark + b"S" + _encode_record(span) + b"\n"
+        self._both(b"E", before)
 
-    def _both(self, body: bytes) -> None:
+    def _both(self, body: bytes, before_on_2: bytes = b"") -> None:
         line = self._mark + body + b"\n"
         with self._lock:
             _flush_stdio()
             if self._c_flush is not None:
                 self._c_flush(None)
             os.write(1, line)
-            os.write(2, line)
+            if before_on_2:
+                _write_all(2, before_on_2 + line)
+            else:
+                os.write(2, line)
 
     def write_record(self, record: dict[str, object], kind: bytes) -> None:
-        self.write_marker(kind, json.dumps(record, separators=(",", ":"), default=_jsonable).encode())
+        self.write_marker(kind, _encode_record(record))
 
     def write_marker(self, kind: bytes, body: bytes) -> None:
         data = self._mark + kind + body + b"\n"
@@ -210,6 +215,10 @@ class WorkerCapture:
 
 
 _active: WorkerCapture | None = None
+
+
+def _encode_record(record: dict[str, object]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), default=_jsonable).encode()
 
 
 def _format_begin(inv: Invocation) -> bytes:

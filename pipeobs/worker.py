@@ -21,8 +21,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
 from pipeobs import context, env, mlflow_bridge
-from pipeobs.capture import Invocation, WorkerCapture
+from pipeobs.capture import Invocation, WorkerCapture, emit_span
 from pipeobs.datasets.load import MiniBatchContext
 from pipeobs.debugger import DEBUGPY_MISSING, breakpoint_at_first_line, import_debugpy
 from pipeobs.entry import describe_error, load_entry_script
@@ -43,10 +47,12 @@ from pipeobs.protocol import (
     decode,
     encode,
 )
+from pipeobs.telemetry.recorded import RecordedSpan
 
 EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
 EXIT_ORPHANED = 82  # Azure's "asked to stop"
+_CONSUMER, _INTERNAL = SpanKind.CONSUMER, SpanKind.INTERNAL
 WRONG_TYPE_HINT = (
     "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
     "For append_row output_action, these returned elements are appended into the common output "
@@ -89,7 +95,6 @@ class WorkerLoop:
         self.module: Any = None
         self.run_takes_context = False  # read from run()'s signature once the entry script is loaded
         self.datasets: list[Any] = []
-        self.tracer: Any = None
         self.parent_context: Any = None
         self.skip_exit_hooks = False  # the user's exporters hang: do not wait for them again at exit
         self.debug: Debug | None = None  # the attempt to run under a debugger, when the driver names one
@@ -138,8 +143,6 @@ class WorkerLoop:
             self.datasets = [Dataset.from_dict(d) for d in setup.datasets]
 
     def _setup_tracing(self) -> None:
-        from opentelemetry import trace
-
         from pipeobs.capture import emit_span
         from pipeobs.telemetry import compose
         from pipeobs.telemetry.spans import (
@@ -156,31 +159,28 @@ class WorkerLoop:
         )
         trace.set_tracer_provider(provider)  # the user's spans in run() nest under mini_batch
         compose.install(provider)  # ... and the user's own providers and handlers compose with ours
-        self.tracer = provider.get_tracer("pipeobs")
-        self.parent_context = context_from_traceparent(self.setup.traceparent)
+        self.parent_span = trace.get_current_span(context_from_traceparent(self.setup.traceparent)).get_span_context()
 
-    def _start_span(self, name: str, attributes: dict[str, Any]) -> tuple[Any, Invocation]:
-        from opentelemetry.trace import SpanKind
-
-        from pipeobs.telemetry.spans import ids_of
-
-        kind = SpanKind.CONSUMER if name == "mini_batch" else SpanKind.INTERNAL
-        span = self.tracer.start_span(
-            name, context=self.parent_context, kind=kind, attributes={**self.base_attributes, **attributes}
-        )
+    def _start_span(self, name: str, attributes: dict[str, Any]) -> tuple[RecordedSpan, Invocation]:
+        """pipeobs's own span (init, mini_batch, shutdown), a child of the job span, recorded directly; a
+        mini_batch span's record leaves with its end marker (:meth:`run_task`)."""
+        mini_batch = name == "mini_batch"
+        span = RecordedSpan(name, _CONSUMER if mini_batch else _INTERNAL, self.parent_span,
+                            {**self.base_attributes, **attributes}, None if mini_batch else emit_span)
+        ctx = span.get_span_context()
         phase = "run" if name == "mini_batch" else name
-        return span, Invocation(phase, attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"), *ids_of(span))
+        return span, Invocation(phase, attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"),
+                                f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
 
     def _invoke(self, span: Any, invocation: Invocation, call: Any) -> Any:
-        """Run user code inside its span, its capture markers and its context."""
-        from opentelemetry import trace
-
+        """Run user code inside its span (current for the OpenTelemetry API), its capture markers and its context."""
         self.capture.begin(invocation)
         token = context.current_invocation.set(invocation)
+        otel_token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                return call()
+            return call()
         finally:
+            otel_context.detach(otel_token)
             context.current_invocation.reset(token)
 
     def _load(self) -> bool:
@@ -259,8 +259,11 @@ class WorkerLoop:
             result["process_seconds"] = time.process_time() - cpu
             result["peak_rss"] = peak_rss()
             _close_mini_batch_span(span, result)
+            record = span.wire_record()
             if result.pop("_begun", False):
-                self.capture.end()
+                self.capture.end(record)  # one write: the span, then the end marker
+            else:
+                emit_span(record)
         return result
 
     def _load_and_run(self, mini_batch: Any, invocation: Invocation, span: Any, result: dict[str, Any]) -> None:
@@ -346,8 +349,6 @@ class WorkerLoop:
 
 def _record_error(span: Any, error: dict[str, Any]) -> None:
     """ERROR status and an OpenTelemetry exception event with the user's traceback."""
-    from opentelemetry.trace import Status, StatusCode
-
     span.set_status(Status(StatusCode.ERROR, f"{error['type']}: {error['message']}"))
     span.add_event(
         "exception",
@@ -360,10 +361,10 @@ def _record_error(span: Any, error: dict[str, Any]) -> None:
     )
 
 
-def _close_mini_batch_span(span: Any, result: dict[str, Any]) -> None:
+def _close_mini_batch_span(span: RecordedSpan, result: dict[str, Any]) -> None:
     total = result.get("total", 0)
     succeeded = result.get("succeeded", 0)
-    span.set_attributes(
+    span.attributes.update(  # pipeobs's own values: no validation needed
         {
             "pipeobs.items.total": total,
             "pipeobs.items.succeeded": succeeded,
@@ -374,10 +375,8 @@ def _close_mini_batch_span(span: Any, result: dict[str, Any]) -> None:
     )
     if result.get("error"):
         _record_error(span, result["error"])
-    elif result.get("status") == "RUN_DONE":
-        from opentelemetry.trace import Status, StatusCode
-
-        span.set_status(Status(StatusCode.OK))  # run() returned and its result was accepted
+    elif result.get("status") == "RUN_DONE" and span.status.status_code is StatusCode.UNSET:
+        span.set_status(Status(StatusCode.OK))  # run() returned and its result was accepted (a status the script set stays)
     span.end()
 
 

@@ -108,6 +108,44 @@ class TestSpans:
         assert json.loads(spans["preprocess"]["attributes"])["n"] == 1
 
 
+    def test_the_current_span_in_run_is_the_mini_batch_span_and_records_what_the_script_sets(
+            self, run_job: RunJob) -> None:
+        """trace.get_current_span() in run() is the mini_batch span: attributes, events, a status and an
+        exception the script records on it are stored with it, validated as the SDK validates them."""
+        job = run_job(
+            """
+            from opentelemetry import trace
+            from opentelemetry.trace import Status, StatusCode
+            def run(mini_batch):
+                span = trace.get_current_span()
+                assert span.is_recording()
+                span.set_attribute("rows", 7)
+                span.set_attributes({"tags": ["a", "b"], "bad": {"no": "dicts"}})
+                span.add_event("checkpoint", {"at": 3})
+                span.update_name("scoring")
+                span.record_exception(ValueError("handled"))
+                span.set_status(Status(StatusCode.ERROR, "soft failure"))
+                return mini_batch
+            """,
+            files=1,
+            process_count_per_node=1,
+        )
+
+        [span] = job.query("SELECT * FROM spans WHERE name = 'scoring'")
+        attributes = json.loads(span["attributes"])
+        assert (attributes["rows"], attributes["tags"], "bad" in attributes) == (7, ["a", "b"], False)
+        assert attributes["pipeobs.status"] == "RUN_DONE" and attributes["pipeobs.mini_batch_id"] == 0
+        events = json.loads(span["events"])
+        assert [e["name"] for e in events] == ["checkpoint", "exception"]
+        assert events[0]["attributes"] == {"at": 3}
+        assert events[1]["attributes"]["exception.type"] == "ValueError"
+        assert "ValueError: handled" in events[1]["attributes"]["exception.stacktrace"]
+        assert (span["status"], span["status_message"]) == ("ERROR", "soft failure")
+        assert span["kind"] == "CONSUMER" and span["end_time"] >= span["start_time"]
+        [job_span] = job.query("SELECT * FROM spans WHERE name = 'job'")
+        assert (span["trace_id"], span["parent_span_id"]) == (job_span["trace_id"], job_span["span_id"])
+
+
 class TestCorrelation:
     def test_token_log_metric_and_span_share_ids(self, run_job: RunJob, tmp_path: Path) -> None:
         """Each run()'s print, logging record and run.log share step, mini-batch, attempt, trace and span ids."""

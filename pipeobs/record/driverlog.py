@@ -81,6 +81,7 @@ class DriverLog:
     def __init__(self, handle: IO[str], processors: list[Any] | None = None) -> None:
         self._write_text = handle.write
         self._last: tuple[Invocation | None, str] = (None, invocation_label(None))
+        self._stamp: tuple[float, str] = (-1.0, "")
         if processors is None or processors == PROCESSORS:
             self.write = self._write_direct  # type: ignore[method-assign]
             return
@@ -96,7 +97,10 @@ class DriverLog:
         last = self._last
         if inv is not last[0]:  # the lines of one invocation share its Invocation: one label each
             last = self._last = (inv, invocation_label(inv))
-        self._write_text(f"{utc_stamp(when)} {worker} {last[1]} {level} {text}\n")
+        stamp = self._stamp
+        if when != stamp[0]:  # the lines of one read share its time: one stamp each
+            stamp = self._stamp = (when, utc_stamp(when))
+        self._write_text(f"{stamp[1]} {worker} {last[1]} {level} {text}\n")
 
 
 class DriverLogSink:

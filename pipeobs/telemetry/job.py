@@ -45,32 +45,56 @@ class JobTelemetry:
         self._job = Invocation("job", None, None, self.trace_id, self.span_id)
         self.metrics = metrics
         self._children: dict[tuple[int, str, str | None], Any] = {}
+        # What attempts added since the last publish(): prometheus-client is updated once a second, not per
+        # mini-batch (each update takes a lock and more time than the rest of the bookkeeping).
+        self._increments: dict[Any, float] = {}
+        self._durations: list[float] = []
+        self._peaks: dict[str, int] = {}
+        self._last_progress: float | None = None
 
     def attempt(self, worker: str, mb_id: int, attempt: int, result: dict[str, Any], final: str | None) -> None:
         """One finished attempt; ``final`` is "succeeded"/"failed" when the mini-batch is finished."""
         m = self.metrics
         status = result["status"]
-        self._child(m.attempts, status, worker).inc()
-        now = time.time()
-        m.last_progress.set(now)
+        add = self._add
+        add(self._child(m.attempts, status, worker), 1)
+        now = self._last_progress = time.time()
         if final is not None:
-            self._child(m.mini_batches, final).inc()
+            add(self._child(m.mini_batches, final), 1)
         total, succeeded = result.get("total", 0) or 0, result.get("succeeded", 0) or 0
         if status == "RUN_DONE":
-            self._child(m.items, "succeeded", worker).inc(succeeded)
+            add(self._child(m.items, "succeeded", worker), succeeded)
             if total > succeeded:
-                self._child(m.items, "failed", worker).inc(total - succeeded)
+                add(self._child(m.items, "failed", worker), total - succeeded)
         elif final == "failed":
-            self._child(m.items, "failed", worker).inc(max(total, 1))
+            add(self._child(m.items, "failed", worker), max(total, 1))
         inv = Invocation("run", mb_id, attempt, result.get("trace_id"), result.get("span_id"))
         labels = status_labels(status)
         emit = self._pipeline.metric
         if result.get("elapsed") is not None:
-            m.duration.observe(result["elapsed"])
+            self._durations.append(result["elapsed"])
             emit(Metric(inv, "observation", "pipeobs_mini_batch_duration_seconds", result["elapsed"], "", now, worker, labels))
         if result.get("peak_rss"):
-            m.peak_rss.labels(worker=worker).set(result["peak_rss"])
+            self._peaks[worker] = result["peak_rss"]
             emit(Metric(inv, "observation", "pipeobs_mini_batch_peak_rss_bytes", result["peak_rss"], "", now, worker, labels))
+
+    def _add(self, child: Any, amount: float) -> None:
+        self._increments[child] = self._increments.get(child, 0) + amount
+
+    def _apply(self) -> None:
+        """Hand what attempts added since the last call to prometheus-client."""
+        increments, self._increments = self._increments, {}
+        for child, amount in increments.items():
+            child.inc(amount)
+        durations, self._durations = self._durations, []
+        observe = self.metrics.duration.observe
+        for elapsed in durations:
+            observe(elapsed)
+        for worker, peak in self._peaks.items():
+            self.metrics.peak_rss.labels(worker=worker).set(peak)
+        self._peaks.clear()
+        if self._last_progress is not None:
+            self.metrics.last_progress.set(self._last_progress)
 
     def _child(self, metric: Any, status: str, worker: str | None = None) -> Any:
         """``metric.labels(status=..[, worker=..])``, cached: the lookup costs more than the increment."""
@@ -88,6 +112,7 @@ class JobTelemetry:
 
     def publish(self, queue_depth: int, scheduled: int, finished: int) -> None:
         """The built-in series that changed since the last call, as metric records."""
+        self._apply()
         self.metrics.queue_depth.set(queue_depth)
         self.metrics.scheduled.set(scheduled)
         self.metrics.finished.set(finished)
@@ -120,6 +145,7 @@ class JobTelemetry:
     def end(self, ok: bool, reason: str | None, counts: dict[str, Any]) -> None:
         from opentelemetry.trace import Status, StatusCode
 
+        self._apply()
         self.metrics.job_running.set(0)
         self.span.set_attributes({f"pipeobs.{k}": v for k, v in counts.items() if v is not None})
         self.span.set_status(Status(StatusCode.OK) if ok else Status(StatusCode.ERROR, reason or "failed"))
