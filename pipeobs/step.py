@@ -20,7 +20,7 @@ from pipeobs.config import (
 )
 from pipeobs.entry import check_entry_script
 from pipeobs.environment import record_environment
-from pipeobs.errors import ConfigError, InputError, RunDirError
+from pipeobs.errors import ConfigError, RunDirError
 from pipeobs.jobs import JobPlan, JobResult, ProgressView
 from pipeobs.record.rundir import RunDir, new_step_id
 from pipeobs.record.store import Store, step_ids_of
@@ -314,8 +314,7 @@ def _check_inputs(inputs: Sequence[Any]) -> list[Any]:
     if len({d.kind == "file" for d in inputs}) > 1:
         raise ConfigError("All inputs of step must be same type")
     for dataset in inputs:
-        if not dataset.files():
-            raise InputError(f"input '{dataset.paths}' matched no files")
+        dataset.check_exists()  # listed (and checked readable) when the step runs
     return list(inputs)
 
 

@@ -232,7 +232,7 @@ class TestLoadYaml:
     def test_invalid_yaml_is_one_line(self, tmp_path: Path) -> None:
         """Broken YAML is a one-line ConfigError naming the file."""
         path = write_yaml(tmp_path, "run_max_try: [1, 2\nnice: 3\n")
-        with pytest.raises(ConfigError, match=re.escape(f"job YAML '{path}' is not valid YAML: ")) as info:
+        with pytest.raises(ConfigError, match=re.escape(f"job YAML '{path}' is not valid YAML at line 2, column 5: ")) as info:
             load_yaml(str(path))
         assert "\n" not in str(info.value)
 

@@ -835,7 +835,7 @@ def test_a_run_lists_its_inputs_once_and_the_next_run_anew(tmp_path: Path, monke
     config = ParallelRunConfig(entry_script=str(tmp_path / "score.py"), mini_batch_size="1",
                                process_count_per_node=1)
     step = ParallelRunStep("listed-once", config, [dataset], allow_reuse=False)
-    listings.clear()
+    assert listings == []  # made: its inputs are checked to exist, not listed
     first = step.run(tmp_path / "runs")
     assert (first.mini_batches_total, len(listings)) == (3, 1)
     (tmp_path / "data" / "3.txt").write_text("x\n")

@@ -12,7 +12,7 @@ import copy
 import glob
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pipeobs.datasets.keys import _compile_format
@@ -70,6 +70,16 @@ class Dataset:
         if self._listing is None:
             self._listing = self._list_files()
         return list(self._listing)
+
+    def check_exists(self) -> None:
+        """Each path spec names at least one file (the errors of :meth:`files`), without listing them all:
+        a step checks its inputs when it is made and lists them when it runs."""
+        for spec in self.paths:
+            if os.path.isdir(spec):
+                if next(_iter_files_below(spec), None) is None:
+                    raise InputError(f"input {spec!r} matched no files")
+            elif not os.path.exists(spec):
+                _expand_spec(spec)  # a glob: its matches (or the error saying there are none)
 
     def relist(self) -> None:
         """Forget the listing: the next :meth:`files` looks at the file system again (a new run)."""
@@ -297,7 +307,10 @@ def _files_at(path: str) -> list[str]:
 def _files_below(top: str) -> list[str]:
     """Regular files below ``top``, skipping hidden names (.git, .ipynb_checkpoints, ._x)
     that tools leave beside data and that would otherwise become failing mini-batches."""
-    files: list[str] = []
+    return list(_iter_files_below(top))
+
+
+def _iter_files_below(top: str) -> Iterator[str]:
     folders = [os.path.abspath(top)]
     while folders:  # scandir: the directory entry's type, not a stat per file (a symlink is followed)
         try:
@@ -310,8 +323,7 @@ def _files_below(top: str) -> list[str]:
             if entry.is_dir():
                 folders.append(entry.path)
             elif entry.is_file():
-                files.append(entry.path)
-    return files
+                yield entry.path
 
 
 def _check_readable(path: str) -> None:

@@ -127,6 +127,9 @@ class MLTableDataset(Dataset):
             _check_readable(path)
         return sorted(found)
 
+    def check_exists(self) -> None:
+        self.files()  # the MLTable file itself does not count: its listing says so
+
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "mltable": copy.deepcopy(self.mltable)}
 
