@@ -68,7 +68,11 @@ class StreamParser:
         self._mark = marker_prefix(token)
         self._buffer = bytearray()
         self._now = 0.0
-        self.invocation = IDLE
+        self.invocation: Invocation | None = IDLE  # None: begun, its marker parsed when a line needs it
+        self._begin = b""
+        # Only stderr's markers reach the driver as boundaries (the stream the finished span travels on);
+        # stdout's only attribute its lines.
+        self._boundaries = stream != "stdout"
 
     def feed(self, data: bytes) -> Iterator[Item]:
         """The lines, markers and records completed by ``data``; lines carry the time it was read."""
@@ -116,7 +120,9 @@ class StreamParser:
             is_marker = mark == pos
             raw = bytes(buf[pos:newline])
             pos = newline + 1
-            yield self._marker(raw) if is_marker else self._line(raw)
+            item = self._marker(raw) if is_marker else self._line(raw)
+            if item is not None:
+                yield item
         del buf[:pos]
 
     def _plain_lines(self, block: bytes) -> list[Line] | None:
@@ -125,30 +131,39 @@ class StreamParser:
         raws = block.split(b"\n")
         if len(block) > MAX_LINE and max(map(len, raws)) > MAX_LINE:
             return None
-        stream, inv, now, worker = self.stream, self.invocation, self._now, self.worker
+        stream, inv, now, worker = self.stream, self._current(), self._now, self.worker
         return [Line(stream, inv, raw.decode("utf-8", "backslashreplace").rstrip("\r"), time=now, worker=worker)
                 for raw in raws]
 
+    def _current(self) -> Invocation:
+        """The invocation the stream is in (a begin marker read but not yet needed is parsed now)."""
+        if self.invocation is None:
+            self.invocation = _parse_begin(self._begin)
+        return self.invocation
+
     def _line(self, raw: bytes, continued: bool = False) -> Line:
         text = raw.decode("utf-8", "backslashreplace").rstrip("\r")
-        return Line(self.stream, self.invocation, text, continued=continued, time=self._now, worker=self.worker)
+        return Line(self.stream, self._current(), text, continued=continued, time=self._now, worker=self.worker)
 
-    def _marker(self, raw: bytes) -> Item:
+    def _marker(self, raw: bytes) -> Item | None:
         body = raw[len(self._mark) :]
         kind, payload = body[:1], body[1:]
         if kind == b"B":
+            if not self._boundaries:
+                self.invocation, self._begin = None, payload
+                return None
             self.invocation = _parse_begin(payload)
             return Boundary(self.stream, self.invocation)
         if kind == b"E":
             self.invocation = IDLE
-            return Boundary(self.stream, None)
+            return Boundary(self.stream, None) if self._boundaries else None
         if kind == b"L":
-            line = _decode_log(self.invocation, payload)
+            line = _decode_log(self._current(), payload)
             line.worker = self.worker
             return line
         record = json.loads(payload)
         if kind == b"M":
-            return Metric(self.invocation, record["k"], record["n"], record["v"], record["d"], record["t"], self.worker)
+            return Metric(self._current(), record["k"], record["n"], record["v"], record["d"], record["t"], self.worker)
         return Span(record, self.worker)
 
 

@@ -47,6 +47,17 @@ class TestStreamParser:
             items += parser.close()
             assert [_shape(i) for i in items] == expected
 
+    def test_only_stderr_markers_reach_the_driver_as_boundaries(self) -> None:
+        """stderr carries the finished span, so its begin/end markers are the boundaries the driver keeps;
+        stdout's only attribute its lines (parsed when a line needs them)."""
+        data = begin(3) + b"inside\n" + MARK + b"E\n"
+        out = list(StreamParser("stdout", TOKEN).feed(data))
+        err = list(StreamParser("stderr", TOKEN).feed(data))
+
+        assert [type(i).__name__ for i in out] == ["Line"]
+        assert [type(i).__name__ for i in err] == ["Boundary", "Line", "Boundary"]
+        assert err[0].invocation.mini_batch_id == 3 and err[2].invocation is None
+
     def test_lines_attributed_between_markers(self) -> None:
         """Lines between begin and end markers belong to that mini-batch; others to the worker."""
         parser = StreamParser("stdout", TOKEN)
