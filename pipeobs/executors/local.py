@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import secrets
 import selectors
 import signal
@@ -41,6 +42,7 @@ class LocalProcess:
     parsers: dict[int, StreamParser]  # read end fd -> the parser of that stream
     pidfd: int | None = None
     conn: Connection | None = None
+    inbox: Inbox | None = None  # reads conn's messages (conn itself only sends, after the handshake)
     callbacks: dict[int, Callable[[int], None]] = field(default_factory=dict)
 
     @property
@@ -53,6 +55,44 @@ class LocalProcess:
             os.killpg(self.popen.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class Inbox:
+    """A worker's messages, read from its channel as they come: one read per wake-up takes every message
+    already there (``Connection.recv`` reads each header and payload apart, and a poll per message tells
+    whether another one waits). The framing is ``multiprocessing.connection``'s, which the worker sends:
+    a 4-byte big-endian length, or -1 and an 8-byte length, then the pickled message."""
+
+    READ_SIZE = 1 << 16
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+
+    def read(self) -> tuple[list[Message], bool]:
+        """The messages completed by one read (the channel is readable: it does not block), and whether the
+        channel is still open."""
+        try:
+            data = os.read(self.fd, self.READ_SIZE)
+        except OSError:
+            data = b""
+        self._buffer += data
+        return self._messages(), bool(data)
+
+    def _messages(self) -> list[Message]:
+        buf, pos, messages = self._buffer, 0, []
+        while len(buf) - pos >= 4:
+            size, start = int.from_bytes(buf[pos:pos + 4], "big", signed=True), pos + 4
+            if size == -1:
+                if len(buf) - pos < 12:
+                    break
+                size, start = int.from_bytes(buf[pos + 4:pos + 12], "big"), pos + 12
+            if len(buf) - start < size:
+                break
+            messages.append(decode(pickle.loads(buf[start:start + size])))
+            pos = start + size
+        del buf[:pos]
+        return messages
 
 
 class LocalExecutor(Executor):
@@ -147,23 +187,20 @@ class LocalExecutor(Executor):
         if proc is None or proc.conn is not None or not isinstance(hello, Hello):
             conn.close()
             return
-        proc.conn = conn
+        proc.conn, proc.inbox = conn, Inbox(conn.fileno())
         self._watch(proc, conn.fileno(), lambda _fd: self._on_message(proc))
         self.events.worker_connected(proc.label, hello.pid)
 
     def _on_message(self, proc: LocalProcess) -> None:
-        conn = proc.conn
-        assert conn is not None
+        assert proc.inbox is not None
+        messages, open_ = proc.inbox.read()  # every message already here: one wake-up serves a batch of results
         deliver = self.events.worker_message
-        while True:  # every message already here: one wake-up serves a batch of results
-            try:
-                message = decode(conn.recv())
-            except (EOFError, OSError):
-                self._exited(proc)
-                return
+        for message in messages:
+            if proc.conn is None:
+                return  # a message before this one ended the worker (its exit was reported)
             deliver(proc.label, message)
-            if proc.conn is None or not conn.poll(0):
-                return
+        if not open_:
+            self._exited(proc)
 
     def send(self, worker: str, message: Message) -> bool:
         proc = self.processes.get(worker)
@@ -231,13 +268,18 @@ class LocalExecutor(Executor):
         self.events.worker_exited(proc.label, returncode)
 
     def _drain_channel(self, proc: LocalProcess) -> None:
-        conn = proc.conn
-        if conn is None:
+        """Every message the worker sent before it exited."""
+        conn, inbox = proc.conn, proc.inbox
+        if conn is None or inbox is None:
             return
         try:
-            while conn.poll(0):
-                self.events.worker_message(proc.label, decode(conn.recv()))
-        except (EOFError, OSError):
+            while conn.poll(0):  # readable: data or the end of the channel
+                messages, open_ = inbox.read()
+                for message in messages:
+                    self.events.worker_message(proc.label, message)
+                if not open_:
+                    return
+        except OSError:
             pass
 
     def kill(self, worker: str) -> None:

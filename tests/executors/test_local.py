@@ -92,3 +92,38 @@ class TestLocalExecutor:
 
         assert events.log[-1] == ("exited", "0/process000", -9)
         assert executor.send("0/process000", Stop()) is False
+
+
+
+def test_the_inbox_reads_what_a_connection_sends_in_any_cut() -> None:
+    """Messages sent with multiprocessing's Connection come out of the Inbox whole and in order, however the
+    reads cut them: many in one read, one larger than a read, the 8-byte length form, and the end."""
+    import os
+    import pickle
+    import threading
+    from multiprocessing.connection import Connection
+
+    from pipeobs.executors.local import Inbox
+    from pipeobs.protocol import Result, encode
+
+    sent = [Result(i, 1, {"status": "RUN_DONE", "rows": b"x" * (200_000 if i == 3 else i)}) for i in range(6)]
+    wide = Result(99, 2, {"status": "RUN_DONE"})
+    read_end, write_end = os.pipe()
+
+    def send_all() -> None:
+        writer = Connection(write_end, readable=False)
+        for message in sent:
+            writer.send(encode(message))
+        payload = pickle.dumps(encode(wide))  # the form Connection uses past 2 GiB
+        os.write(write_end, b"\xff\xff\xff\xff" + len(payload).to_bytes(8, "big") + payload)
+        writer.close()
+
+    thread = threading.Thread(target=send_all)
+    thread.start()
+    inbox, received, open_ = Inbox(read_end), [], True
+    while open_:
+        messages, open_ = inbox.read()
+        received += messages
+    thread.join()
+    os.close(read_end)
+    assert received == [*sent, wide]
