@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import sys
 import textwrap
 import time
 import uuid
@@ -21,6 +22,14 @@ from pipeobs.datasets import FileDataset
 from pipeobs.jobs import JobResult
 from pipeobs.step import ParallelRunStep
 from tests.raycluster import ray_cluster  # noqa: F401 (a session fixture: the two-raylet cluster of test_ray.py)
+
+
+def interruptible(module: str, *args: str) -> list[str]:
+    """``python -m module args`` for a test that sends it SIGINT: a shell starts background jobs with SIGINT
+    ignored, which Python (and so the job under test) would otherwise inherit, so Ctrl-C is restored first."""
+    code = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            f"sys.argv = [{module!r}, *sys.argv[1:]]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, *args]
 
 
 @dataclass

@@ -585,6 +585,7 @@ class TestServing:
                 "p = argparse.ArgumentParser(); add_subcommand(p.add_subparsers(dest='command')); "
                 "sys.exit(dispatch(p.parse_args(sys.argv[1:])))")
         run_dir = tmp_path / "cli"
+        code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); " + code  # see interruptible()
         proc = subprocess.Popen([sys.executable, "-c", code, "collect", "--dir", str(run_dir)], cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

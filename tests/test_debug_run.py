@@ -29,7 +29,7 @@ from pipeobs.jobs import DebugTarget, Thresholds
 from pipeobs.protocol import Debug, Debugging, Message, Result, Tasks
 from pipeobs.step import ParallelRunStep, run_plan
 from pipeobs.testing import FakeExecutor
-from tests.conftest import write_files, write_rendezvous, write_script
+from tests.conftest import interruptible, write_files, write_rendezvous, write_script
 from tests.dap import DapClient
 from tests.test_collector import wait_for
 
@@ -241,8 +241,8 @@ class DebugRun:
         self.script = write_script(folder, SCRIPT.format(release=str(self.release)))
         write_files(folder, 6)
         self.driver = subprocess.Popen(
-            [sys.executable, "-m", "pipeobs", "run", "score.py", "--input", "data", "--mini-batch-size", "1",
-             "--output-action", "append_row", "--process-count-per-node", "2", "--name", "debugged", *flags],
+            interruptible("pipeobs", "run", "score.py", "--input", "data", "--mini-batch-size", "1",
+                          "--output-action", "append_row", "--process-count-per-node", "2", "--name", "debugged", *flags),
             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from pipeobs.record import liveness
-from tests.conftest import RunJob, write_files, write_rendezvous, write_script
+from tests.conftest import RunJob, interruptible, write_files, write_rendezvous, write_script
 
 GATED = """
 import os, rendezvous
@@ -61,8 +61,8 @@ class GatedRun:
         write_script(folder, GATED.format(gate=str(self.gate)))
         write_files(folder, 12)
         self.driver = subprocess.Popen(
-            [sys.executable, "-m", "pipeobs", "run", "score.py", "--input", "data", "--mini-batch-size", "1",
-             "--output-action", "append_row", "--process-count-per-node", "2", "--name", "gated"],
+            interruptible("pipeobs", "run", "score.py", "--input", "data", "--mini-batch-size", "1",
+                          "--output-action", "append_row", "--process-count-per-node", "2", "--name", "gated"),
             cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.run_dir = self._wait_for_progress()
