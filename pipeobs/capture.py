@@ -88,8 +88,9 @@ class StreamParser:
     def _drain(self, final: bool) -> Iterator[Item]:
         buf = self._buffer
         pos = 0
+        slow_until = -1  # a block with a line too long for the quick split is taken line by line up to here
         while pos < len(buf):
-            if not final:  # the complete lines up to the next marker's line, at once (plain output is most)
+            if not final and pos > slow_until:  # the complete lines up to the next marker's line, at once
                 mark = buf.find(self._mark, pos)
                 end = buf.rfind(b"\n", pos, len(buf) if mark < 0 else mark)
                 if end >= pos:
@@ -98,11 +99,13 @@ class StreamParser:
                         yield from plain
                         pos = end + 1
                         continue
+                    slow_until = end
             newline = buf.find(b"\n", pos)
             mark = buf.find(self._mark, pos, newline if newline >= 0 else len(buf))
-            if mark > pos:  # text before a marker is a line of its own
-                yield self._line(bytes(buf[pos:mark]))
-                pos = mark
+            if mark > pos:  # text before a marker is a line of its own (cut as any long line)
+                end = min(mark, pos + MAX_LINE)
+                yield self._line(bytes(buf[pos:end]), continued=end < mark)
+                pos = end
                 continue
             if newline < 0:
                 if mark == pos and not final:

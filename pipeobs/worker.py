@@ -19,11 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
-from typing import Any
-
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from typing import TYPE_CHECKING, Any
 
 from pipeobs import context, env, mlflow_bridge
 from pipeobs.capture import Invocation, WorkerCapture, emit_span
@@ -47,12 +43,13 @@ from pipeobs.protocol import (
     decode,
     encode,
 )
-from pipeobs.telemetry.recorded import RecordedSpan
+
+if TYPE_CHECKING:
+    from pipeobs.telemetry.recorded import RecordedSpan
 
 EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
 EXIT_ORPHANED = 82  # Azure's "asked to stop"
-_CONSUMER, _INTERNAL = SpanKind.CONSUMER, SpanKind.INTERNAL
 WRONG_TYPE_HINT = (
     "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
     "For append_row output_action, these returned elements are appended into the common output "
@@ -143,8 +140,14 @@ class WorkerLoop:
             self.datasets = [Dataset.from_dict(d) for d in setup.datasets]
 
     def _setup_tracing(self) -> None:
-        from pipeobs.capture import emit_span
+        """The global tracer provider (the entry script's spans), and what pipeobs's own spans need: the
+        OpenTelemetry SDK is loaded here, not when the worker module is imported."""
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
         from pipeobs.telemetry import compose
+        from pipeobs.telemetry.recorded import ID_GENERATOR, RecordedSpan
         from pipeobs.telemetry.spans import (
             CallbackSpanExporter,
             context_from_traceparent,
@@ -156,17 +159,21 @@ class WorkerLoop:
             self.setup.worker["step_name"],
             self.base_attributes,
             CallbackSpanExporter(emit_span, lambda span: compose.encode_span(span, wire_record)),
+            id_generator=ID_GENERATOR,  # not the global random, which entry scripts seed
         )
         trace.set_tracer_provider(provider)  # the user's spans in run() nest under mini_batch
         compose.install(provider)  # ... and the user's own providers and handlers compose with ours
         self.parent_span = trace.get_current_span(context_from_traceparent(self.setup.traceparent)).get_span_context()
+        self._new_span, self._kinds = RecordedSpan, (SpanKind.CONSUMER, SpanKind.INTERNAL)
+        self._make_current = lambda span: otel_context.attach(trace.set_span_in_context(span))
+        self._restore = otel_context.detach
 
     def _start_span(self, name: str, attributes: dict[str, Any]) -> tuple[RecordedSpan, Invocation]:
         """pipeobs's own span (init, mini_batch, shutdown), a child of the job span, recorded directly; a
         mini_batch span's record leaves with its end marker (:meth:`run_task`)."""
         mini_batch = name == "mini_batch"
-        span = RecordedSpan(name, _CONSUMER if mini_batch else _INTERNAL, self.parent_span,
-                            {**self.base_attributes, **attributes}, None if mini_batch else emit_span)
+        span = self._new_span(name, self._kinds[0] if mini_batch else self._kinds[1], self.parent_span,
+                              {**self.base_attributes, **attributes}, None if mini_batch else emit_span)
         ctx = span.get_span_context()
         phase = "run" if name == "mini_batch" else name
         return span, Invocation(phase, attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"),
@@ -176,11 +183,11 @@ class WorkerLoop:
         """Run user code inside its span (current for the OpenTelemetry API), its capture markers and its context."""
         self.capture.begin(invocation)
         token = context.current_invocation.set(invocation)
-        otel_token = otel_context.attach(trace.set_span_in_context(span))
+        otel_token = self._make_current(span)
         try:
             return call()
         finally:
-            otel_context.detach(otel_token)
+            self._restore(otel_token)
             context.current_invocation.reset(token)
 
     def _load(self) -> bool:
@@ -347,18 +354,14 @@ class WorkerLoop:
         return accepted
 
 
-def _record_error(span: Any, error: dict[str, Any]) -> None:
-    """ERROR status and an OpenTelemetry exception event with the user's traceback."""
-    span.set_status(Status(StatusCode.ERROR, f"{error['type']}: {error['message']}"))
-    span.add_event(
-        "exception",
-        {
-            "exception.type": error["type"],
-            "exception.message": error["message"],
-            "exception.stacktrace": error["traceback"],
-            "code.location": error.get("location") or "",
-        },
-    )
+def _record_error(span: RecordedSpan, error: dict[str, Any]) -> None:
+    """ERROR status (whatever the script set) and an OpenTelemetry exception event with the user's traceback."""
+    span.fail(f"{error['type']}: {error['message']}", {
+        "exception.type": error["type"],
+        "exception.message": error["message"],
+        "exception.stacktrace": error["traceback"],
+        "code.location": error.get("location") or "",
+    })
 
 
 def _close_mini_batch_span(span: RecordedSpan, result: dict[str, Any]) -> None:
@@ -375,8 +378,8 @@ def _close_mini_batch_span(span: RecordedSpan, result: dict[str, Any]) -> None:
     )
     if result.get("error"):
         _record_error(span, result["error"])
-    elif result.get("status") == "RUN_DONE" and span.status.status_code is StatusCode.UNSET:
-        span.set_status(Status(StatusCode.OK))  # run() returned and its result was accepted (a status the script set stays)
+    elif result.get("status") == "RUN_DONE":
+        span.succeed()  # run() returned and its result was accepted (a status the script set stays)
     span.end()
 
 

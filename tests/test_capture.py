@@ -58,6 +58,19 @@ class TestStreamParser:
         assert [type(i).__name__ for i in err] == ["Boundary", "Line", "Boundary"]
         assert err[0].invocation.mini_batch_id == 3 and err[2].invocation is None
 
+    def test_text_before_a_marker_is_cut_as_any_long_line(self) -> None:
+        """A line without a newline that a marker ends is cut at MAX_LINE like any other; short lines before a
+        long one in the same read all come out."""
+        long_text = b"y" * (MAX_LINE * 2 + 5)
+        items = list(StreamParser("stdout", TOKEN).feed(b"a\n" * 1000 + b"z" * (MAX_LINE + 3) + b"\n" +
+                                                       begin(1) + long_text + MARK + b"E\n"))
+        texts = [i.text for i in items if hasattr(i, "text")]
+
+        assert texts[:1000] == ["a"] * 1000
+        assert all(len(t) <= MAX_LINE for t in texts)
+        assert "".join(texts[1000:]) == "z" * (MAX_LINE + 3) + long_text.decode()
+        assert [i.continued for i in items if hasattr(i, "text")][-3:] == [True, True, False]
+
     def test_lines_attributed_between_markers(self) -> None:
         """Lines between begin and end markers belong to that mini-batch; others to the worker."""
         parser = StreamParser("stdout", TOKEN)

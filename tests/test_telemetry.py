@@ -111,39 +111,81 @@ class TestSpans:
     def test_the_current_span_in_run_is_the_mini_batch_span_and_records_what_the_script_sets(
             self, run_job: RunJob) -> None:
         """trace.get_current_span() in run() is the mini_batch span: attributes, events, a status and an
-        exception the script records on it are stored with it, validated as the SDK validates them."""
+        exception the script records on it are stored with it, cleaned as the SDK cleans them (the same calls
+        on an SDK span opened beside it store the same values); calls the SDK ignores are ignored."""
+        job = run_job(
+            """
+            import pathlib, random
+            from opentelemetry import trace
+            from opentelemetry.trace import Status, StatusCode
+            class Odd(Exception):
+                pass
+            VALUES = {"rows": 7, "tags": ["a", "b"], "cfg": {"lr": 0.1}, "path": pathlib.Path("/m"),
+                      "mixed": [True, 1], "none": None}
+            def run(mini_batch):
+                random.seed(42)  # as seed_everything does: span ids must not repeat
+                span = trace.get_current_span()
+                assert span.is_recording()
+                span.set_attributes(VALUES)
+                span.set_attribute("pipeobs.mini_batch_id", 999)  # cannot refile the span
+                with trace.get_tracer("user").start_as_current_span("twin") as twin:
+                    twin.set_attributes(VALUES)
+                span.add_event("checkpoint", {"at": 3})
+                span.update_name("scoring")
+                span.record_exception(Odd("handled"))
+                span.set_status("ERROR")  # not a Status: ignored, as the SDK does
+                span.set_status(Status(StatusCode.ERROR, "soft failure"))
+                span.set_status(StatusCode.UNSET)  # ignored: the error stays
+                return mini_batch
+            """,
+            files=3,
+            mini_batch_size=1,
+            process_count_per_node=1,
+        )
+
+        spans = job.query("SELECT * FROM spans WHERE name = 'scoring' ORDER BY mini_batch_id")
+        assert [s["mini_batch_id"] for s in spans] == [0, 1, 2]
+        assert len({s["span_id"] for s in spans}) == 3
+        span = spans[0]
+        attributes = json.loads(span["attributes"])
+        [twin] = job.query("SELECT attributes FROM spans WHERE name = 'twin' AND mini_batch_id = 0")
+        twin_attributes = json.loads(twin["attributes"])
+        for key in ("rows", "tags", "cfg", "path", "mixed", "none"):
+            assert attributes.get(key, "absent") == twin_attributes.get(key, "absent"), key
+        assert attributes["rows"] == 7 and attributes["tags"] == ["a", "b"]
+        assert attributes["pipeobs.status"] == "RUN_DONE" and attributes["pipeobs.mini_batch_id"] == 0
+        events = json.loads(span["events"])
+        assert [e["name"] for e in events] == ["checkpoint", "exception"]
+        assert events[0]["attributes"] == {"at": 3}
+        assert events[1]["attributes"]["exception.type"].endswith("Odd")
+        assert "Odd: handled" in events[1]["attributes"]["exception.stacktrace"]
+        assert (span["status"], span["status_message"]) == ("ERROR", "soft failure")
+        assert span["kind"] == "CONSUMER" and span["end_time"] >= span["start_time"]
+        [job_span] = job.query("SELECT * FROM spans WHERE name = 'job'")
+        assert (span["trace_id"], span["parent_span_id"]) == (job_span["trace_id"], job_span["span_id"])
+
+    def test_a_failed_run_is_an_error_span_whatever_the_script_set(self, run_job: RunJob) -> None:
+        """pipeobs's verdict wins over an OK the script set before run() raised; events are bounded as the SDK's."""
         job = run_job(
             """
             from opentelemetry import trace
             from opentelemetry.trace import Status, StatusCode
             def run(mini_batch):
                 span = trace.get_current_span()
-                assert span.is_recording()
-                span.set_attribute("rows", 7)
-                span.set_attributes({"tags": ["a", "b"], "bad": {"no": "dicts"}})
-                span.add_event("checkpoint", {"at": 3})
-                span.update_name("scoring")
-                span.record_exception(ValueError("handled"))
-                span.set_status(Status(StatusCode.ERROR, "soft failure"))
-                return mini_batch
+                span.set_status(Status(StatusCode.OK))
+                for i in range(1000):
+                    span.add_event("tick", {"i": i})
+                raise ValueError("late failure")
             """,
             files=1,
             process_count_per_node=1,
+            run_max_try=1,
         )
 
-        [span] = job.query("SELECT * FROM spans WHERE name = 'scoring'")
-        attributes = json.loads(span["attributes"])
-        assert (attributes["rows"], attributes["tags"], "bad" in attributes) == (7, ["a", "b"], False)
-        assert attributes["pipeobs.status"] == "RUN_DONE" and attributes["pipeobs.mini_batch_id"] == 0
+        [span] = job.query("SELECT * FROM spans WHERE name = 'mini_batch'")
+        assert span["status"] == "ERROR" and "late failure" in span["status_message"]
         events = json.loads(span["events"])
-        assert [e["name"] for e in events] == ["checkpoint", "exception"]
-        assert events[0]["attributes"] == {"at": 3}
-        assert events[1]["attributes"]["exception.type"] == "ValueError"
-        assert "ValueError: handled" in events[1]["attributes"]["exception.stacktrace"]
-        assert (span["status"], span["status_message"]) == ("ERROR", "soft failure")
-        assert span["kind"] == "CONSUMER" and span["end_time"] >= span["start_time"]
-        [job_span] = job.query("SELECT * FROM spans WHERE name = 'job'")
-        assert (span["trace_id"], span["parent_span_id"]) == (job_span["trace_id"], job_span["span_id"])
+        assert len(events) == 129 and events[-1]["name"] == "exception"  # 128 ticks (the SDK's limit), the error
 
 
 class TestCorrelation:

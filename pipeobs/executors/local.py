@@ -10,6 +10,7 @@ pipe and every exit (a pidfd), and reports to the driver from :meth:`LocalExecut
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 import pickle
@@ -68,16 +69,18 @@ class Inbox:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._buffer = bytearray()
+        self.pending: collections.deque[Message] = collections.deque()  # read, not yet delivered
 
-    def read(self) -> tuple[list[Message], bool]:
-        """The messages completed by one read (the channel is readable: it does not block), and whether the
-        channel is still open."""
+    def read(self) -> bool:
+        """Read once (the channel is readable: it does not block) and queue the messages completed in
+        :attr:`pending`; whether the channel is still open."""
         try:
             data = os.read(self.fd, self.READ_SIZE)
         except OSError:
             data = b""
         self._buffer += data
-        return self._messages(), bool(data)
+        self.pending.extend(self._messages())
+        return bool(data)
 
     def _messages(self) -> list[Message]:
         buf, pos, messages = self._buffer, 0, []
@@ -192,15 +195,19 @@ class LocalExecutor(Executor):
         self.events.worker_connected(proc.label, hello.pid)
 
     def _on_message(self, proc: LocalProcess) -> None:
-        assert proc.inbox is not None
-        messages, open_ = proc.inbox.read()  # every message already here: one wake-up serves a batch of results
-        deliver = self.events.worker_message
-        for message in messages:
-            if proc.conn is None:
-                return  # a message before this one ended the worker (its exit was reported)
-            deliver(proc.label, message)
-        if not open_:
+        inbox = proc.inbox
+        if proc.conn is None or inbox is None:
+            return  # a stale wake-up: the worker's exit was reported and its channel closed
+        open_ = inbox.read()  # every message already here: one wake-up serves a batch of results
+        self._deliver(proc, inbox)
+        if not open_ and proc.conn is not None:
             self._exited(proc)
+
+    def _deliver(self, proc: LocalProcess, inbox: Inbox) -> None:
+        """The messages read, in order (a handler that ends the worker has its exit deliver the rest first)."""
+        deliver, pending = self.events.worker_message, inbox.pending
+        while pending:
+            deliver(proc.label, pending.popleft())
 
     def send(self, worker: str, message: Message) -> bool:
         proc = self.processes.get(worker)
@@ -268,17 +275,15 @@ class LocalExecutor(Executor):
         self.events.worker_exited(proc.label, returncode)
 
     def _drain_channel(self, proc: LocalProcess) -> None:
-        """Every message the worker sent before it exited."""
+        """Every message the worker sent before it exited: those read and not yet delivered, then the rest."""
         conn, inbox = proc.conn, proc.inbox
         if conn is None or inbox is None:
             return
         try:
-            while conn.poll(0):  # readable: data or the end of the channel
-                messages, open_ = inbox.read()
-                for message in messages:
-                    self.events.worker_message(proc.label, message)
-                if not open_:
-                    return
+            self._deliver(proc, inbox)
+            while conn.poll(0) and inbox.read():  # readable: data, or the end of the channel
+                self._deliver(proc, inbox)
+            self._deliver(proc, inbox)
         except OSError:
             pass
 

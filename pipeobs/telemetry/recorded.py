@@ -3,55 +3,94 @@
 An SDK span per mini-batch was most of a no-op mini-batch's worker CPU (id generation, attribute
 validation and copies, span processors, the ReadableSpan snapshot). pipeobs's own spans go only where
 pipeobs sends them (never to the entry script's providers, see :mod:`pipeobs.telemetry.compose`), so
-the ``mini_batch`` span is recorded directly: :class:`RecordedSpan` implements the API the entry
-script may call on the current span (``set_attribute``, ``add_event``, ``set_status``,
-``record_exception``, ``update_name``...), as the SDK span does, and on ``end()`` hands its wire record
-(:func:`pipeobs.telemetry.spans.wire_record`'s form) to a callback, or leaves it to the owner to send. Made current with
-``trace.use_span``, it is the parent of every span the user's code opens through the global provider.
+they are recorded directly: :class:`RecordedSpan` implements the API the entry script may call on the
+current span (``set_attribute``, ``add_event``, ``set_status``, ``record_exception``, ``update_name``...)
+with the SDK's rules (its attribute cleaning and span limits, its status rules, a lock), and on ``end()``
+hands its wire record (:func:`pipeobs.telemetry.spans.wire_record`'s form) to a callback, or leaves it to
+the owner to send. Made current through the OpenTelemetry context, it is the parent of every span the
+user's code opens through the global provider.
+
+Span ids come from a private generator (:data:`ID_GENERATOR`, also the worker provider's), so an entry
+script that seeds :mod:`random` (``seed_everything``) does not make every worker draw the same ids.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 
-def new_span_id() -> int:
-    """A random non-zero 64-bit span id, as the SDK's ``RandomIdGenerator`` makes them."""
-    span_id = random.getrandbits(64)
-    while not span_id:
-        span_id = random.getrandbits(64)
-    return span_id
+class PrivateIdGenerator(IdGenerator):
+    """The SDK's random ids, from a generator of pipeobs's own (seeded from the OS, again after a fork)."""
+
+    def __init__(self) -> None:
+        self._random = random.Random(os.urandom(32))
+        os.register_at_fork(after_in_child=lambda: self._random.seed(os.urandom(32)))
+
+    def generate_span_id(self) -> int:
+        span_id = self._random.getrandbits(64)
+        while not span_id:
+            span_id = self._random.getrandbits(64)
+        return span_id
+
+    def generate_trace_id(self) -> int:
+        trace_id = self._random.getrandbits(128)
+        while not trace_id:
+            trace_id = self._random.getrandbits(128)
+        return trace_id
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+ID_GENERATOR = PrivateIdGenerator()
+_limits: SpanLimits | None = None
+
+
+def span_limits() -> SpanLimits:
+    """The SDK's span limits (``OTEL_SPAN_*_LIMIT``, ``OTEL_ATTRIBUTE_*``), read once."""
+    global _limits
+    if _limits is None:
+        _limits = SpanLimits()
+    return _limits
 
 
 class RecordedSpan(trace.Span):
-    """A span pipeobs records itself; its attributes are set once, without per-value validation, by
-    pipeobs (``attributes``), and validated as the SDK does when the entry script sets them."""
-
-    __slots__ = ("name", "kind", "_context", "_parent_span_id", "start_time", "end_time", "attributes",
-                 "events", "_status", "_on_end")
+    """A span pipeobs records itself. pipeobs's attributes (``attributes``) are set once and need no
+    validation; what the entry script sets is cleaned and bounded as the SDK does, and cannot change the
+    worker, mini-batch or attempt the span is filed under."""
 
     def __init__(self, name: str, kind: SpanKind, parent: SpanContext, attributes: dict[str, Any],
                  on_end: Callable[[dict[str, Any]], None] | None) -> None:
         self.name = name
         self.kind = kind
-        self._context = SpanContext(parent.trace_id, new_span_id(), is_remote=False, trace_flags=SAMPLED)
+        self._context = SpanContext(parent.trace_id, ID_GENERATOR.generate_span_id(), is_remote=False,
+                                    trace_flags=SAMPLED)
         self._parent_span_id = parent.span_id if parent.is_valid else None
         self.start_time = time.time_ns()
         self.end_time: int | None = None
         self.attributes = attributes
-        self.events: list[dict[str, Any]] = []
+        self._where = (attributes.get("pipeobs.worker"), attributes.get("pipeobs.mini_batch_id"),
+                       attributes.get("pipeobs.attempt"))
+        self._user: BoundedAttributes | None = None  # what the entry script set, made on its first call
+        self._events: list[dict[str, Any]] = []
         self._status = Status(StatusCode.UNSET)
         self._on_end = on_end
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the Span API
     def get_span_context(self) -> SpanContext:
@@ -61,44 +100,71 @@ class RecordedSpan(trace.Span):
         return self.end_time is None
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self.end_time is None:
-            cleaned = _cleaned(key, value)
-            if cleaned is not _INVALID:
-                self.attributes[key] = cleaned
+        self.set_attributes({key: value})
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
+        with self._lock:
+            if self.end_time is not None:
+                return
+            if self._user is None:
+                limits = span_limits()
+                self._user = BoundedAttributes(limits.max_span_attributes, None, immutable=False,
+                                               max_value_len=limits.max_span_attribute_length)
+            for key, value in attributes.items():
+                self._user[key] = value
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
-        if self.end_time is None:
-            values = {k: v for k, v in ((k, _cleaned(k, v)) for k, v in (attributes or {}).items()) if v is not _INVALID}
-            self.events.append({"name": name, "time": (timestamp or time.time_ns()) / 1e9, "attributes": values})
+        limits = span_limits()
+        bounded = BoundedAttributes(limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length)
+        with self._lock:
+            if self.end_time is None and (limits.max_events is None or len(self._events) < limits.max_events):
+                self._events.append({"name": str(name), "time": (timestamp or time.time_ns()) / 1e9,
+                                     "attributes": dict(bounded)})
 
     def update_name(self, name: str) -> None:
-        if self.end_time is None:
-            self.name = name
+        with self._lock:
+            if self.end_time is None:
+                self.name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        """As the SDK: OK is final; a description is kept only for ERROR."""
-        if self.end_time is not None or self._status.status_code is StatusCode.OK:
-            return
-        if isinstance(status, Status):
-            self._status = status
-        else:
-            self._status = Status(status, description if status is StatusCode.ERROR else None)
+        """As the SDK: OK is final, UNSET and anything else than a Status or StatusCode are ignored."""
+        with self._lock:
+            if self.end_time is not None or self._status.status_code is StatusCode.OK:
+                return
+            if isinstance(status, Status) and status.status_code is not StatusCode.UNSET:
+                self._status = status
+            elif isinstance(status, StatusCode) and status is not StatusCode.UNSET:
+                self._status = Status(status, description)
 
     def record_exception(self, exception: BaseException, attributes: Mapping[str, Any] | None = None,
                          timestamp: int | None = None, escaped: bool = False) -> None:
-        stacktrace = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
-        values = {"exception.type": type(exception).__name__, "exception.message": str(exception),
-                  "exception.stacktrace": stacktrace, "exception.escaped": str(escaped), **(attributes or {})}
+        module, qualname = type(exception).__module__, type(exception).__qualname__
+        values = {
+            "exception.type": f"{module}.{qualname}" if module and module != "builtins" else qualname,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+            **(attributes or {}),
+        }
         self.add_event("exception", values, timestamp)
 
+    def succeed(self) -> None:
+        """pipeobs's verdict that the invocation succeeded: OK, unless the script set a status itself."""
+        with self._lock:
+            if self._status.status_code is StatusCode.UNSET:
+                self._status = Status(StatusCode.OK)
+
+    def fail(self, description: str, event: dict[str, Any]) -> None:
+        """pipeobs's verdict that the invocation failed: ERROR whatever the script set, and its exception event."""
+        with self._lock:
+            self._status = Status(StatusCode.ERROR, description)
+            self._events.append({"name": "exception", "time": time.time_ns() / 1e9, "attributes": event})
+
     def end(self, end_time: int | None = None) -> None:
-        if self.end_time is not None:
-            return
-        self.end_time = end_time or time.time_ns()
+        with self._lock:
+            if self.end_time is not None:
+                return
+            self.end_time = end_time or time.time_ns()
         if self._on_end is not None:
             self._on_end(self.wire_record())
 
@@ -109,38 +175,26 @@ class RecordedSpan(trace.Span):
 
     def wire_record(self) -> dict[str, Any]:
         """The record :func:`pipeobs.telemetry.spans.wire_record` makes of an SDK span."""
-        ctx, attributes = self._context, self.attributes
+        with self._lock:
+            attributes = self.attributes if self._user is None else {**self._user, **self.attributes}
+            attributes_json = json.dumps(attributes, default=str)
+            events_json = json.dumps(self._events, default=str) if self._events else "[]"
+            status, name = self._status, self.name
+        ctx = self._context
+        worker, mini_batch_id, attempt = self._where
         return {
-            "name": self.name,
+            "name": name,
             "trace_id": f"{ctx.trace_id:032x}",
             "span_id": f"{ctx.span_id:016x}",
             "parent_span_id": None if self._parent_span_id is None else f"{self._parent_span_id:016x}",
             "kind": self.kind.name,
             "start": self.start_time / 1e9,
             "end": None if self.end_time is None else self.end_time / 1e9,
-            "status": self._status.status_code.name,
-            "status_message": self._status.description,
-            "attributes_json": json.dumps(attributes, default=str),
-            "events_json": json.dumps(self.events, default=str) if self.events else "[]",
-            "worker": attributes.get("pipeobs.worker"),
-            "mini_batch_id": attributes.get("pipeobs.mini_batch_id"),
-            "attempt": attributes.get("pipeobs.attempt"),
+            "status": status.status_code.name,
+            "status_message": status.description,
+            "attributes_json": attributes_json,
+            "events_json": events_json,
+            "worker": worker,
+            "mini_batch_id": mini_batch_id,
+            "attempt": attempt,
         }
-
-
-_INVALID = object()
-_PRIMITIVES = (bool, str, bytes, int, float)
-
-
-def _cleaned(key: str, value: Any) -> Any:
-    """An attribute value as the SDK keeps it (primitives, homogeneous sequences as tuples), or
-    ``_INVALID`` (the SDK drops such a value with a warning)."""
-    if not isinstance(key, str) or not key:
-        return _INVALID
-    if isinstance(value, _PRIMITIVES):
-        return value
-    if isinstance(value, Sequence):
-        kinds = {type(v) for v in value if v is not None}
-        if len(kinds) <= 1 and all(isinstance(v, _PRIMITIVES) or v is None for v in value):
-            return tuple(value)
-    return _INVALID

@@ -135,14 +135,14 @@ def kind_of(name: str) -> str:
     return "CONSUMER" if name == "mini_batch" else "INTERNAL"
 
 
-def make_tracer_provider(service_name: str, attributes: dict[str, Any], exporter: Any) -> Any:
+def make_tracer_provider(service_name: str, attributes: dict[str, Any], exporter: Any, id_generator: Any = None) -> Any:
     """An SDK tracer provider exporting each finished span synchronously to ``exporter``."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     resource = Resource.create({"service.name": service_name, **attributes})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, id_generator=id_generator)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
 

@@ -122,8 +122,53 @@ def test_the_inbox_reads_what_a_connection_sends_in_any_cut() -> None:
     thread.start()
     inbox, received, open_ = Inbox(read_end), [], True
     while open_:
-        messages, open_ = inbox.read()
-        received += messages
+        open_ = inbox.read()
+        received += inbox.pending
+        inbox.pending.clear()
     thread.join()
     os.close(read_end)
     assert received == [*sent, wide]
+
+
+def test_a_handler_that_ends_the_worker_mid_batch_loses_none_of_its_messages() -> None:
+    """Messages read in one wake-up are all delivered, in order, before the exit, even when a handler kills the
+    worker after the first (without a pidfd, the kill reports the exit at once)."""
+    import socket
+    import subprocess
+    from multiprocessing.connection import Connection
+
+    from pipeobs.executors.local import Inbox, LocalProcess
+    from pipeobs.protocol import Result, encode
+
+    executor = LocalExecutor()
+    delivered: list[Any] = []
+
+    class Killing:
+        def worker_message(self, worker: str, message: Any) -> None:
+            delivered.append(message.mini_batch_id)
+            if message.mini_batch_id == 0:
+                executor.kill(worker)
+
+        def worker_exited(self, worker: str, returncode: int) -> None:
+            delivered.append("exited")
+
+        def worker_output(self, worker: str, items: Sequence[Any]) -> None:
+            pass
+
+    executor.open(Killing(), "token")  # type: ignore[arg-type]
+    ours, theirs = socket.socketpair()
+    proc = LocalProcess("0/process000", subprocess.Popen(["sleep", "30"], start_new_session=True), {}, pidfd=None)
+    proc.conn = Connection(ours.detach())
+    proc.inbox = Inbox(proc.conn.fileno())
+    executor.processes[proc.label] = proc
+    sender = Connection(theirs.detach())
+    for index in range(3):
+        sender.send(encode(Result(index, 1, {"status": "RUN_DONE"})))
+
+    try:
+        executor._on_message(proc)
+    finally:
+        sender.close()
+        executor.close()
+
+    assert delivered == [0, 1, 2, "exited"]
