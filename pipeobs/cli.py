@@ -285,7 +285,7 @@ def _is_v2(path: str) -> bool:
 def command_run_v2(args: argparse.Namespace, given: dict[str, Any], script_args: list[str],
                    debug: DebugTarget | None) -> int:
     """``pipeobs run -c job.yml`` for an Azure ML v2 job YAML."""
-    from pipeobs.v2.pipeline import RunOptions, run_v2_file
+    from pipeobs.v2.run import RunOptions, run_v2_file
 
     extra = next((k for k in given if k not in V2_RUN_FLAGS and k != "entry_script"), None)
     if given.get("entry_script") or extra:

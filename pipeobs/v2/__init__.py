@@ -13,6 +13,7 @@ The submodules are the layout:
 * :mod:`~pipeobs.v2.locations`: local paths, ``azureml://datastores/...`` and ``azureml:`` assets.
 * :mod:`~pipeobs.v2.parallel`: a parallel job or node as a :class:`~pipeobs.step.ParallelRunStep`.
 * :mod:`~pipeobs.v2.command`: a command job or node, run and recorded.
+* :mod:`~pipeobs.v2.run`: running a job YAML, and one parallel or command job of it.
 * :mod:`~pipeobs.v2.pipeline`: the pipeline: order, bindings, its run and its span.
 """
 

@@ -1,4 +1,4 @@
-"""Running a v2 job YAML: a parallel or command job, or a pipeline of them.
+"""A v2 pipeline job: its nodes in order, its run directory, store and span.
 
 A pipeline runs its nodes one after another in dependency order (``${{parent.jobs.A.outputs.x}}`` makes
 A run first; otherwise the YAML's order). It has a run directory of its own,
@@ -11,7 +11,6 @@ with ``settings.continue_on_step_failure: false``, every node not yet run); the 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,111 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from pipeobs.errors import ConfigError, PipeobsError
-from pipeobs.v2.document import apply_sets, read_yaml
 from pipeobs.v2.expressions import BINDING, bindings, substitute
-from pipeobs.v2.locations import DEFAULT_DATASTORE, Locations
+from pipeobs.v2.locations import Locations
 from pipeobs.v2.nodes import (
     Node,
     Value,
     check_own_bindings,
     did_you_mean,
-    io_lookup,
     job_name,
-    load_job_file,
     load_node,
-    prepare_outputs,
     resolve_inputs,
     resolve_outputs,
 )
-from pipeobs.v2.schema import check_keys, check_node_name, job_type, ports
+from pipeobs.v2.run import RunOptions, exit_code, new_step_id, output_names, print_outputs, run_node
+from pipeobs.v2.schema import check_keys, check_node_name, ports
 
 NODE_FIELDS_OWN_CONTEXT = ("command", "input_data", "task", "component", "inputs", "outputs", "type")
-
-
-@dataclass
-class RunOptions:
-    """What ``pipeobs run`` says about where and how, beyond the YAML."""
-
-    runs_dir: str = "runs"
-    plan: dict[str, Any] | None = None  # ParallelRunStep.plan keywords (exporters, alerts, backend...)
-    assets: str | None = None
-    node: str | None = None  # --node NAME: run this node of the pipeline alone
-    allow_reuse: bool = True
-
-
-def run_v2_file(path: str, sets: list[str], options: RunOptions) -> int:
-    """Run a v2 job YAML; the exit code of ``pipeobs run`` (0, or 42 when the job or a node failed)."""
-    file = Path(path)
-    document = apply_sets(read_yaml(file), sets)
-    locations = Locations(file, options.assets)
-    kind = document.get("type") or ("pipeline" if "jobs" in document else "parallel" if "task" in document
-                                    else "command")
-    if kind == "pipeline":
-        return PipelineRun(file, document, locations, options).run()
-    if options.node:
-        raise ConfigError("--node names a node of a pipeline; this YAML is a single job")
-    check_keys(document, job_type(document, file.name), file.name)
-    node = load_job_file(file, document, locations)
-    step_id = _new_step_id(node.name)
-    run_dir = Path(options.runs_dir).resolve() / node.name / step_id
-    inputs = resolve_inputs(node, locations, None)
-    outputs = resolve_outputs(node, locations, run_dir, _output_names(step_id, document), None)
-    result = run_node(node, inputs, outputs, locations, options, Path(options.runs_dir), step_id, None)
-    return _exit_code(result)
-
-
-def run_node(node: Node, inputs: dict[str, Value], outputs: dict[str, Value], locations: Locations,
-             options: RunOptions, runs_root: Path, step_id: str, parent: tuple[str, str] | None) -> Any:
-    """Run one parallel or command job; its result (already printed)."""
-    if node.type == "command":
-        return _run_command(node, inputs, outputs, locations, runs_root, step_id, parent)
-    from pipeobs.step import run_plan
-    from pipeobs.summary import Progress, print_result
-    from pipeobs.v2.parallel import build_parallel
-
-    step = build_parallel(node, inputs, outputs, locations, _notice, options.allow_reuse)
-    plan = step.plan(runs_root, step_id=step_id, parent=parent, **(options.plan or {}))
-    prepare_outputs(outputs)
-    _record_job(plan.run_dir.path, node, inputs, outputs)
-    with Progress() as progress:
-        result = run_plan(plan, progress.update)
-    print_result(result)
-    _print_outputs(outputs)
-    return result
-
-
-def _run_command(node: Node, inputs: dict[str, Value], outputs: dict[str, Value], locations: Locations,
-                 runs_root: Path, step_id: str, parent: tuple[str, str] | None) -> Any:
-    from pipeobs.v2.command import CommandRun, print_command_result, run_command
-
-    fields, where = node.fields, node.where
-    if not fields.get("command"):
-        raise ConfigError(f"{where}: a command job needs 'command'")
-    command = substitute(str(fields["command"]), io_lookup(inputs, outputs, where), f"{where} command", quote=True)
-    code = fields.get("code")
-    timeout = (fields.get("limits") or {}).get("timeout")
-    run_dir = runs_root / node.name / step_id
-    if code:
-        code_dir = locations.path(code, node.code_base, f"{where} code")
-    else:  # as on Azure, a job without code runs in a folder of its own, where ./outputs exists
-        code_dir = str(run_dir.resolve())
-        (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
-    variables = {str(k): str(v) for k, v in (fields.get("environment_variables") or {}).items()}
-    # `python` in a command is the Python running pipeobs (as the workers'), with its packages
-    variables.setdefault("PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-    job = CommandRun(
-        name=node.name, step_id=step_id, run_dir=run_dir, command=command, code_dir=code_dir,
-        environment_variables=variables,
-        timeout=float(timeout) if timeout else None,
-        outputs={name: (value.type, value.text) for name, value in outputs.items() if value.text},
-        record=_facts(node, inputs, outputs),
-        parent_traceparent=parent[1] if parent else None, parent_step_id=parent[0] if parent else None,
-        echo=lambda line: print(f"  {line}", flush=True),
-    )
-    result = run_command(job)
-    print_command_result(result)
-    _print_outputs(outputs)
-    return result
 
 
 @dataclass
@@ -204,9 +114,9 @@ class PipelineRun:
     def run(self) -> int:
         from pipeobs.record.rundir import RunDir
 
-        step_id = _new_step_id(self.name)
+        step_id = new_step_id(self.name)
         self.run_dir = RunDir.create(self.options.runs_dir, self.name, step_id).path
-        names = _output_names(step_id, self.document)
+        names = output_names(step_id, self.document)
         self.outputs = self._pipeline_outputs(names)
         self.results: dict[str, Any] = {}
         self.values: dict[str, tuple[dict[str, Value], dict[str, Value]]] = {}
@@ -229,7 +139,7 @@ class PipelineRun:
                         print(f"node {name}: {result.reason}", file=sys.stderr, flush=True)
                     if getattr(result, "interrupted_by", None):
                         record.finish("Interrupted", f"node {name} was interrupted", self._node_rows())
-                        return _exit_code(result)
+                        return exit_code(result)
             except KeyboardInterrupt:
                 record.finish("Interrupted", "interrupted", self._node_rows())
                 raise
@@ -267,12 +177,12 @@ class PipelineRun:
 
     def _run_node(self, name: str, pipeline_id: str, traceparent: str) -> Any:
         node = self.nodes[name]
-        step_id = _new_step_id(name)
+        step_id = new_step_id(name)
         node_dir = self.run_dir / name / step_id
         bind = self._binder(name)
         _bind_fields(node, bind)
         inputs = resolve_inputs(node, self.locations, bind)
-        outputs = resolve_outputs(node, self.locations, node_dir, _output_names(step_id, self.document), bind)
+        outputs = resolve_outputs(node, self.locations, node_dir, output_names(step_id, self.document), bind)
         self.values[name] = (inputs, outputs)
         return run_node(node, inputs, outputs, self.locations, self.options, self.run_dir, step_id,
                         (pipeline_id, traceparent))
@@ -329,7 +239,7 @@ class PipelineRun:
         for row in self._node_rows():
             detail = row.get("run_dir") or row.get("reason") or ""
             print(f"  {row['node']:<24} {row['status']:<11} {detail}")
-        _print_outputs(self.outputs)
+        print_outputs(self.outputs)
         print(f"run directory: {self.run_dir}", flush=True)
 
 
@@ -485,44 +395,3 @@ def _mapping(spec: Any, name: str, file: Path) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ConfigError(f"{file.name} jobs.{name} must be a mapping (a job), not {spec!r}")
     return spec
-
-
-def _output_names(step_id: str, document: dict[str, Any]) -> dict[str, str]:
-    """What ``${{name}}`` and ``${{default_datastore}}`` mean in output paths: the job's step_id, and
-    ``settings.default_datastore`` (without ``azureml:``) or the workspace default."""
-    datastore = str((document.get("settings") or {}).get("default_datastore") or DEFAULT_DATASTORE)
-    return {"name": step_id, "default_datastore": datastore.removeprefix("azureml:")}
-
-
-def _facts(node: Node, inputs: dict[str, Value], outputs: dict[str, Value]) -> dict[str, Any]:
-    return {"yaml": node.where, "display_name": node.display_name, "fields": node.fields,
-            "inputs": {k: v.text for k, v in inputs.items()}, "outputs": {k: v.text for k, v in outputs.items()}}
-
-
-def _record_job(run_dir: Path, node: Node, inputs: dict[str, Value], outputs: dict[str, Value]) -> None:
-    """``azureml_job.json`` in the run directory: the v2 fields pipeobs records but has no use for here
-    (compute, environment, identity, tags...), with the inputs and outputs as resolved."""
-    (run_dir / "azureml_job.json").write_text(json.dumps(_facts(node, inputs, outputs), indent=2, default=str))
-
-
-def _print_outputs(outputs: dict[str, Value]) -> None:
-    for name, value in outputs.items():
-        print(f"output {name}: {value.text}", flush=True)
-
-
-def _new_step_id(name: str) -> str:
-    from pipeobs.record.rundir import new_step_id
-
-    return new_step_id(name)
-
-
-def _exit_code(result: Any) -> int:
-    if getattr(result, "interrupted_by", None):
-        import signal
-
-        return 128 + signal.Signals[result.interrupted_by].value
-    return 0 if result.ok else 42
-
-
-def _notice(text: str) -> None:
-    print(f"notice: {text}", file=sys.stderr, flush=True)
