@@ -393,6 +393,8 @@ def _peer_note(peer_runs: list[dict[str, Any]], index: int) -> str:
 
 
 def _serves(us: float) -> str:
+    if us <= 0:  # a smoke run's CPU can be below the clock's tick
+        return "- (no CPU measured)"
     return f"{1e6 / us:,.0f}/s ({1e6 / us / NODE_RATE:,.1f} nodes)"
 
 
@@ -463,7 +465,7 @@ def _worker_time(run_dir: str, peer_rate: float, workload: Workload) -> list[str
     each = elapsed + gap
     return [f"each worker, per mini-batch (medians): run() {ran * 1e3:.2f} ms, pipeobs around it (span, markers, "
             f"result) {(elapsed - ran) * 1e3:.2f} ms, waiting for its next task {gap * 1e3:.2f} ms = {each * 1e3:.2f} "
-            f"ms, i.e. {2 / each:,.0f}/s for 2 workers",
+            f"ms, i.e. {2 / each if each > 0 else 0:,.0f}/s for 2 workers",
             f"ActorPool: {peer_rate:,.0f}/s = {2 / peer_rate * 1e3:.2f} ms per task and actor, of which the "
             f"task's own work is {workload.sleep_ms:.0f} ms plus a call"]
 
