@@ -134,8 +134,9 @@ class TestSameSemanticsAsLocal:
     def test_each_node_samples_its_workers_resources_for_the_head(self, ray_cluster: RayCluster,
                                                                   tmp_path: Path) -> None:
         """The head cannot see other machines' pids: each supervisor samples its workers, the head records them."""
+        # 16 x 0.3 s on 4 workers: each is alive across a publish of the built-in series (once a second)
         job = run_on_ray(ray_cluster, tmp_path, "import os, time\ndef run(mini_batch):\n    time.sleep(0.3)\n"
-                         "    return [os.path.basename(p) for p in mini_batch]\n", 8,
+                         "    return [os.path.basename(p) for p in mini_batch]\n", 16,
                          "--resource-monitor-interval", "0.1")
 
         assert job.proc.returncode == 0, job.proc.stdout + job.proc.stderr
