@@ -251,14 +251,12 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
     if args.sets or args.node or args.assets:
         flag = "--set" if args.sets else "--node" if args.node else "--assets"
         raise ConfigError(f"{flag} is for Azure ML v2 job YAMLs (pipeobs run -c job.yml); give flags instead")
-    values = merge_values(load_yaml(args.config) if args.config else {}, given)
+    from pipeobs.config import load_job_yaml
+
+    values = merge_values(load_job_yaml(args.config) if args.config else {}, given)
     step = build_step(values, script_args)
     runs_dir = values.get("runs_dir") or "runs"
-    options = {"model_dir": values.get("model_dir"), "exporters": _as_list(values.get("export")),
-               "export_deadline": float(values.get("export_deadline", 10.0)),
-               "metrics_address": metrics_address(values.get("metrics_port")), "pushgateway": values.get("pushgateway"),
-               "alerts": alert_settings(values), "backend": values.get("backend") or "local",
-               "ray_address": values.get("ray_address")}
+    options = plan_options(values)
     with Progress() as progress:
         if debug is None:
             result = step.run(runs_dir, on_progress=progress.update, **options)
@@ -270,9 +268,13 @@ def command_run(args: argparse.Namespace, script_args: list[str]) -> int:
     return exit_code(result)
 
 
-# Flags that say where and how a v2 job runs; the job's own values come from the YAML and --set.
-V2_RUN_FLAGS = ("runs_dir", "model_dir", "export", "export_deadline", "metrics_port", "pushgateway", "alerts",
-                "alert_webhook", "alertmanager", "alert_interval", "backend", "ray_address", "allow_reuse")
+def plan_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of ``ParallelRunStep.plan``/``run`` that flags (or YAML keys) give: where and how it runs."""
+    return {"model_dir": values.get("model_dir"), "exporters": _as_list(values.get("export")),
+            "export_deadline": float(values.get("export_deadline", 10.0)),
+            "metrics_address": metrics_address(values.get("metrics_port")), "pushgateway": values.get("pushgateway"),
+            "alerts": alert_settings(values), "backend": values.get("backend") or "local",
+            "ray_address": values.get("ray_address")}
 
 
 def _is_v2(path: str) -> bool:
@@ -285,24 +287,13 @@ def _is_v2(path: str) -> bool:
 def command_run_v2(args: argparse.Namespace, given: dict[str, Any], script_args: list[str],
                    debug: DebugTarget | None) -> int:
     """``pipeobs run -c job.yml`` for an Azure ML v2 job YAML."""
-    from pipeobs.v2.run import RunOptions, run_v2_file
+    from pipeobs.v2.run import run_from_command_line
 
-    extra = next((k for k in given if k not in V2_RUN_FLAGS and k != "entry_script"), None)
-    if given.get("entry_script") or extra:
-        flag = "an entry script" if given.get("entry_script") else "--" + str(extra).replace("_", "-")
-        raise ConfigError(f"{args.config} is an Azure ML v2 job YAML: {flag} cannot be given beside it; change the "
-                          "YAML's value with --set KEY.PATH=VALUE (e.g. --set mini_batch_size=5)")
     if script_args or debug is not None:
         raise ConfigError(f"{args.config} is an Azure ML v2 job YAML: give script arguments in task.program_arguments "
                           "or command (--set), and debug a mini-batch with pipeobs replay")
-    plan = {"model_dir": given.get("model_dir"), "exporters": _as_list(given.get("export")),
-            "export_deadline": float(given.get("export_deadline", 10.0)),
-            "metrics_address": metrics_address(given.get("metrics_port")), "pushgateway": given.get("pushgateway"),
-            "alerts": alert_settings(given), "backend": given.get("backend") or "local",
-            "ray_address": given.get("ray_address")}
-    options = RunOptions(runs_dir=given.get("runs_dir") or "runs", plan=plan, assets=args.assets, node=args.node,
-                         allow_reuse=given.get("allow_reuse", True))
-    return run_v2_file(args.config, list(args.sets or []), options)
+    return run_from_command_line(args.config, given, plan_options(given), list(args.sets or []), args.node,
+                                 args.assets)
 
 
 def debug_target(args: argparse.Namespace) -> DebugTarget | None:
@@ -465,31 +456,6 @@ def _step_name(entry: str) -> str:
         stem = "step-" + stem
     stem = stem[:32].rstrip("-")
     return stem if len(stem) >= 3 else (stem + "-step")[:32]
-
-
-def load_yaml(path: str) -> dict[str, Any]:
-    """A job YAML's values (see :mod:`pipeobs.config.jobfile`), its relative paths resolved against its folder."""
-    from pipeobs.config import check_job_yaml
-    from pipeobs.v2.document import load_yaml_file
-
-    data = load_yaml_file(path)
-    values = check_job_yaml({} if data is None else data, path)
-    base = Path(path).resolve().parent
-    if "inputs" in values:
-        values["inputs"] = [str(_relative_to(base, p)) for p in values["inputs"]]
-    for key in ("output", "source_directory", "model_dir"):
-        if values.get(key):
-            values[key] = str(_relative_to(base, values[key]))
-    if values.get("alerts", "none") != "none":
-        values["alerts"] = str(_relative_to(base, values["alerts"]))
-    if values.get("entry_script") and not values.get("source_directory"):  # else relative to it
-        values["entry_script"] = str(_relative_to(base, values["entry_script"]))
-    return values
-
-
-def _relative_to(base: Path, path: Any) -> Path:
-    candidate = Path(str(path))
-    return candidate if candidate.is_absolute() else base / candidate
 
 
 def entry_point() -> None:

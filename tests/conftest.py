@@ -24,6 +24,16 @@ from pipeobs.step import ParallelRunStep
 from tests.raycluster import ray_cluster  # noqa: F401 (a session fixture: the two-raylet cluster of test_ray.py)
 
 
+def query_store(run_dir: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    """Rows of a run directory's store."""
+    conn = sqlite3.connect(run_dir / "pipeobs.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
 def interruptible(module: str, *args: str) -> list[str]:
     """``python -m module args`` for a test that sends it SIGINT: a shell starts background jobs with SIGINT
     ignored, which Python (and so the job under test) would otherwise inherit, so Ctrl-C is restored first."""
@@ -42,12 +52,7 @@ class Job:
         return Path(self.result.output_path).read_text().splitlines()
 
     def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        conn = sqlite3.connect(self.run_dir / "pipeobs.db")
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        return query_store(self.run_dir, sql, *args)
 
     def driver_log(self) -> str:
         return (self.run_dir / "azureml-logs" / "70_driver_log.txt").read_text()

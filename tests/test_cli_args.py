@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from pipeobs.cli import CONFIG_FLAGS, SETTING_FLAGS, build_parser, build_step, load_yaml, main, merge_values
+from pipeobs.cli import CONFIG_FLAGS, SETTING_FLAGS, build_parser, build_step, main, merge_values
+from pipeobs.config import load_job_yaml as load_yaml
 from pipeobs.errors import ConfigError
 from tests.conftest import RunJob
 

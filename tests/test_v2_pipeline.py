@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from pipeobs.cli import main
+from tests.conftest import query_store as query
 
 SAMPLES = Path(__file__).parent / "v2_jobs"
 
@@ -21,15 +21,6 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip())
     return path
-
-
-def query(run_dir: Path, sql: str) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(run_dir / "pipeobs.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def pipeline_run(runs: Path) -> Path:

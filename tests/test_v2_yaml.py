@@ -16,6 +16,7 @@ from pipeobs.v2.document import apply_sets, parse_set
 from pipeobs.v2.expressions import split_arguments, substitute
 from pipeobs.v2.locations import Locations
 from pipeobs.v2.parallel import automation_flags
+from tests.conftest import query_store
 
 SCORE = """
 import argparse, os, sys
@@ -105,12 +106,7 @@ task:
 
 
 def run_row(run_dir: Path) -> sqlite3.Row:
-    conn = sqlite3.connect(run_dir / "pipeobs.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM runs").fetchone()
-    finally:
-        conn.close()
+    return query_store(run_dir, "SELECT * FROM runs")[0]
 
 
 def only_run(root: Path) -> Path:
@@ -325,7 +321,8 @@ def test_a_string_of_arguments_is_split_as_a_shell_would(tmp_path: Path) -> None
     assert step.script_arguments == ["--model_dir", "my model"]
     assert step.settings.task_overhead_timeout == 40
     flat = write(tmp_path / "flat.yml", "entry_script: score.py\ninputs: data\narguments: --m 'a b'\n")
-    from pipeobs.cli import build_step, load_yaml
+    from pipeobs.cli import build_step
+    from pipeobs.config import load_job_yaml as load_yaml
 
     assert build_step(load_yaml(str(flat)), []).script_arguments == ["--m", "a b"]
 

@@ -24,7 +24,7 @@ Import from here; the submodules are the layout:
 """
 
 from pipeobs.config.capacity import check_worker_count
-from pipeobs.config.jobfile import check_job_yaml
+from pipeobs.config.jobfile import check_job_yaml, load_job_yaml
 from pipeobs.config.parameters import (
     DEFAULT_FILE_MINI_BATCH_SIZE,
     DEFAULT_TABULAR_MINI_BATCH_SIZE,
@@ -67,6 +67,7 @@ __all__ = [
     "check_step_name",
     "check_v2_job_name",
     "check_worker_count",
+    "load_job_yaml",
     "make_settings",
     "parse_bool",
     "parse_mini_batch_size",

@@ -13,6 +13,7 @@ import difflib
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeobs.errors import ConfigError
@@ -172,3 +173,27 @@ def _checked(name: Any, value: Any, shape: Shape, source: str) -> Any:
     if not shape.fits(value):
         raise ConfigError(f"'{name}' in {source} must be {shape.words}, not {reprlib.repr(value)}")
     return value
+
+
+def load_job_yaml(path: str) -> dict[str, Any]:
+    """A job YAML file's values (:func:`check_job_yaml`), its relative paths resolved against its folder."""
+    from pipeobs.v2.document import load_yaml_file
+
+    data = load_yaml_file(path)
+    values = check_job_yaml({} if data is None else data, path)
+    base = Path(path).resolve().parent
+    if "inputs" in values:
+        values["inputs"] = [str(_relative_to(base, p)) for p in values["inputs"]]
+    for key in ("output", "source_directory", "model_dir"):
+        if values.get(key):
+            values[key] = str(_relative_to(base, values[key]))
+    if values.get("alerts", "none") != "none":
+        values["alerts"] = str(_relative_to(base, values["alerts"]))
+    if values.get("entry_script") and not values.get("source_directory"):  # else relative to it
+        values["entry_script"] = str(_relative_to(base, values["entry_script"]))
+    return values
+
+
+def _relative_to(base: Path, path: Any) -> Path:
+    candidate = Path(str(path))
+    return candidate if candidate.is_absolute() else base / candidate

@@ -40,6 +40,25 @@ class RunOptions:
     allow_reuse: bool = True
 
 
+# `pipeobs run` flags that say where and how a v2 job runs; the job's own values come from the YAML and --set.
+RUN_FLAGS = ("runs_dir", "model_dir", "export", "export_deadline", "metrics_port", "pushgateway", "alerts",
+             "alert_webhook", "alertmanager", "alert_interval", "backend", "ray_address", "allow_reuse")
+
+
+def run_from_command_line(config: str, given: dict[str, Any], plan: dict[str, Any], sets: list[str],
+                          node: str | None, assets: str | None) -> int:
+    """``pipeobs run -c job.yml``: ``given`` are the flags given, ``plan`` the plan keywords made of them; a flag
+    that is a job value (``--mini-batch-size``) is refused, pointing to ``--set``."""
+    extra = next((k for k in given if k not in RUN_FLAGS and k != "entry_script"), None)
+    if given.get("entry_script") or extra:
+        flag = "an entry script" if given.get("entry_script") else "--" + str(extra).replace("_", "-")
+        raise ConfigError(f"{config} is an Azure ML v2 job YAML: {flag} cannot be given beside it; change the "
+                          "YAML's value with --set KEY.PATH=VALUE (e.g. --set mini_batch_size=5)")
+    options = RunOptions(runs_dir=given.get("runs_dir") or "runs", plan=plan, assets=assets, node=node,
+                         allow_reuse=given.get("allow_reuse", True))
+    return run_v2_file(config, sets, options)
+
+
 def run_v2_file(path: str, sets: list[str], options: RunOptions) -> int:
     """Run a v2 job YAML; the exit code of ``pipeobs run`` (0, or 42 when the job or a node failed)."""
     file = Path(path)
