@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeobs.records import IDLE, Invocation, Line, Metric, Span
+from pipeobs.records import IDLE, Invocation, Line, LineBlock, Metric, Span
 
 __all__ = ["IDLE", "Boundary", "Invocation", "Line", "StreamParser", "WorkerCapture", "emit_log_record", "emit_metric", "emit_span"]
 
@@ -56,7 +56,7 @@ class Boundary:
     invocation: Invocation | None
 
 
-Item = Line | Boundary | Metric | Span  # what a parser yields
+Item = Line | LineBlock | Boundary | Metric | Span  # what a parser yields
 
 
 class StreamParser:
@@ -128,15 +128,18 @@ class StreamParser:
                 yield item
         del buf[:pos]
 
-    def _plain_lines(self, block: bytes) -> list[Line] | None:
-        """The lines of a block of complete lines holding no marker (its last newline left out); None if one is
-        longer than :data:`MAX_LINE` (the general loop cuts it)."""
-        raws = block.split(b"\n")
-        if len(block) > MAX_LINE and max(map(len, raws)) > MAX_LINE:
+    def _plain_lines(self, block: bytes) -> list[LineBlock] | None:
+        """The lines of a block of complete lines holding no marker (its last newline left out), as one
+        :class:`LineBlock`; None if one is longer than :data:`MAX_LINE` or holds NUL (the general loop takes them).
+
+        The block is decoded at once: a newline never falls inside a UTF-8 sequence, so the texts are those
+        of decoding each line apart."""
+        if b"\x00" in block or (len(block) > MAX_LINE and max(map(len, block.split(b"\n"))) > MAX_LINE):
             return None
-        stream, inv, now, worker = self.stream, self._current(), self._now, self.worker
-        return [Line(stream, inv, raw.decode("utf-8", "backslashreplace").rstrip("\r"), time=now, worker=worker)
-                for raw in raws]
+        texts = block.decode("utf-8", "backslashreplace").split("\n")
+        if b"\r" in block:
+            texts = [text.rstrip("\r") for text in texts]
+        return [LineBlock(self.stream, self._current(), texts, self._now, self.worker)]
 
     def _current(self) -> Invocation:
         """The invocation the stream is in (a begin marker read but not yet needed is parsed now)."""
@@ -203,24 +206,30 @@ class WorkerCapture:
         logging.getLogger("pipeobs").setLevel(min(self.level, logging.INFO))
 
     def begin(self, invocation: Invocation) -> None:
-        self._both(b"B" + _format_begin(invocation))
+        self._both(self._begin_line(invocation))
 
-    def end(self, span: dict[str, object] | None = None) -> None:
-        """The end marker; with the invocation's finished span, written before it on fd 2 in the same write."""
-        before = b"" if span is None else self._mark + b"S" + _encode_record(span) + b"\n"
-        self._both(b"E", before)
+    def end(self, span: dict[str, object] | None = None, then: Invocation | None = None) -> None:
+        """The end marker; with the invocation's finished span, written before it on fd 2 in the same write.
 
-    def _both(self, body: bytes, before_on_2: bytes = b"") -> None:
-        line = self._mark + body + b"\n"
+        With ``then``, the next invocation's begin marker follows the end marker in those writes: one
+        write per stream at a boundary between two mini-batches instead of two.
+        """
+        lines = self._mark + b"E\n"
+        if then is not None:
+            lines += self._begin_line(then)
+        self._both(lines, b"" if span is None else self._mark + b"S" + _encode_record(span) + b"\n")
+
+    def _begin_line(self, invocation: Invocation) -> bytes:
+        return self._mark + b"B" + _format_begin(invocation) + b"\n"
+
+    def _both(self, lines: bytes, before_on_2: bytes = b"") -> None:
+        """``lines`` on fds 1 and 2 (``before_on_2`` ahead of them on fd 2), after what stdio holds."""
         with self._lock:
             _flush_stdio()
             if self._c_flush is not None:
                 self._c_flush(None)
-            os.write(1, line)
-            if before_on_2:
-                _write_all(2, before_on_2 + line)
-            else:
-                os.write(2, line)
+            _write_all(1, lines)
+            _write_all(2, before_on_2 + lines)
 
     def write_record(self, record: dict[str, object], kind: bytes) -> None:
         self.write_marker(kind, _encode_record(record))
@@ -292,7 +301,10 @@ def _flush_stdio() -> None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):  # a pipe takes a short write whole
+        return
+    view = memoryview(data)[written:]
     while view:
         written = os.write(fd, view)
         view = view[written:]

@@ -35,9 +35,11 @@ def load(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs")
         import pandas as pd
     except ImportError:
         raise ImportError("pipeobs.load needs pandas: pip install 'pipeobs[tabular]'") from None
+    from pipeobs.explorer.queries import metric_rows
     from pipeobs.explorer.runs import open_run, resolve_run
 
     run_dir = resolve_run(str(run), Path(runs_dir))
     with open_run(run_dir) as conn:
-        frames = {name: pd.read_sql_query(f"SELECT * FROM {_SOURCES.get(name, name)}", conn) for name in TABLES}
+        sources = {**_SOURCES, "metrics": metric_rows(conn)}  # with the per-attempt observations the attempts hold
+        frames = {name: pd.read_sql_query(f"SELECT * FROM {sources.get(name, name)}", conn) for name in TABLES}
     return RunData(run_dir=str(run_dir), **frames)

@@ -11,6 +11,7 @@ This module is imported by every worker process: it stays free of heavy imports.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,32 @@ class Line:
     custom_dimensions: dict[str, Any] | None = None  # extra={"custom_dimensions": {...}}
     worker: str = ""  # "node/processNNN"
     sent_to: tuple[str, ...] = ()  # destinations the entry script's own log handlers sent it to
+
+
+@dataclass(slots=True)
+class LineBlock:
+    """Complete plain lines read together from one stream of one invocation (one time, no level, logger
+    or dimensions): sinks that take :meth:`lines` write them together; others get them one by one."""
+
+    stream: str  # "stdout" | "stderr"
+    invocation: Invocation
+    texts: list[str]
+    time: float
+    worker: str = ""
+
+    def lines(self) -> list[Line]:
+        return [Line(self.stream, self.invocation, text, time=self.time, worker=self.worker) for text in self.texts]
+
+
+def expand(items: Iterable[Any]) -> list[Any]:
+    """``items`` with each :class:`LineBlock` replaced by its lines."""
+    out: list[Any] = []
+    for item in items:
+        if type(item) is LineBlock:
+            out.extend(item.lines())
+        else:
+            out.append(item)
+    return out
 
 
 @dataclass(slots=True)

@@ -3,7 +3,8 @@
 Started by an executor as ``python -m pipeobs.worker`` with the hub address and auth key in its
 environment. It connects to the driver's hub, receives its setup, and then serves tasks one at a
 time. Results are sent only after the invocation's end markers are written to fds 1 and 2, so
-the driver always holds a mini-batch's output before its result.
+the driver always holds a mini-batch's output before its result. Between two mini-batches of one
+batch of tasks, the end of the first and the begin of the next share one write per stream.
 
 Exit codes follow Azure's worker codes (section 2.7): 0 done, 72 ``init()`` failed, 3 the entry
 script could not be loaded.
@@ -16,7 +17,7 @@ import inspect
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,22 @@ WRONG_TYPE_HINT = (
     "each returned output element indicates one successful inference of input element in the "
     "input mini-batch."
 )
+
+
+@dataclass(slots=True)
+class Attempt:
+    """A mini-batch attempt as a worker runs it: its span and invocation, the result it builds, its data."""
+
+    mini_batch: Any
+    attempt: int
+    span: RecordedSpan
+    invocation: Invocation
+    result: dict[str, Any]
+    started: float  # perf_counter() when its span started
+    cpu: float  # process_time() then
+    data: Any = None
+    loaded: bool = False  # load_mini_batch() returned (else its result is a LOAD_ERROR)
+    begun: bool = False  # its begin marker is written
 
 
 class WrongReturnType(TypeError):
@@ -114,8 +131,7 @@ class WorkerLoop:
         while True:
             message = decode(self.conn.recv())
             if type(message) is Tasks:
-                for mini_batch, attempt in message.items:
-                    self.send(Result(mini_batch.id, attempt, self.run_task(mini_batch, attempt)))
+                self.run_tasks(message.items)
             elif type(message) is Debug:
                 self.debug = message
             elif type(message) is Stop:
@@ -179,9 +195,11 @@ class WorkerLoop:
         return span, Invocation(phase, attributes.get("pipeobs.mini_batch_id"), attributes.get("pipeobs.attempt"),
                                 f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
 
-    def _invoke(self, span: Any, invocation: Invocation, call: Any) -> Any:
-        """Run user code inside its span (current for the OpenTelemetry API), its capture markers and its context."""
-        self.capture.begin(invocation)
+    def _invoke(self, span: Any, invocation: Invocation, call: Any, begin: bool = True) -> Any:
+        """Run user code inside its span (current for the OpenTelemetry API), its capture markers and its context;
+        ``begin=False``: its begin marker is already written."""
+        if begin:
+            self.capture.begin(invocation)
         token = context.current_invocation.set(invocation)
         otel_token = self._make_current(span)
         try:
@@ -244,10 +262,37 @@ class WorkerLoop:
             self.capture.end()
         return error
 
-    def run_task(self, mini_batch: Any, attempt: int) -> dict[str, Any]:
-        """Load, call run(), count and format the result, all in the mini_batch span."""
-        started = time.perf_counter()
-        cpu = time.process_time()
+    def run_tasks(self, items: Sequence[tuple[Any, int]]) -> None:
+        """Run a batch of tasks in order, each Result sent once the attempt's end marker is written.
+
+        When the next task is in hand and loading it is instantaneous (a file mini-batch's data is its list of
+        paths), its span starts and it is loaded as this attempt ends, and the end and begin markers go out in
+        one write per stream: the driver's run() clock, started by the begin marker, still starts after loading.
+        """
+        upcoming: Attempt | None = None
+        for index, (mini_batch, attempt) in enumerate(items):
+            current = upcoming or self._start_attempt(mini_batch, attempt)
+            try:
+                self._run_attempt(current)
+            except BaseException:
+                self._end_attempt(current, None)
+                raise
+            following = items[index + 1] if index + 1 < len(items) else None
+            upcoming = self._end_attempt(current, following if following and self._begins_at_once(*following) else None)
+            self.send(Result(mini_batch.id, attempt, current.result))
+
+    def _begins_at_once(self, mini_batch: Any, attempt: int) -> bool:
+        """Whether this task may begin as the previous attempt ends: loading it is instantaneous and no
+        debugger waits for it."""
+        return mini_batch.kind == "file" and self._debugger_for(mini_batch.id, attempt) is None
+
+    def _debugger_for(self, mini_batch_id: int, attempt: int) -> Debug | None:
+        """The debugger the driver named for this attempt, if any."""
+        return self.debug if self.debug and self.debug[:2] == (mini_batch_id, attempt) else None
+
+    def _start_attempt(self, mini_batch: Any, attempt: int) -> Attempt:
+        """The attempt's mini_batch span started and its data loaded (a failed load is its LOAD_ERROR result)."""
+        started, cpu = time.perf_counter(), time.process_time()
         span, invocation = self._start_span(
             "mini_batch",
             {"pipeobs.mini_batch_id": mini_batch.id, "pipeobs.attempt": attempt, "pipeobs.inputs": mini_batch.summary()},
@@ -259,36 +304,50 @@ class WorkerLoop:
             "span_id": invocation.span_id,
         }
         reset_peak_rss()
-        try:
-            self._load_and_run(mini_batch, invocation, span, result)
-        finally:
-            result["elapsed"] = time.perf_counter() - started
-            result["process_seconds"] = time.process_time() - cpu
-            result["peak_rss"] = peak_rss()
-            _close_mini_batch_span(span, result)
-            record = span.wire_record()
-            if result.pop("_begun", False):
-                self.capture.end(record)  # one write: the span, then the end marker
-            else:
-                emit_span(record)
-        return result
-
-    def _load_and_run(self, mini_batch: Any, invocation: Invocation, span: Any, result: dict[str, Any]) -> None:
+        current = Attempt(mini_batch, attempt, span, invocation, result, started, cpu)
         try:
             from pipeobs.datasets import load_mini_batch
 
-            data = load_mini_batch(mini_batch)
+            current.data = load_mini_batch(mini_batch)
         except Exception as exc:  # noqa: BLE001 - bad input data is the user's error
             result.update(status="LOAD_ERROR", error=describe_error(exc, self.setup.source_dir), run_seconds=0.0)
+            return current
+        current.loaded = True
+        result["total"] = len(current.data)
+        return current
+
+    def _end_attempt(self, current: Attempt, following: tuple[Any, int] | None) -> Attempt | None:
+        """Close the attempt's span and send its record, with its end marker if it began; then the ``following``
+        task, started and loaded, begins in the same writes (and is returned) unless its load failed."""
+        result = current.result
+        result["elapsed"] = time.perf_counter() - current.started
+        result["process_seconds"] = time.process_time() - current.cpu
+        result["peak_rss"] = peak_rss()
+        _close_mini_batch_span(current.span, result)
+        record = current.span.wire_record()
+        if not current.begun:
+            emit_span(record)
+            return None
+        upcoming = None if following is None else self._start_attempt(*following)
+        then = upcoming.invocation if upcoming is not None and upcoming.loaded else None
+        self.capture.end(record, then)  # one write per stream: the span (on fd 2), the end, the next begin
+        if upcoming is not None:
+            upcoming.begun = then is not None
+        return upcoming
+
+    def _run_attempt(self, current: Attempt) -> None:
+        """Call run() on the loaded data (under a debugger when the driver asked for one), and accept its result."""
+        if not current.loaded:
             return
-        result["total"] = len(data)
-        debug = self.debug if self.debug and self.debug[:2] == (mini_batch.id, invocation.attempt) else None
+        mini_batch, result, data = current.mini_batch, current.result, current.data
+        debug = self._debugger_for(mini_batch.id, current.attempt)
         if debug is not None and not self._wait_for_debugger(debug, result):
             return
         run_started = time.perf_counter()
-        result["_begun"] = True
+        begin, current.begun = not current.begun, True
         try:
-            returned = self._invoke(span, invocation, lambda: self._call_run(mini_batch, data, debug is not None))
+            returned = self._invoke(current.span, current.invocation,
+                                    lambda: self._call_run(mini_batch, data, debug is not None), begin)
             result.update(self._accept(returned, len(data)))
             result["status"] = "RUN_DONE"
         except BaseException as exc:  # noqa: BLE001 - user code

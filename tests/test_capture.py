@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 
-from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, StreamParser, _encode_log, marker_prefix
+from pipeobs import capture
+from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, _encode_log, marker_prefix
+from pipeobs.records import LineBlock, expand
 
 TOKEN = "0123456789abcdef"
 MARK = marker_prefix(TOKEN)
+
+
+class StreamParser(capture.StreamParser):
+    """The parser with its blocks of plain lines expanded: most tests here check line by line."""
+
+    def feed(self, data: bytes) -> Iterator[capture.Item]:
+        return iter(expand(super().feed(data)))
+
+    def close(self) -> Iterator[capture.Item]:
+        return iter(expand(super().close()))
 
 
 def begin(mb: int, attempt: int = 1) -> bytes:
@@ -27,6 +40,16 @@ def lines(items: list[Line | Boundary]) -> list[tuple[str, int | None]]:
 
 
 class TestStreamParser:
+    def test_plain_lines_between_markers_come_as_one_block(self) -> None:
+        """Complete lines with no marker among them are one LineBlock (the sinks write them together),
+        attributed to the invocation; lines of a read holding a NUL are single lines (SQLite's JSON would cut
+        them at the NUL), and a partial line waits."""
+        items = list(capture.StreamParser("stdout", TOKEN).feed(
+            begin(4) + b"a\nb\r\nc\n" + MARK + b"E\n" + b"nul\x00x\ny\nz\npartial"))
+        blocks = [i for i in items if isinstance(i, LineBlock)]
+        assert [(b.texts, b.invocation.mini_batch_id) for b in blocks] == [(["a", "b", "c"], 4)]
+        assert [i.text for i in items if isinstance(i, Line)] == ["nul\x00x", "y", "z"]
+
     def test_any_split_of_a_stream_parses_the_same(self) -> None:
         """Plain output is taken a whole read at a time; markers, partial and long lines the slow way:
         however the stream is cut into reads, the items are the same."""

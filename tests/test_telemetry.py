@@ -223,7 +223,8 @@ class TestCorrelation:
 
 class TestMetrics:
     def test_builtin_series_are_stored(self, run_job: RunJob) -> None:
-        """Mini-batches and items by status, the duration histogram and retries land in the store."""
+        """Mini-batches and items by status, the duration histogram and retries land in the store; each
+        attempt's peak RSS and span in its row."""
         job = run_job(
             "def run(mb):\n    if mb[0].endswith('f002.txt'):\n        raise ValueError('x')\n    return mb\n",
             files=4,
@@ -243,8 +244,8 @@ class TestMetrics:
         assert last("pipeobs_retries_total") == 1
         assert last("pipeobs_mini_batch_duration_seconds_count") == 5
         assert last("pipeobs_job_running") == 0
-        observations = job.query("SELECT * FROM metrics WHERE name='pipeobs_mini_batch_peak_rss_bytes' AND kind='observation'")
-        assert len(observations) == 5 and all(o["span_id"] for o in observations)
+        attempts = job.query("SELECT peak_rss, span_id, recorded_at FROM attempts")
+        assert len(attempts) == 5 and all(a["peak_rss"] and a["span_id"] and a["recorded_at"] for a in attempts)
 
     def test_worker_restarts_and_timeouts_counted(self, run_job: RunJob) -> None:
         """A timeout counts as a timeout and a worker restart."""
@@ -295,6 +296,11 @@ class TestLoad:
         assert (data.logs["text"] == "hi").sum() == 2
         assert len(data.mini_batches) == 2
         assert "pipeobs_mini_batches_total" in set(data.metrics["name"])
+        # the per-attempt observations the attempt rows hold are metric rows here, as they were when stored twice
+        durations = data.metrics[data.metrics["name"] == "pipeobs_mini_batch_duration_seconds"]
+        assert len(durations) == 2 and set(durations["kind"]) == {"observation"}
+        assert set(durations["step_id"]) == {job.result.step_id} and durations["span_id"].notna().all()
+        assert list(data.metrics.columns) == list(data.metrics.columns.unique())
 
     def test_load_by_step_id(self, run_job: RunJob, tmp_path: Path) -> None:
         """A step_id is found under the runs folder."""

@@ -13,6 +13,7 @@ import pytest
 import pipeobs
 from pipeobs import capture, context, worker_api
 from pipeobs.capture import Invocation, Line, StreamParser, WorkerCapture
+from pipeobs.records import expand
 
 TOKEN = "0123456789abcdef"
 INFO = context.WorkerInfo("step-1", "score-step", 2, "process003", "/r", "/o", "/w", "INFO")
@@ -50,7 +51,7 @@ def sent(capfd: pytest.CaptureFixture[str]) -> Sent:
     def read() -> list[Line]:
         parser = StreamParser("stderr", TOKEN)
         data = capfd.readouterr().err.encode()
-        items = [*parser.feed(data), *parser.close()]
+        items = expand([*parser.feed(data), *parser.close()])
         return [item for item in items if isinstance(item, Line) and item.stream == "log"]
 
     return read

@@ -97,6 +97,7 @@ class RunJournal:
                                       self.plan.export_deadline, self.say,
                                       job=(self.telemetry.trace_id, self.telemetry.span_id))
             self.pipeline.add(self.exports)
+            self.telemetry.observations = self.exports.add_metric  # the one sink that takes them as records
             self.exports.carry_over()
         self.alerts = self._alert_evaluator()
         if self.alerts is not None:
@@ -340,6 +341,7 @@ class RunJournal:
             self._push(self.endpoint, self.plan.pushgateway)
         if self.exports is not None:
             self.pipeline.remove(self.exports)
+            self.telemetry.observations = None
             result.exports = self.exports.finish()
         if all_processed:
             self.files.progress(f"All {total} mini batches have been processed.")

@@ -19,7 +19,7 @@ from pipeobs.capture import Boundary
 from pipeobs.driver.slots import Names, Task, WorkerSlot, WorkerState
 from pipeobs.executors.base import Executor, WorkerSpec
 from pipeobs.protocol import Debug, Debugging, Stop, Tasks
-from pipeobs.records import Line, Span
+from pipeobs.records import Line, LineBlock, Span
 
 if TYPE_CHECKING:
     from pipeobs.driver.journal import RunJournal
@@ -67,18 +67,24 @@ class WorkerPool:
     def output(self, worker: WorkerSlot, items: Sequence[Any]) -> None:
         """A worker's parsed output: records into the pipeline, boundaries into the worker's slot."""
         pipeline = self.journal.pipeline
-        line, metric, span = pipeline.line, pipeline.metric, pipeline.span
-        for item in items:
+        lines, metric, span = pipeline.lines, pipeline.metric, pipeline.span
+        start = 0  # the lines since the last other item go to the sinks together
+        for index, item in enumerate(items):
             kind = type(item)
-            if kind is Line:
-                line(item)
-            elif kind is Boundary:
+            if kind is Line or kind is LineBlock:
+                continue
+            if start < index:
+                lines(items[start:index])
+            start = index + 1
+            if kind is Boundary:
                 self._boundary(worker, item)
             elif kind is Span:
                 worker.open_spans.pop(item.record["span_id"], None)
                 span(item)
             else:
                 metric(item)
+        if start < len(items):
+            lines(items[start:] if start else items)
 
     def _boundary(self, worker: WorkerSlot, item: Boundary) -> None:
         """A begin marker opens the invocation's span (closed by the driver if the worker dies) and, for

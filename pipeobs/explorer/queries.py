@@ -175,22 +175,70 @@ def worker_stats(conn: sqlite3.Connection) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------- metrics
+# The built-in per-attempt observations (kind ``observation``, one point per attempt) and the attempts column
+# holding each: a store keeps them in its attempt rows (with ``recorded_at``, the driver's time of the attempt's
+# end, as their time); an older store keeps them as metric rows, and a resumed one may hold both, for different
+# attempts: readers take the metric rows and the attempt rows that have ``recorded_at``.
+ATTEMPT_OBSERVATIONS = {"pipeobs_mini_batch_duration_seconds": "elapsed", "pipeobs_mini_batch_peak_rss_bytes": "peak_rss"}
+_STATUS_LABELS = """'{"status": ' || json_quote(status) || '}'"""  # as the driver's labels JSON for a status
+
+
+def attempt_observations(conn: sqlite3.Connection) -> dict[str, str]:
+    """The observation series this store holds in ``attempts`` with at least one point (name -> column)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}
+    if "recorded_at" not in columns:
+        return {}
+    return {name: column for name, column in ATTEMPT_OBSERVATIONS.items() if conn.execute(
+        f"SELECT 1 FROM attempts WHERE recorded_at IS NOT NULL AND {column} IS NOT NULL LIMIT 1").fetchone()}
+
+
+def metric_rows(conn: sqlite3.Connection, name: str | None = None) -> str:
+    """What to select metric points ``FROM``: ``metrics``, with the observation series held in ``attempts``
+    (:data:`ATTEMPT_OBSERVATIONS`) as metric rows (``id`` NULL); given a ``name``, only its series."""
+    held = attempt_observations(conn)
+    return _with_attempt_rows({series: column for series, column in held.items() if name in (None, series)})
+
+
+def _with_attempt_rows(held: dict[str, str]) -> str:
+    """``metrics``, with the attempt rows of the series ``held`` (name -> column) as metric rows (every column of
+    ``metrics``, in its order: ``pipeobs.load`` reads it whole)."""
+    parts = [
+        f"SELECT NULL, recorded_at, (SELECT step_id FROM runs LIMIT 1), worker, 'run', mini_batch_id, attempt, "
+        f"'{series}', 'observation', "
+        f"CAST({column} AS REAL), NULL, '', {_STATUS_LABELS}, trace_id, span_id "
+        f"FROM attempts WHERE recorded_at IS NOT NULL AND {column} IS NOT NULL"
+        for series, column in held.items()
+    ]
+    if not parts:
+        return "metrics"
+    return " UNION ALL ".join(
+        ["(SELECT * FROM metrics", *parts]) + ")"
+
+
 def metric_summaries(conn: sqlite3.Connection, kinds: tuple[str, ...] | None = None) -> list[Row]:
     """Per metric name: kind, count, last value, and min / max / mean of its numbers (list elements too).
 
     Non-finite values count: min and max may be ``±inf`` (NaN is skipped by both), and the mean of
-    numbers holding a NaN, or both infinities, is NaN.
+    numbers holding a NaN, or both infinities, is NaN. The last value is the last stored; of an observation
+    series held in ``attempts``, the latest in time.
     """
-    where, args = (f"WHERE kind IN ({','.join('?' * len(kinds))})", kinds) if kinds else ("", ())
+    kind, args = (f"kind IN ({','.join('?' * len(kinds))})", kinds) if kinds else ("1", ())
+    held = attempt_observations(conn) if kinds is None or "observation" in kinds else {}
+    source = _with_attempt_rows(held)
     summaries = fetch_rows(
         conn,
         f"SELECT name, count(*) AS count, count(value) AS n, sum(value) AS total, sum(value_json = 'NaN') AS nans, "
-        f"min(value) AS min, max(value) AS max, max(id) AS last_id FROM metrics {where} GROUP BY name ORDER BY name",
+        f"min(value) AS min, max(value) AS max, max(id) AS last_id FROM {source} WHERE {kind} GROUP BY name ORDER BY name",
         *args,
     )
     lists = _list_numbers(conn) if kinds is None or "list" in kinds else {}
     for s in summaries:
-        last = conn.execute("SELECT kind, time, value, value_json FROM metrics WHERE id = ?", (s.pop("last_id"),)).fetchone()
+        last_id = s.pop("last_id")
+        if s["name"] in held:
+            last = conn.execute(f"SELECT kind, time, value, value_json FROM {source} WHERE name = ? AND {kind} "
+                                "ORDER BY time DESC, id DESC LIMIT 1", (s["name"], *args)).fetchone()
+        else:
+            last = conn.execute("SELECT kind, time, value, value_json FROM metrics WHERE id = ?", (last_id,)).fetchone()
         numbers = lists.get(s["name"], [])
         n, nans, total = s.pop("n"), s.pop("nans") or 0, s.pop("total")
         if n and total is None:  # SQLite's sum of inf and -inf
@@ -227,7 +275,7 @@ def metric_points(conn: sqlite3.Connection, name: str) -> list[Row]:
     points = fetch_rows(
         conn,
         "SELECT time, kind, value, value_json, labels, worker, mini_batch_id, attempt, trace_id, span_id "
-        "FROM metrics WHERE name = ? ORDER BY time, id",
+        f"FROM {metric_rows(conn, name)} WHERE name = ? ORDER BY time, id",
         name,
     )
     for p in points:
@@ -241,15 +289,17 @@ def histogram_summaries(conn: sqlite3.Connection) -> list[Row]:
     """count, p50, p95 and max of each histogram, and of each series of per-attempt observations.
 
     Where the store has the observed values (kind ``observation``: the built-in mini-batch
-    duration and peak RSS, one point per attempt), the quantiles are exact: the nearest-rank
-    value, found by SQLite (``source`` ``observations``). A histogram known only by its buckets
+    duration and peak RSS, one point per attempt, held in ``attempts`` or, in an older store, in
+    ``metrics``), the quantiles are exact: the nearest-rank value, found by SQLite (``source``
+    ``observations``). A histogram known only by its buckets
     (an OTLP histogram received by ``pipeobs collect``, stored as Prometheus stores one: the
     cumulative ``<name>_bucket`` series, with an ``le`` label) is estimated from the latest count
     of each bucket, summed over its other labels: quantiles are interpolated within their
     bucket as Prometheus's ``histogram_quantile`` does, and max is the upper bound of the highest
     bucket with a count, None when that is ``+Inf`` (``source`` ``buckets``).
     """
-    observed = [r[0] for r in conn.execute("SELECT DISTINCT name FROM metrics WHERE kind = 'observation'")]
+    observed = {r[0] for r in conn.execute("SELECT DISTINCT name FROM metrics WHERE kind = 'observation'")}
+    observed |= attempt_observations(conn).keys()
     summaries = [_observed(conn, name) for name in observed]
     for (name,) in conn.execute("SELECT DISTINCT name FROM metrics WHERE kind = 'histogram'"):
         base = name.removesuffix("_bucket")
@@ -259,7 +309,7 @@ def histogram_summaries(conn: sqlite3.Connection) -> list[Row]:
 
 
 def _observed(conn: sqlite3.Connection, name: str) -> Row:
-    where = "FROM metrics WHERE name = ? AND kind = 'observation' AND value IS NOT NULL"
+    where = f"FROM {metric_rows(conn, name)} WHERE name = ? AND kind = 'observation' AND value IS NOT NULL"
     count, top = conn.execute(f"SELECT count(*), max(value) {where}", (name,)).fetchone()
 
     def rank(q: float) -> float | None:
@@ -304,7 +354,8 @@ def _bucket_quantile(q: float, buckets: list[tuple[float, float]], total: float)
 
 
 def metric_names(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute("SELECT DISTINCT name FROM metrics ORDER BY name")]
+    names = {r[0] for r in conn.execute("SELECT DISTINCT name FROM metrics")}
+    return sorted(names | attempt_observations(conn).keys())
 
 
 def _value(row: Any) -> Any:

@@ -10,10 +10,10 @@ file is flushed with the store, not per line.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
-from pipeobs.records import Event, Invocation, Line
+from pipeobs.records import Event, Invocation, Line, LineBlock
 
 EventDict = dict[str, Any]
 
@@ -82,7 +82,8 @@ class DriverLog:
         self._write_text = handle.write
         self._last: tuple[Invocation | None, str] = (None, invocation_label(None))
         self._stamp: tuple[float, str] = (-1.0, "")
-        if processors is None or processors == PROCESSORS:
+        self._direct = processors is None or processors == PROCESSORS
+        if self._direct:
             self.write = self._write_direct  # type: ignore[method-assign]
             return
         import structlog
@@ -93,14 +94,27 @@ class DriverLog:
     def write(self, when: float, worker: str, inv: Invocation | None, level: str, text: str) -> None:
         self._log.msg(text, time=when, worker=worker, invocation=inv, level=level)
 
-    def _write_direct(self, when: float, worker: str, inv: Invocation | None, level: str, text: str) -> None:
-        last = self._last
-        if inv is not last[0]:  # the lines of one invocation share its Invocation: one label each
-            last = self._last = (inv, invocation_label(inv))
+    def write_block(self, when: float, worker: str, inv: Invocation | None, level: str, texts: list[str]) -> None:
+        """Lines that share their time, worker, invocation and level."""
+        if not self._direct:
+            for text in texts:
+                self.write(when, worker, inv, level, text)
+            return
+        prefix = f"{self._stamp_for(when, inv)} {worker} {self._last[1]} {level} "
+        self._write_text(prefix + ("\n" + prefix).join(texts) + "\n")
+
+    def _stamp_for(self, when: float, inv: Invocation | None) -> str:
+        """The stamp of ``when``; the lines of one read share their time and invocation, so both are cached."""
+        if inv is not self._last[0]:
+            self._last = (inv, invocation_label(inv))
         stamp = self._stamp
-        if when != stamp[0]:  # the lines of one read share its time: one stamp each
+        if when != stamp[0]:
             stamp = self._stamp = (when, utc_stamp(when))
-        self._write_text(f"{stamp[1]} {worker} {last[1]} {level} {text}\n")
+        return stamp[1]
+
+    def _write_direct(self, when: float, worker: str, inv: Invocation | None, level: str, text: str) -> None:
+        stamp = self._stamp_for(when, inv)
+        self._write_text(f"{stamp} {worker} {self._last[1]} {level} {text}\n")
 
 
 class DriverLogSink:
@@ -122,6 +136,15 @@ class DriverLogSink:
     def add_line(self, line: Line) -> None:
         level = line.level or ("STDERR" if line.stream == "stderr" else "STDOUT")
         self.log.write(line.time or time.time(), line.worker, line.invocation, level, line.text)
+
+    def add_lines(self, lines: Iterable[Line | LineBlock]) -> None:
+        log = self.log
+        for item in lines:
+            if isinstance(item, LineBlock):
+                log.write_block(item.time, item.worker, item.invocation, "STDERR" if item.stream == "stderr" else "STDOUT",
+                                item.texts)
+            else:
+                self.add_line(item)
 
     def add_event(self, event: Event) -> None:
         self.log.write(event.time, event.worker or "driver", None, event.level, event.message)

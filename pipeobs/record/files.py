@@ -12,19 +12,28 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from pipeobs.record.driverlog import utc_stamp
 from pipeobs.record.rundir import RunDir
-from pipeobs.records import Line
+from pipeobs.records import Line, LineBlock
 
 _USER_FILES = {
     "stdout": ("stdout", ".stdout.txt"),
     "stderr": ("stderr", ".stderr.txt"),
     "entry_script": ("entry_script_log", ".log.txt"),
 }
+
+
+def _file_kind(line: Line) -> str:
+    """Which of its worker's files a line belongs in."""
+    if line.system:
+        return "sys"
+    if line.stream == "log":
+        return "entry_script" if line.entry_script else "stdout"
+    return line.stream
 
 
 class RunFiles:
@@ -48,13 +57,24 @@ class RunFiles:
 
     def add_line(self, line: Line) -> None:
         """A captured line goes to its worker's file (Azure: root logging sinks to stdout's)."""
-        if line.system:
-            kind = "sys"
-        elif line.stream == "log":
-            kind = "entry_script" if line.entry_script else "stdout"
-        else:
-            kind = line.stream
-        self._worker_file(kind, line.worker).write(line.text + ("" if line.continued else "\n"))
+        self._worker_file(_file_kind(line), line.worker).write(line.text + ("" if line.continued else "\n"))
+
+    def add_lines(self, lines: Iterable[Line | LineBlock]) -> None:
+        """Lines in order: a run of lines bound for one file is one write."""
+        key: tuple[str, str] | None = None
+        pieces: list[str] = []
+        for item in lines:
+            if isinstance(item, LineBlock):
+                where, text = (item.stream, item.worker), "\n".join(item.texts) + "\n"
+            else:
+                where, text = (_file_kind(item), item.worker), item.text if item.continued else item.text + "\n"
+            if where != key:
+                if key is not None:
+                    self._worker_file(*key).write("".join(pieces))
+                key, pieces = where, []
+            pieces.append(text)
+        if key is not None:
+            self._worker_file(*key).write("".join(pieces))
 
     def progress(self, message: str, level: str = "INFO") -> None:
         """A line of ``logs/job_progress_overview.<yyyymmddhh>.txt`` (Azure's overview format)."""

@@ -2,7 +2,9 @@
 
 A sink is any object with some of the methods ``add_line(Line)``, ``add_metric(Metric)``,
 ``add_span(Span)``, ``add_event(Event)`` (records of :mod:`pipeobs.records`), and optionally
-``flush()`` and ``close()``. The store, the per-process files, the driver log and the exporters
+``add_lines(items)`` (the lines of one read at once, in order, as :class:`~pipeobs.records.Line`
+and :class:`~pipeobs.records.LineBlock` records: a sink that writes them together saves most of
+its per-line cost; a sink without it gets each line from ``add_line``), ``flush()`` and ``close()``. The store, the per-process files, the driver log and the exporters
 are sinks; a live alert evaluator or a web view following the run would be one more
 ``pipeline.add(sink)``, with no change to the producers (the driver, the job telemetry).
 
@@ -12,10 +14,10 @@ slow work (network delivery) belongs behind a queue of its own, as the exporters
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeobs.records import Event, Line, Metric, Span
+from pipeobs.records import Event, Line, LineBlock, Metric, Span, expand
 
 KINDS = ("add_line", "add_metric", "add_span", "add_event")
 
@@ -26,6 +28,7 @@ class Pipeline:
     def __init__(self, sinks: list[Any] | None = None) -> None:
         self.sinks: list[Any] = []
         self._targets: dict[str, list[Callable[[Any], None]]] = {kind: [] for kind in KINDS}
+        self._line_batches: list[Callable[[Sequence[Line | LineBlock]], None]] = []
         for sink in sinks or []:
             self.add(sink)
 
@@ -43,10 +46,16 @@ class Pipeline:
     def _rebuild(self) -> None:
         for kind, targets in self._targets.items():
             targets[:] = [getattr(s, kind) for s in self.sinks if callable(getattr(s, kind, None))]
+        self._line_batches = [_lines_of(s) for s in self.sinks if callable(getattr(s, "add_line", None))]
 
     def line(self, record: Line) -> None:
         for target in self._targets["add_line"]:
             target(record)
+
+    def lines(self, records: Sequence[Line | LineBlock]) -> None:
+        """Lines in order, handed to each sink together."""
+        for target in self._line_batches:
+            target(records)
 
     def metric(self, record: Metric) -> None:
         for target in self._targets["add_metric"]:
@@ -72,3 +81,17 @@ class Pipeline:
             close = getattr(sink, "close", None)
             if close is not None:
                 close()
+
+
+def _lines_of(sink: Any) -> Callable[[Sequence[Line | LineBlock]], None]:
+    """The sink's ``add_lines``, or one ``add_line`` call per line."""
+    add_lines = getattr(sink, "add_lines", None)
+    if callable(add_lines):
+        return add_lines
+    add_line = sink.add_line
+
+    def each(records: Sequence[Line | LineBlock]) -> None:
+        for record in expand(records):
+            add_line(record)
+
+    return each

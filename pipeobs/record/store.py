@@ -14,7 +14,10 @@ Schema (documented in the README):
   ``reused_from`` = the run it reused, see :mod:`pipeobs.reuse`; ``kind`` = ``step``, ``command`` or
   ``pipeline`` (NULL in older stores: a step), and ``parent_step_id`` = the pipeline run it belongs to).
 * ``mini_batches``: the ledger: descriptor JSON, status (pending/done/failed), attempts, items.
-* ``attempts``: one row per mini-batch attempt (the ``processed_mini-batches.csv`` columns).
+* ``attempts``: one row per mini-batch attempt (the ``processed_mini-batches.csv`` columns), with the
+  worker's ``peak_rss`` during it, its span's ``trace_id``/``span_id`` and ``recorded_at``, when the driver
+  recorded its end: the per-attempt duration and peak RSS series are read from here (older stores, without
+  these columns, hold them as ``metrics`` rows of kind ``observation``).
 * ``log_lines``: every captured line with step_id, worker, stream, phase, mini_batch_id,
   attempt, level, logger, trace_id and span_id (of the invocation's span).
 * ``metrics``: every ``Run.log``-family value and tag (kind scalar/list/row/table/tag) and the
@@ -31,15 +34,16 @@ Schema (documented in the README):
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeobs.records import Event, Line, Metric, Span
+from pipeobs.records import Event, Line, LineBlock, Metric, Span
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -58,7 +62,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     mini_batch_id INTEGER NOT NULL, attempt INTEGER NOT NULL, worker TEXT, pid INTEGER,
     start_time REAL, elapsed REAL, process_seconds REAL, run_seconds REAL,
     total INTEGER, succeeded INTEGER, failed INTEGER, status TEXT, error_category TEXT,
-    error_type TEXT, error_message TEXT, error_location TEXT, traceback TEXT
+    error_type TEXT, error_message TEXT, error_location TEXT, traceback TEXT,
+    peak_rss INTEGER, trace_id TEXT, span_id TEXT, recorded_at REAL
 );
 CREATE INDEX IF NOT EXISTS attempts_mb ON attempts (mini_batch_id, attempt);
 CREATE INDEX IF NOT EXISTS attempts_status ON attempts (status, elapsed);
@@ -99,7 +104,7 @@ CREATE TABLE IF NOT EXISTS events (
 COLUMNS: dict[str, tuple[str, ...]] = {
     "attempts": ("mini_batch_id", "attempt", "worker", "pid", "start_time", "elapsed", "process_seconds",
                  "run_seconds", "total", "succeeded", "failed", "status", "error_category", "error_type",
-                 "error_message", "error_location", "traceback"),
+                 "error_message", "error_location", "traceback", "peak_rss", "trace_id", "span_id", "recorded_at"),
     "log_lines": ("time", "step_id", "worker", "stream", "phase", "mini_batch_id", "attempt", "level", "logger",
                   "text", "trace_id", "span_id", "attributes"),
     "spans": ("span_id", "trace_id", "parent_span_id", "name", "kind", "start_time", "end_time", "status",
@@ -122,6 +127,7 @@ _SQL["ledger"] = (
 ADDED_RUN_COLUMNS = {"driver_pid": "INTEGER", "driver_host": "TEXT", "driver_since": "REAL",  # older stores lack them
                      "fingerprint": "TEXT", "reused_from": "TEXT", "metrics_port": "INTEGER",
                      "kind": "TEXT", "parent_step_id": "TEXT"}
+ADDED_ATTEMPT_COLUMNS = {"peak_rss": "INTEGER", "trace_id": "TEXT", "span_id": "TEXT", "recorded_at": "REAL"}
 _JSON_COLUMNS = {"attributes", "events", "labels", "value_json", "drop_reasons"}
 _NOT_NULL_JSON = {"attributes": "{}", "events": "[]"}
 
@@ -136,6 +142,28 @@ def _nan_as_json(values: list[Any]) -> list[Any]:
         values[_VALUE] = None
         values[_VALUE_JSON] = values[_VALUE_JSON] or "NaN"
     return values
+
+
+# A group of lines (Store.add_lines): the shared values once, then a JSON array whose elements are the texts of
+# lines with the group's time, level and logger, or [time, level, logger, text(, attributes JSON)] for the others.
+_LINES_SQL = (
+    f"INSERT INTO log_lines ({', '.join(COLUMNS['log_lines'])}) SELECT "
+    "CASE type WHEN 'array' THEN json_extract(value, '$[0]') ELSE ?1 END, ?2, ?3, ?4, ?5, ?6, ?7, "
+    "CASE type WHEN 'array' THEN json_extract(value, '$[1]') ELSE ?8 END, "
+    "CASE type WHEN 'array' THEN json_extract(value, '$[2]') ELSE ?9 END, "
+    "CASE type WHEN 'array' THEN json_extract(value, '$[3]') ELSE value END, ?10, ?11, "
+    "CASE type WHEN 'array' THEN json_extract(value, '$[4]') END FROM json_each(?12) ORDER BY key"
+)
+_GROUP_SIZE = 12  # a queued group row's length; a single line's row has one value per column
+
+
+def _insert_lines(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """The queued lines in order: runs of group rows by :data:`_LINES_SQL`, single rows as they are."""
+    for grouped, run in itertools.groupby(rows, key=lambda row: len(row) == _GROUP_SIZE):
+        if grouped:
+            conn.executemany(_LINES_SQL, [(*row[:-1], json.dumps(row[-1], ensure_ascii=False)) for row in run])
+        else:
+            conn.executemany(_SQL["log_lines"], run)
 
 
 def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
@@ -207,6 +235,7 @@ class Store:
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
         _add_missing_columns(self.conn, "runs", ADDED_RUN_COLUMNS)
+        _add_missing_columns(self.conn, "attempts", ADDED_ATTEMPT_COLUMNS)
         self._queued: dict[str, list[tuple[Any, ...]]] = {k: [] for k in _SQL}
         self._lines = self._queued["log_lines"]
         self._metrics = self._queued["metrics"]
@@ -215,12 +244,42 @@ class Store:
 
     # ------------------------------------------------------------------ the record pipeline
     def add_line(self, line: Line) -> None:
-        inv = line.invocation
-        dims = line.custom_dimensions
-        self._lines.append(
-            (line.time, self.step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
-             line.level, line.logger, line.text, inv.trace_id, inv.span_id, json.dumps(dims) if dims else None)
-        )
+        self.add_lines((line,))
+
+    def add_lines(self, lines: Iterable[Line | LineBlock]) -> None:
+        """Lines in order. A run of lines of one stream, invocation and worker is queued as one group row,
+        inserted by one statement that expands the group in SQLite (:data:`_LINES_SQL`): a row from Python
+        per line costs about three times as much. A text holding NUL, which SQLite's JSON cuts, is queued
+        alone (a :class:`LineBlock` never holds one)."""
+        queue, step_id = self._lines, self.step_id
+        group: list[Any] = []
+        key: tuple[Any, ...] = ()
+        head: tuple[Any, ...] = ()
+        for line in lines:
+            inv = line.invocation
+            if isinstance(line, LineBlock):
+                if (line.stream, inv, line.worker) != key or (line.time, None, None) != head:
+                    key, head, group = (line.stream, inv, line.worker), (line.time, None, None), []
+                    queue.append((line.time, step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id,
+                                  inv.attempt, None, None, inv.trace_id, inv.span_id, group))
+                group += line.texts
+                continue
+            text, dims = line.text, line.custom_dimensions
+            if "\x00" in text:
+                key = ()
+                queue.append((line.time, step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
+                              line.level, line.logger, text, inv.trace_id, inv.span_id, json.dumps(dims) if dims else None))
+                continue
+            if (line.stream, inv, line.worker) != key:
+                key, head, group = (line.stream, inv, line.worker), (line.time, line.level, line.logger), []
+                queue.append((line.time, step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
+                              line.level, line.logger, inv.trace_id, inv.span_id, group))
+            if dims:
+                group.append((line.time, line.level, line.logger, text, json.dumps(dims)))
+            elif (line.time, line.level, line.logger) != head:
+                group.append((line.time, line.level, line.logger, text))
+            else:
+                group.append(text)
 
     def add_metric(self, metric: Metric) -> None:
         inv = metric.invocation
@@ -255,7 +314,11 @@ class Store:
         self._queued["ledger"].append((status, attempts, total, succeeded, failed, worker, output_end, mini_batch_id))
 
     def add_attempt(self, mini_batch_id: int, attempt: int, worker: str, pid: int | None, outcome: dict[str, Any]) -> None:
-        """One attempt, from the worker's result (or the driver's account of a killed one)."""
+        """One attempt, from the worker's result (or the driver's account of a killed one).
+
+        Its duration and peak RSS are the per-attempt observations of the built-in series: readers take
+        them from this row (``recorded_at`` is their time), not from ``metrics``.
+        """
         error = outcome.get("error") or {}
         total = outcome.get("total", 0)
         succeeded = outcome.get("succeeded", 0)
@@ -263,7 +326,8 @@ class Store:
             (mini_batch_id, attempt, worker, pid, outcome.get("start_time"), outcome.get("elapsed"),
              outcome.get("process_seconds"), outcome.get("run_seconds"), total, succeeded, total - succeeded,
              outcome["status"], "User" if error else None, error.get("type"), error.get("message"),
-             error.get("location"), error.get("traceback"))
+             error.get("location"), error.get("traceback"), outcome.get("peak_rss") or None, outcome.get("trace_id"),
+             outcome.get("span_id"), time.time())
         )
 
     def put_worker(self, row: WorkerRow) -> None:
@@ -320,7 +384,10 @@ class Store:
         try:
             for table, rows in self._queued.items():
                 if rows:
-                    conn.executemany(_SQL[table], rows)
+                    if table == "log_lines":
+                        _insert_lines(conn, rows)
+                    else:
+                        conn.executemany(_SQL[table], rows)
                     rows.clear()
             if self._run_updates:
                 columns = ", ".join(f"{k}=?" for k in self._run_updates)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeobs.record.pipeline import Pipeline
@@ -51,6 +52,10 @@ class JobTelemetry:
         self._durations: list[float] = []
         self._peaks: dict[str, int] = {}
         self._last_progress: float | None = None
+        # Where each attempt's duration and peak-RSS observations go as metric records: the exporters' sink
+        # when the run has exporters, else nowhere. The store reads them from the attempt rows, and no
+        # other sink uses them, so without exporters they are not built at all.
+        self.observations: Callable[[Metric], None] | None = None
 
     def attempt(self, worker: str, mb_id: int, attempt: int, result: dict[str, Any], final: str | None) -> None:
         """One finished attempt; ``final`` is "succeeded"/"failed" when the mini-batch is finished."""
@@ -68,15 +73,19 @@ class JobTelemetry:
                 add(self._child(m.items, "failed", worker), total - succeeded)
         elif final == "failed":
             add(self._child(m.items, "failed", worker), max(total, 1))
-        inv = Invocation("run", mb_id, attempt, result.get("trace_id"), result.get("span_id"))
-        labels = status_labels(status)
-        emit = self._pipeline.metric
-        if result.get("elapsed") is not None:
-            self._durations.append(result["elapsed"])
-            emit(Metric(inv, "observation", "pipeobs_mini_batch_duration_seconds", result["elapsed"], "", now, worker, labels))
-        if result.get("peak_rss"):
-            self._peaks[worker] = result["peak_rss"]
-            emit(Metric(inv, "observation", "pipeobs_mini_batch_peak_rss_bytes", result["peak_rss"], "", now, worker, labels))
+        elapsed, peak = result.get("elapsed"), result.get("peak_rss")
+        if elapsed is not None:
+            self._durations.append(elapsed)
+        if peak:
+            self._peaks[worker] = peak
+        emit = self.observations
+        if emit is not None:  # as the exporters have always received them
+            inv = Invocation("run", mb_id, attempt, result.get("trace_id"), result.get("span_id"))
+            labels = status_labels(status)
+            if elapsed is not None:
+                emit(Metric(inv, "observation", "pipeobs_mini_batch_duration_seconds", elapsed, "", now, worker, labels))
+            if peak:
+                emit(Metric(inv, "observation", "pipeobs_mini_batch_peak_rss_bytes", peak, "", now, worker, labels))
 
     def _add(self, child: Any, amount: float) -> None:
         self._increments[child] = self._increments.get(child, 0) + amount

@@ -2,8 +2,9 @@
 
 The driver updates them as attempts finish; :meth:`JobMetrics.snapshot` lists the series that
 changed, which the job telemetry sends down the record pipeline as metric records, so ``pipeobs metrics`` and the explorer read one time series
-per name. Per-attempt observations (duration, peak RSS) are also stored as points carrying the
-mini-batch, attempt, worker and span they came from.
+per name. Per-attempt observations (duration, peak RSS) are the attempt rows' ``elapsed`` and ``peak_rss``,
+read as points carrying the mini-batch, attempt, worker and span they came from, and sent to the exporters as
+records of kind ``observation``.
 
 :class:`MetricsEndpoint` serves the same registry to Prometheus while the job runs
 (``pipeobs run --metrics-port``), every series labelled with the run's ``step_id`` and ``step``,

@@ -298,7 +298,8 @@ def series(conn: sqlite3.Connection, name: str, points: int = 600) -> Row:
     """One metric as time series, one per worker and label set, each averaged into at most ``points``
     time buckets: ``{"name", "series": [{"key", "points": [[time, value], ...]}]}``."""
     points = max(10, min(int(points), SERIES_POINTS_MAX))
-    bounds = conn.execute("SELECT min(time), max(time) FROM metrics WHERE name = ? AND value IS NOT NULL",
+    rows = queries.metric_rows(conn, name)
+    bounds = conn.execute(f"SELECT min(time), max(time) FROM {rows} WHERE name = ? AND value IS NOT NULL",
                           (name,)).fetchone()
     if bounds[0] is None:
         return {"name": name, "series": []}
@@ -307,7 +308,7 @@ def series(conn: sqlite3.Connection, name: str, points: int = 600) -> Row:
     grouped: dict[str, list[list[float]]] = {}
     for worker, labels, _, at, value in conn.execute(
         "SELECT coalesce(worker, ''), coalesce(labels, ''), min(CAST((time - ?) / ? AS INTEGER), ?) AS b, avg(time), "
-        "avg(value) FROM metrics WHERE name = ? AND value IS NOT NULL GROUP BY worker, labels, b ORDER BY worker, labels, b",
+        f"avg(value) FROM {rows} WHERE name = ? AND value IS NOT NULL GROUP BY worker, labels, b ORDER BY worker, labels, b",
         (start, bucket, points - 1, name),
     ):
         grouped.setdefault(_series_key(worker, labels), []).append([at, value])

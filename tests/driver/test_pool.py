@@ -15,7 +15,7 @@ def pool() -> tuple[WorkerPool, list[Any]]:
     spans: list[Any] = []
     config = SimpleNamespace(node_count=1, effective_process_count=lambda: 1)
     plan: Any = SimpleNamespace(config=config, gpu_count=0, debug=None)
-    journal: Any = SimpleNamespace(pipeline=SimpleNamespace(line=None, metric=None, span=spans.append))
+    journal: Any = SimpleNamespace(pipeline=SimpleNamespace(lines=None, metric=None, span=spans.append))
     return WorkerPool(plan, executor=None, journal=journal, clock=lambda: 0.0), spans  # type: ignore[arg-type]
 
 

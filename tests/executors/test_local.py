@@ -11,7 +11,7 @@ from pipeobs.capture import Boundary
 from pipeobs.executors.base import WorkerSpec
 from pipeobs.executors.local import LocalExecutor
 from pipeobs.protocol import Message, Ready, Setup, Stop
-from pipeobs.records import Line
+from pipeobs.records import Line, expand
 
 
 class Events:
@@ -27,7 +27,7 @@ class Events:
         self.log.append(("message", worker, message))
 
     def worker_output(self, worker: str, items: Sequence[Any]) -> None:
-        self.log.extend(("output", worker, item) for item in items)
+        self.log.extend(("output", worker, item) for item in expand(items))
 
     def worker_exited(self, worker: str, returncode: int) -> None:
         self.log.append(("exited", worker, returncode))
