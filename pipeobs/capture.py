@@ -208,28 +208,25 @@ class WorkerCapture:
     def begin(self, invocation: Invocation) -> None:
         self._both(self._begin_line(invocation))
 
-    def end(self, span: dict[str, object] | None = None, then: Invocation | None = None) -> None:
-        """The end marker; with the invocation's finished span, written before it on fd 2 in the same write.
-
-        With ``then``, the next invocation's begin marker follows the end marker in those writes: one
-        write per stream at a boundary between two mini-batches instead of two.
-        """
+    def end(self, then: Invocation | None = None) -> None:
+        """The end marker; with ``then``, the next invocation's begin marker follows it in the same writes:
+        one write per stream at a boundary between two mini-batches instead of two."""
         lines = self._mark + b"E\n"
         if then is not None:
             lines += self._begin_line(then)
-        self._both(lines, b"" if span is None else self._mark + b"S" + _encode_record(span) + b"\n")
+        self._both(lines)
 
     def _begin_line(self, invocation: Invocation) -> bytes:
         return self._mark + b"B" + _format_begin(invocation) + b"\n"
 
-    def _both(self, lines: bytes, before_on_2: bytes = b"") -> None:
-        """``lines`` on fds 1 and 2 (``before_on_2`` ahead of them on fd 2), after what stdio holds."""
+    def _both(self, lines: bytes) -> None:
+        """``lines`` on fds 1 and 2, after what stdio holds."""
         with self._lock:
             _flush_stdio()
             if self._c_flush is not None:
                 self._c_flush(None)
             _write_all(1, lines)
-            _write_all(2, before_on_2 + lines)
+            _write_all(2, lines)
 
     def write_record(self, record: dict[str, object], kind: bytes) -> None:
         self.write_marker(kind, _encode_record(record))

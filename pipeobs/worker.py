@@ -3,7 +3,8 @@
 Started by an executor as ``python -m pipeobs.worker`` with the hub address and auth key in its
 environment. It connects to the driver's hub, receives its setup, and then serves tasks one at a
 time. Results are sent only after the invocation's end markers are written to fds 1 and 2, so
-the driver always holds a mini-batch's output before its result. Between two mini-batches of one
+the driver always holds a mini-batch's output before its result; the result carries the attempt's
+finished ``mini_batch`` span (pickled with it: no JSON to encode here or decode in the driver). Between two mini-batches of one
 batch of tasks, the end of the first and the begin of the next share one write per stream.
 
 Exit codes follow Azure's worker codes (section 2.7): 0 done, 72 ``init()`` failed, 3 the entry
@@ -317,20 +318,20 @@ class WorkerLoop:
         return current
 
     def _end_attempt(self, current: Attempt, following: tuple[Any, int] | None) -> Attempt | None:
-        """Close the attempt's span and send its record, with its end marker if it began; then the ``following``
-        task, started and loaded, begins in the same writes (and is returned) unless its load failed."""
+        """Close the attempt's span (its record travels in the result, ``span``) and write its end marker if it
+        began; then the ``following`` task, started and loaded, begins in the same writes (and is returned)
+        unless its load failed."""
         result = current.result
         result["elapsed"] = time.perf_counter() - current.started
         result["process_seconds"] = time.process_time() - current.cpu
         result["peak_rss"] = peak_rss()
         _close_mini_batch_span(current.span, result)
-        record = current.span.wire_record()
+        result["span"] = current.span.wire_record()
         if not current.begun:
-            emit_span(record)
             return None
         upcoming = None if following is None else self._start_attempt(*following)
         then = upcoming.invocation if upcoming is not None and upcoming.loaded else None
-        self.capture.end(record, then)  # one write per stream: the span (on fd 2), the end, the next begin
+        self.capture.end(then)  # one write per stream: the end, and the next begin
         if upcoming is not None:
             upcoming.begun = then is not None
         return upcoming

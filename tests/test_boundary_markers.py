@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeobs.capture import Boundary, Invocation, StreamParser, WorkerCapture, marker_prefix
-from pipeobs.records import Span
+from pipeobs.records import expand
 from tests.conftest import Job, RunJob
 
 TOKEN = "0123456789abcdef"
@@ -66,29 +66,28 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bytes]]:
 
 class TestWorkerCapture:
     def test_end_with_the_next_begin_is_one_write_per_stream(self, writes: list[tuple[int, bytes]]) -> None:
-        """end(span, then=next) writes the end and the next begin to fd 1 at once, and the span, the end and
-        the next begin to fd 2 at once."""
+        """end(then=next) writes the end and the next begin at once, to fd 1 and to fd 2 (the finished span
+        travels in the attempt's result)."""
         following = Invocation("run", 8, 1, "a" * 32, "b" * 16)
 
-        WorkerCapture(TOKEN, "INFO").end({"span_id": "c" * 16, "name": "mini_batch"}, then=following)
+        WorkerCapture(TOKEN, "INFO").end(then=following)
 
         begin = MARK + b"Brun 8 1 " + b"a" * 32 + b" " + b"b" * 16 + b"\n"
-        span = MARK + b'S{"span_id":"' + b"c" * 16 + b'","name":"mini_batch"}\n'
-        assert writes == [(1, MARK + b"E\n" + begin), (2, span + MARK + b"E\n" + begin)]
+        assert writes == [(1, MARK + b"E\n" + begin), (2, MARK + b"E\n" + begin)]
 
-    def test_the_driver_reads_span_end_and_next_begin(self, writes: list[tuple[int, bytes]]) -> None:
-        """The driver's parser reads the combined write on stderr as the span, the end, then the next begin,
-        and attributes what follows on either stream to the next invocation."""
+    def test_the_driver_reads_end_and_next_begin(self, writes: list[tuple[int, bytes]]) -> None:
+        """The driver's parser reads the combined write on stderr as the end, then the next begin, and
+        attributes what follows on either stream to the next invocation."""
         following = Invocation("run", 8, 2, "a" * 32, "b" * 16)
-        WorkerCapture(TOKEN, "INFO").end({"span_id": "c" * 16}, then=following)
+        WorkerCapture(TOKEN, "INFO").end(then=following)
         out, err = StreamParser("stdout", TOKEN), StreamParser("stderr", TOKEN)
 
-        err_items = [*err.feed(writes[1][1] + b"in 8\n"), *err.close()]
-        out_items = [*out.feed(writes[0][1] + b"in 8\n"), *out.close()]
+        err_items = expand([*err.feed(writes[1][1] + b"in 8\n"), *err.close()])
+        out_items = expand([*out.feed(writes[0][1] + b"in 8\n"), *out.close()])
 
-        assert [type(item) for item in err_items[:3]] == [Span, Boundary, Boundary]
-        assert [item.invocation for item in err_items[1:3]] == [None, following]  # type: ignore[union-attr]
-        for items in (err_items[3:], out_items):
+        assert [type(item) for item in err_items[:2]] == [Boundary, Boundary]
+        assert [item.invocation for item in err_items[:2]] == [None, following]  # type: ignore[union-attr]
+        for items in (err_items[2:], out_items):
             assert [getattr(item, "invocation", None) for item in items] == [following]
 
     def test_end_alone_writes_no_begin(self, writes: list[tuple[int, bytes]]) -> None:
@@ -113,7 +112,7 @@ def run(mini_batch):
 class TestBoundaryMarkers:
     def test_mini_batches_of_one_batch_share_their_boundary_writes(self, run_job: RunJob, tmp_path: Path) -> None:
         """A worker given several tasks at once writes each boundary between them once per stream: the end
-        and the next begin on stdout, the span, the end and the next begin on stderr."""
+        and the next begin, on stdout and on stderr."""
         folder = tmp_path / "writes"
         folder.mkdir()
 
@@ -122,7 +121,9 @@ class TestBoundaryMarkers:
         writes = marker_writes(folder)
         assert job.result.ok
         assert (1, ["E", "B"]) in writes
-        assert (2, ["S", "E", "B"]) in writes
+        assert (2, ["E", "B"]) in writes
+        # init()'s span is the only one written: the mini_batch spans travel in the results
+        assert [kinds for _fd, kinds in writes if "S" in kinds] == [["S"]]
         for fd in (1, 2):  # init() began before the recording started, shutdown() ends after it stopped
             kinds = [kind for wfd, ks in writes if wfd == fd for kind in ks]
             assert kinds.count("B") == 6 + 1  # the mini-batches and shutdown()
@@ -174,7 +175,7 @@ def run(mini_batch):
         killed = job.query("SELECT status, status_message FROM spans WHERE span_id = ?", killed_line["span_id"])
         attempts = job.query("SELECT attempt, status FROM attempts WHERE mini_batch_id = ? ORDER BY attempt", mb_id)
         assert job.result.ok
-        assert [w for w in marker_writes(folder, "killed") if w[0] == 2][-1] == (2, ["S", "E", "B"])
+        assert [w for w in marker_writes(folder, "killed") if w[0] == 2][-1] == (2, ["E", "B"])
         assert len(job.output_lines()) == 3
         assert killed_line["span_id"] is not None
         assert [row["status"] for row in killed] == ["ERROR"]

@@ -30,6 +30,7 @@ from pipeobs.errors import EntryScriptError, InputError, JobFailed, PipeobsError
 from pipeobs.executors.base import Executor
 from pipeobs.jobs import JobPlan, JobResult, ProgressView, Thresholds
 from pipeobs.protocol import Bye, Debugging, InitFailed, LoadFailed, Message, Ready, Result, Stop
+from pipeobs.records import Span
 
 FLUSH_INTERVAL = 0.2
 COALESCE_SECONDS = 0.0005
@@ -226,8 +227,11 @@ class Driver:
     def _on_result(self, worker: WorkerSlot, message: Result) -> None:
         mb_id, attempt, outcome = message.mini_batch_id, message.attempt, message.outcome
         if not worker.inflight or worker.inflight[0].mini_batch.id != mb_id:
-            return  # a result for a task already failed (killed): ignore
+            return  # a result for a task already failed (killed), whose span the driver wrote: ignore
         worker.inflight.popleft()
+        span = outcome.pop("span", None)
+        if span is not None:
+            self.workers.span_ended(worker, Span(span, worker.label))
         now = self.clock()
         worker.head_since = now
         elapsed = outcome.get("elapsed")

@@ -67,7 +67,7 @@ class WorkerPool:
     def output(self, worker: WorkerSlot, items: Sequence[Any]) -> None:
         """A worker's parsed output: records into the pipeline, boundaries into the worker's slot."""
         pipeline = self.journal.pipeline
-        lines, metric, span = pipeline.lines, pipeline.metric, pipeline.span
+        lines, metric = pipeline.lines, pipeline.metric
         start = 0  # the lines since the last other item go to the sinks together
         for index, item in enumerate(items):
             kind = type(item)
@@ -79,8 +79,7 @@ class WorkerPool:
             if kind is Boundary:
                 self._boundary(worker, item)
             elif kind is Span:
-                worker.open_spans.pop(item.record["span_id"], None)
-                span(item)
+                self.span_ended(worker, item)
             else:
                 metric(item)
         if start < len(items):
@@ -97,10 +96,17 @@ class WorkerPool:
         inv = item.invocation
         if inv is None or item.stream != "stderr":
             return
+        if inv.phase == "run" and not worker.holds(inv.mini_batch_id, inv.attempt):
+            return  # its result (with its span) was read first: the attempt has ended
         if inv.span_id is not None:
             worker.open_spans.setdefault(inv.span_id, (inv, time.time()))
         if inv.phase == "run" and inv.mini_batch_id is not None and inv.attempt is not None:
             worker.run_began[(inv.mini_batch_id, inv.attempt)] = self.clock()
+
+    def span_ended(self, worker: WorkerSlot, span: Span) -> None:
+        """A finished span of the worker's (from its stderr, or a mini-batch's in its result): no longer open."""
+        worker.open_spans.pop(span.record["span_id"], None)
+        self.journal.pipeline.span(span)
 
     def announce(self, worker: WorkerSlot) -> None:
         where = f"pid {worker.pid}" if worker.pid else f"node {worker.node}"

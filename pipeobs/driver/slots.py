@@ -65,6 +65,10 @@ class WorkerSlot:
         """Not serving yet: starting the process, loading the entry script or in init()."""
         return self.state in (WorkerState.STARTING, WorkerState.INIT)
 
+    def holds(self, mini_batch_id: int | None, attempt: int | None) -> bool:
+        """Whether this attempt is dispatched to the worker and unfinished."""
+        return any(task.mini_batch.id == mini_batch_id and task.attempt == attempt for task in self.inflight)
+
     @property
     def holds_debug_task(self) -> bool:
         """Its debug_task is dispatched and unfinished: it gets no more tasks, so none waits behind a debugger."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeobs.capture import Boundary
 from pipeobs.driver.pool import WorkerPool
-from pipeobs.driver.slots import WorkerSlot
+from pipeobs.driver.slots import Task, WorkerSlot
 from pipeobs.records import Invocation, Span
 
 
@@ -19,10 +19,17 @@ def pool() -> tuple[WorkerPool, list[Any]]:
     return WorkerPool(plan, executor=None, journal=journal, clock=lambda: 0.0), spans  # type: ignore[arg-type]
 
 
+def running(mini_batch_id: int, attempt: int) -> WorkerSlot:
+    """A worker holding one dispatched attempt."""
+    worker = WorkerSlot(0, "process000", None, since=0.0)
+    worker.inflight.append(Task(SimpleNamespace(id=mini_batch_id), attempt))
+    return worker
+
+
 def test_a_span_read_before_its_stdout_marker_does_not_stay_open() -> None:
     """stdout and stderr are read independently: the stderr marker and the span may come first."""
     workers, spans = pool()
-    worker = WorkerSlot(0, "process000", None, since=0.0)
+    worker = running(1, 1)
     inv = Invocation("run", 1, 1, "a" * 32, "b" * 16)
     span = Span({"span_id": "b" * 16, "name": "mini_batch"}, worker=worker.label)
 
@@ -33,9 +40,25 @@ def test_a_span_read_before_its_stdout_marker_does_not_stay_open() -> None:
     assert worker.open_spans == {}  # nothing for the driver to close as "killed" when the worker exits
 
 
+def test_a_begin_marker_read_after_the_result_opens_nothing() -> None:
+    """A mini-batch's span travels in its result, on the channel, which may be read before the stderr pipe that
+    holds its begin marker: the attempt has ended by then, and nothing is left open or timed."""
+    workers, spans = pool()
+    worker = running(1, 1)
+    inv = Invocation("run", 1, 1, "a" * 32, "b" * 16)
+    span = Span({"span_id": "b" * 16, "name": "mini_batch"}, worker=worker.label)
+
+    worker.inflight.popleft()  # the driver took the result ...
+    workers.span_ended(worker, span)  # ... and filed its span
+    workers.output(worker, [Boundary("stderr", inv)])  # the stderr pipe, read later
+
+    assert spans == [span]
+    assert worker.open_spans == {} and worker.run_began == {}
+
+
 def test_an_invocation_without_its_span_stays_open() -> None:
     workers, _ = pool()
-    worker = WorkerSlot(0, "process000", None, since=0.0)
+    worker = running(1, 1)
     inv = Invocation("run", 1, 1, "a" * 32, "b" * 16)
 
     workers.output(worker, [Boundary("stdout", inv), Boundary("stderr", inv)])
