@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeobs.records import IDLE, Invocation, Line, LineBlock, Metric, Span
+from pipeobs.records import IDLE, Invocation, Line, LineBlock, Metric, RecordBlock, Span, log_flags
 
 __all__ = ["IDLE", "Boundary", "Invocation", "Line", "StreamParser", "WorkerCapture", "emit_log_record", "emit_metric", "emit_span"]
 
@@ -56,7 +56,7 @@ class Boundary:
     invocation: Invocation | None
 
 
-Item = Line | LineBlock | Boundary | Metric | Span  # what a parser yields
+Item = Line | LineBlock | RecordBlock | Boundary | Metric | Span  # what a parser yields
 
 
 class StreamParser:
@@ -66,6 +66,10 @@ class StreamParser:
         self.stream = stream
         self.worker = worker
         self._mark = marker_prefix(token)
+        self._log_mark = self._mark + b"L"
+        self._log_prefix = self._log_mark.decode("ascii")
+        self._boundary_lines = (b"\n" + self._mark + b"B", b"\n" + self._mark + b"E")
+        self._log_run, self._log_fields = _log_patterns(self._mark)
         self._buffer = bytearray()
         self._now = 0.0
         self.invocation: Invocation | None = IDLE  # None: begun, its marker parsed when a line needs it
@@ -87,7 +91,7 @@ class StreamParser:
 
     def _drain(self, final: bool) -> Iterator[Item]:
         buf = self._buffer
-        pos = 0
+        pos = 0 if self._boundaries else self._skip_markers(buf)
         slow_until = -1  # a block with a line too long for the quick split is taken line by line up to here
         while pos < len(buf):
             if not final and pos > slow_until:  # the complete lines up to the next marker's line, at once
@@ -100,6 +104,12 @@ class StreamParser:
                         pos = end + 1
                         continue
                     slow_until = end
+            if buf.startswith(self._log_mark, pos):  # a run of log records, at once
+                run = self._log_run.match(buf, pos)
+                if run is not None:
+                    pos = run.end()
+                    yield from self._records(bytes(buf[run.start() : pos]))
+                    continue
             newline = buf.find(b"\n", pos)
             mark = buf.find(self._mark, pos, newline if newline >= 0 else len(buf))
             if mark > pos:  # text before a marker is a line of its own (cut as any long line)
@@ -127,6 +137,45 @@ class StreamParser:
             if item is not None:
                 yield item
         del buf[:pos]
+
+    def _skip_markers(self, buf: bytearray) -> int:
+        """Where the general loop starts on stdout: past the complete lines at the start if each is a begin or
+        an end marker (only the last one matters: it attributes the lines that follow), else at 0."""
+        end = buf.rfind(b"\n")
+        begins, ends = self._boundary_lines  # b"\n" + a begin or end marker's start
+        if end < 0 or not (buf.startswith(begins[1:]) or buf.startswith(ends[1:])):
+            return 0
+        if buf.count(begins, 0, end) + buf.count(ends, 0, end) != buf.count(b"\n", 0, end):
+            return 0
+        self._marker(bytes(buf[buf.rfind(b"\n", 0, end) + 1 : end]))
+        return end + 1
+
+    def _records(self, run: bytes) -> list[Item]:
+        """A run of complete log record marker lines as one :class:`RecordBlock` whose records are those
+        :func:`_decode_log` decodes one by one, decoded at once (a few C-level passes over the run); a run with
+        a line that is no record is taken line by line."""
+        text = run.decode("utf-8", "backslashreplace")
+        count, prefix = text.count("\n"), self._log_prefix
+        dimensions: list[dict[str, Any] | None] | None = None
+        if text.count("\t") == 4 * count and text.count(prefix) == count:
+            # Every record has five fields (escaped but for its level), so four tabs a line mean none has
+            # dimensions; and the prefix only starts lines: the lot splits into one list of fields.
+            fields = text.replace(prefix, "").replace("\n", "\t").split("\t")
+            times, levels, loggers, flags, messages = (fields[i:-1:5] for i in range(5))
+        else:
+            found = self._log_fields.findall(text)
+            if len(found) != count:
+                return self._each_marker(run)
+            times, levels, loggers, flags, messages, encoded = map(list, zip(*found, strict=True))
+            if any(encoded):
+                dimensions = [json.loads(d) if d else None for d in encoded]
+        if "\\" in text:
+            loggers, messages = list(map(_unescape, loggers)), list(map(_unescape, messages))
+        return [RecordBlock(self._current(), times, levels, loggers, messages, flags if any(flags) else None,
+                            dimensions, self.worker)]
+
+    def _each_marker(self, run: bytes) -> list[Item]:
+        return [item for raw in run.split(b"\n")[:-1] if (item := self._marker(raw)) is not None]
 
     def _plain_lines(self, block: bytes) -> list[LineBlock] | None:
         """The lines of a block of complete lines holding no marker (its last newline left out), as one
@@ -405,21 +454,30 @@ def _unescape(text: str) -> str:
     return _ESCAPED.sub(lambda m: _UNESCAPES.get(m.group(1), m.group(0)), text)
 
 
+def _log_patterns(mark: bytes) -> tuple[re.Pattern[bytes], re.Pattern[str]]:
+    """A run of complete log record marker lines without NUL (SQLite's JSON would cut the text: such a record
+    is a line of its own); and once the run is decoded, the fields of each record: time, level, logger, flags,
+    message, and its dimensions JSON or ''."""
+    run = re.compile(rb"(?:" + re.escape(mark + b"L") + rb"[^\n\x00]*\n)+")
+    fields = re.compile("(?m)^" + re.escape(mark.decode("ascii") + "L") + r"([^\t\n]*)\t" * 4 + r"([^\t\n]*)(?:\t([^\n]+))?\n")
+    return run, fields
+
+
 def _decode_log(invocation: Invocation, payload: bytes) -> Line:
     fields = payload.decode("utf-8", "backslashreplace").split("\t", 5)
     when, level, name, flags, message = fields[:5]
-    flags, _, sent_to = flags.partition(";")
+    system, entry_script, sent_to = log_flags(flags)
     return Line(
         "log",
         invocation,
         _unescape(message),
         level=level,
         logger=_unescape(name),
-        system="s" in flags,
-        entry_script="e" in flags,
+        system=system,
+        entry_script=entry_script,
         time=float(when),
         custom_dimensions=json.loads(fields[5]) if len(fields) > 5 else None,
-        sent_to=tuple(sent_to.split(",")) if sent_to else (),
+        sent_to=sent_to,
     )
 
 

@@ -21,6 +21,7 @@ and a handler in the receiving side's dispatch table (``Driver`` or ``WorkerProc
 
 from __future__ import annotations
 
+import pickle
 from typing import Any, NamedTuple
 
 
@@ -122,6 +123,12 @@ _TAGS = {kind: tag for tag, kind in enumerate(MESSAGES)}  # append new kinds: a 
 def encode(message: Message) -> tuple[int, tuple[Any, ...]]:
     """The wire form of a message (a plain tuple: cheap to pickle)."""
     return (_TAGS[type(message)], tuple(message))
+
+
+def to_bytes(message: Message) -> bytes:
+    """The message pickled, for ``Connection.send_bytes``: what ``Connection.send`` sends, made by
+    :func:`pickle.dumps` (half the time of multiprocessing's pickler, which the messages do not need)."""
+    return pickle.dumps(encode(message), pickle.HIGHEST_PROTOCOL)
 
 
 def decode(wire: tuple[int, tuple[Any, ...]]) -> Message:

@@ -11,8 +11,9 @@ This module is imported by every worker process: it stays free of heavy imports.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 
@@ -66,11 +67,46 @@ class LineBlock:
         return [Line(self.stream, self.invocation, text, time=self.time, worker=self.worker) for text in self.texts]
 
 
+@dataclass(slots=True)
+class RecordBlock:
+    """Log records read together from one worker's stderr within one invocation, column by column: the
+    driver decodes them at once and the sinks that take :meth:`lines` write them together; others get
+    them one by one as ``Line(stream="log", ...)``."""
+
+    invocation: Invocation
+    times: Sequence[str]  # as the worker wrote them (repr: float() gives each back exactly)
+    levels: Sequence[str]
+    loggers: Sequence[str]
+    messages: Sequence[str]
+    flags: Sequence[str] | None = None  # per record "<s><e>[;dest,...]" (see log_flags); None: none has any
+    dimensions: Sequence[dict[str, Any] | None] | None = None  # None: no record has custom dimensions
+    worker: str = ""
+
+    def lines(self) -> list[Line]:
+        inv, worker = self.invocation, self.worker
+        flags = map(log_flags, self.flags) if self.flags is not None else repeat((False, False, ()))
+        dimensions = self.dimensions if self.dimensions is not None else repeat(None)
+        columns = zip(self.times, self.levels, self.loggers, self.messages, flags, dimensions, strict=False)  # repeat()s
+        return [
+            Line("log", inv, message, level=level, logger=logger, system=system, entry_script=entry_script,
+                 time=float(when), custom_dimensions=dims, worker=worker, sent_to=sent_to)
+            for when, level, logger, message, (system, entry_script, sent_to), dims in columns
+        ]
+
+
+def log_flags(flags: str) -> tuple[bool, bool, tuple[str, ...]]:
+    """A log record's flags field: ``s`` pipeobs's own record, ``e`` EntryScript's logger, then ``;`` and the
+    comma-separated destinations the entry script's own handlers sent it to. -> (system, entry_script, sent_to)"""
+    kinds, _, sent_to = flags.partition(";")
+    return "s" in kinds, "e" in kinds, tuple(sent_to.split(",")) if sent_to else ()
+
+
 def expand(items: Iterable[Any]) -> list[Any]:
-    """``items`` with each :class:`LineBlock` replaced by its lines."""
+    """``items`` with each :class:`LineBlock` and :class:`RecordBlock` replaced by its lines."""
     out: list[Any] = []
     for item in items:
-        if type(item) is LineBlock:
+        kind = type(item)
+        if kind is LineBlock or kind is RecordBlock:
             out.extend(item.lines())
         else:
             out.append(item)

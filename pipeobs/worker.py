@@ -43,7 +43,7 @@ from pipeobs.protocol import (
     Stop,
     Tasks,
     decode,
-    encode,
+    to_bytes,
 )
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class WorkerLoop:
         self.base_attributes = {"pipeobs.step_id": info["step_id"], "pipeobs.worker": f"{info['node']}/{info['name']}"}
 
     def send(self, message: Message) -> None:
-        self.conn.send(encode(message))
+        self.conn.send_bytes(to_bytes(message))
 
     def serve(self) -> int:
         self.capture.install()
@@ -481,7 +481,7 @@ def main() -> int:
         host, port = address.rsplit(":", 1)
         target = (host, int(port))
     conn = Client(target, family=family, authkey=bytes.fromhex(os.environ[env.AUTHKEY]))
-    conn.send(encode(Hello(os.environ[env.WORKER], os.getpid())))
+    conn.send_bytes(to_bytes(Hello(os.environ[env.WORKER], os.getpid())))
     setup = decode(conn.recv())
     if type(setup) is not Setup:
         raise RuntimeError(f"expected the driver's setup, got {setup!r:.80}")

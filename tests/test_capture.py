@@ -7,8 +7,8 @@ import random
 from collections.abc import Iterator
 
 from pipeobs import capture
-from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, _encode_log, marker_prefix
-from pipeobs.records import LineBlock, expand
+from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, _decode_log, _encode_log, marker_prefix
+from pipeobs.records import LineBlock, RecordBlock, expand
 
 TOKEN = "0123456789abcdef"
 MARK = marker_prefix(TOKEN)
@@ -28,7 +28,28 @@ def begin(mb: int, attempt: int = 1) -> bytes:
     return MARK + b"B" + f"run {mb} {attempt} - -".encode() + b"\n"
 
 
+def log(message: str, name: str = "user.mod", level: int = logging.INFO, created: float = 1795948165.8251133,
+        dims: dict[str, object] | None = None, sent_to: tuple[str, ...] = (), entry_script: bool = False) -> bytes:
+    """A log record's marker line, as a worker writes it."""
+    record = logging.LogRecord(name, level, __file__, 1, message, None, None)
+    record.created = created
+    record.pipeobs_entry_script = entry_script
+    return MARK + b"L" + _encode_log(record, message, dims, sent_to) + b"\n"
+
+
+RECORDS = [  # log records of every shape a worker writes
+    log("plain"), log("second", created=1795948165.9), log("warned", level=logging.WARNING, name="other"),
+    log("with dims", dims={"k": [1, 2], "s": "tab\there"}), log("own record", name="pipeobs.worker"),
+    log("entry script", entry_script=True), log("sent", sent_to=("azure", "otlp")),
+    log("escapes\nnew\tline\\ back\r", name="tab\tlogger\\x"), log("caf\u00e9 \u2603"), log(""),
+    log("nul\x00inside"), log("own, sent, with dims", name="pipeobs", dims={"a": None}, sent_to=("azure",)),
+]
+
+
 def _shape(item: object) -> tuple[object, ...]:
+    if isinstance(item, Line) and item.stream == "log":
+        return ("log", item.text, item.invocation, item.level, item.logger, item.system, item.entry_script,
+                item.time, item.custom_dimensions, item.worker, item.sent_to, item.continued)
     if isinstance(item, Line):
         return ("line", item.text, item.continued, item.invocation.mini_batch_id, item.invocation.attempt)
     assert isinstance(item, Boundary)
@@ -51,24 +72,65 @@ class TestStreamParser:
         assert [i.text for i in items if isinstance(i, Line)] == ["nul\x00x", "y", "z"]
 
     def test_any_split_of_a_stream_parses_the_same(self) -> None:
-        """Plain output is taken a whole read at a time; markers, partial and long lines the slow way:
-        however the stream is cut into reads, the items are the same."""
+        """Plain output and runs of log records are taken a whole read at a time; other markers, partial and long
+        lines the slow way: however the stream is cut into reads, the items are the same."""
+        rng = random.Random(7)
         stream = b"".join([
             b"plain 1\nplain 2\r\n", begin(4), b"in 4\n" * 50, b"partial", MARK + b"E\n", b"\xffbad\n",
-            b"b" * (MAX_LINE + 7) + b"\n", begin(5, 2), b"x\n" * 300, MARK + b"E\n", b"tail without newline",
+            b"b" * (MAX_LINE + 7) + b"\n", begin(5, 2), b"x\n" * 300, *RECORDS, b"between\n", *RECORDS * 20,
+            b"\xff\xfe after\n", *rng.sample(RECORDS * 5, 60), MARK + b"E\n", *RECORDS[:3], b"tail without newline",
         ])
-        whole = StreamParser("stdout", TOKEN)
+        whole = StreamParser("stderr", TOKEN)
         expected = [_shape(i) for i in [*whole.feed(stream), *whole.close()]]
-        rng = random.Random(7)
 
         for _ in range(40):
-            parser, items, pos = StreamParser("stdout", TOKEN), [], 0
+            parser, items, pos = StreamParser("stderr", TOKEN), [], 0
             while pos < len(stream):
                 step = rng.choice([1, 3, 17, 100, 4096, 70_000])
                 items += parser.feed(stream[pos:pos + step])
                 pos += step
             items += parser.close()
             assert [_shape(i) for i in items] == expected
+
+    def test_a_run_of_log_records_is_one_block_of_the_lines_each_decodes_to(self) -> None:
+        """Consecutive log record markers of a read are one RecordBlock (a record holding NUL, which SQLite's
+        JSON would cut, is a Line of its own), and the block expands to the Lines each marker decodes to."""
+        parser = capture.StreamParser("stderr", TOKEN, "0/process001")
+        inv = Invocation("run", 3, 1, None, None)
+        expected = [_decode_log(inv, record[len(MARK) + 1 : -1]) for record in RECORDS]
+        for line in expected:
+            line.worker = "0/process001"
+
+        items = list(parser.feed(MARK + b"B" + b"run 3 1 - -\n" + b"".join(RECORDS) + b"printed\n" + RECORDS[0]))
+
+        assert [type(i).__name__ for i in items] == ["Boundary", "RecordBlock", "Line", "RecordBlock", "LineBlock",
+                                                     "RecordBlock"]
+        assert [i for i in expand(items) if isinstance(i, Line) and i.stream == "log"] == [*expected, expected[0]]
+
+    def test_log_records_with_dimensions_or_flags_keep_them_per_record(self) -> None:
+        """A block holds dimensions and flags only when a record has some; each record keeps its own."""
+        plain, = capture.StreamParser("stderr", TOKEN).feed(log("a") + log("b", level=logging.ERROR))
+        mixed, = capture.StreamParser("stderr", TOKEN).feed(log("a") + log("b", dims={"k": 1}, entry_script=True))
+
+        assert isinstance(plain, RecordBlock) and isinstance(mixed, RecordBlock)
+        assert (plain.flags, plain.dimensions, plain.levels) == (None, None, ["INFO", "ERROR"])
+        assert (mixed.flags, mixed.dimensions) == (["", "e"], [None, {"k": 1}])
+
+    def test_a_stdout_read_of_markers_only_parses_the_last(self) -> None:
+        """stdout's markers only attribute its lines: in a read holding nothing else, only the last is parsed."""
+        parsed: list[bytes] = []
+
+        class Counting(capture.StreamParser):
+            def _marker(self, raw: bytes) -> capture.Item | None:
+                parsed.append(raw)
+                return super()._marker(raw)
+
+        parser = Counting("stdout", TOKEN)
+        markers = b"".join(begin(mb) + MARK + b"E\n" for mb in range(100)) + begin(100)
+
+        assert list(parser.feed(markers + MARK[:3])) == []
+        assert len(parsed) == 1
+        assert lines(expand(parser.feed(MARK[3:] + b"E\n" + begin(101) + b"in 101\n"))) == [("in 101", 101)]
 
     def test_only_stderr_markers_reach_the_driver_as_boundaries(self) -> None:
         """stderr carries the finished span, so its begin/end markers are the boundaries the driver keeps;

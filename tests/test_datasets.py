@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -625,6 +626,19 @@ class TestMiniBatch:
         assert "\n" not in text
         assert MiniBatch.from_json(text) == mb
         assert isinstance(MiniBatch.from_json(text).files, tuple)
+
+    @pytest.mark.parametrize("mb", [
+        *BATCHES,
+        MiniBatch(7, 1, "file", ("/data/é \"quoted\" \\ back", "b\n"), item_count=2),
+        MiniBatch(8, 0, "file", (), item_count=None),
+        MiniBatch(9, 0, "csv", ("a.csv",), start=5, end=90),
+    ], ids=lambda mb: f"{mb.kind}-{mb.id}")
+    def test_json_text_is_sorted_and_compact(self, mb):
+        """The text the ledger stores (and a resumed run compares) is json.dumps's with sorted keys and no
+        spaces, whichever way it is made."""
+        fields = {f.name: getattr(mb, f.name) for f in dataclasses.fields(mb)}
+
+        assert mb.to_json() == json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     def test_hashable_despite_dicts(self):
         """Descriptors can be set members even with partition values and options."""

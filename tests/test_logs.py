@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from pipeobs.record.driverlog import utc_stamp
 from pipeobs.record.reports import PROCESSED_COLUMNS
 from tests.conftest import RunJob
 
@@ -101,6 +102,57 @@ class TestLogging:
         stdout_file = job.run_dir / "logs/user/stdout/0/process000.stdout.txt"
         assert "which is more than input count 1" in sys_log
         assert not stdout_file.exists() or "more than input count" not in stdout_file.read_text()
+
+
+class TestLogRecordsEndToEnd:
+    SCRIPT = """
+    import logging, sys
+    from azureml_user.parallel_run import EntryScript
+    def run(mini_batch):
+        for i in range(300):  # many records per read: they travel and are stored in blocks
+            logging.getLogger("user.mod").info("record %d", i, extra={"custom_dimensions": {"i": i}} if i % 7 == 0 else {})
+            if i % 50 == 0:
+                print("printed", i, file=sys.stderr)
+                logging.getLogger("tab\\tlogger").warning("multi\\nline\\twith \\\\ and caf\\u00e9 %d", i)
+                EntryScript().logger.info("entry script %d", i)
+                logging.getLogger("pipeobs.user_side").info("system %d", i)
+        return mini_batch
+    """
+
+    def expected(self) -> list[tuple[str, str, str, str | None, str]]:
+        """(text, level, logger, attributes, file) of the records the script logs, in order."""
+        rows: list[tuple[str, str, str, str | None, str]] = []
+        for i in range(300):
+            rows.append((f"record {i}", "INFO", "user.mod", f'{{"i": {i}}}' if i % 7 == 0 else None, "stdout"))
+            if i % 50 == 0:
+                rows.append((f"multi\nline\twith \\ and caf\u00e9 {i}", "WARNING", "tab\tlogger", None, "stdout"))
+                rows.append((f"entry script {i}", "INFO", "0_process000", None, "entry_script"))
+                rows.append((f"system {i}", "INFO", "pipeobs.user_side", None, "sys"))
+        return rows
+
+    def test_records_reach_the_store_files_and_driver_log_as_logged(self, run_job: RunJob) -> None:
+        """Every record keeps its text, level, logger, dimensions and time in log_lines, lands in its file
+        (system log, entry_script_log or stdout) and has its line in the driver log, in order."""
+        job = run_job(self.SCRIPT, files=1, process_count_per_node=1)
+
+        rows = job.query("SELECT time, text, level, logger, attributes, mini_batch_id, attempt, worker FROM log_lines "
+                         "WHERE stream = 'log' AND phase = 'run' ORDER BY id")
+        assert [tuple(r)[1:5] for r in rows] == [row[:4] for row in self.expected()]
+        assert {(r["mini_batch_id"], r["attempt"], r["worker"]) for r in rows} == {(0, 1, "0/process000")}
+        times = [r["time"] for r in rows]
+        assert times == sorted(times)
+        logs = job.run_dir / "logs"
+        files = {"sys": "", "entry_script": "", "stdout": ""}
+        for text, *_, kind in self.expected():
+            files[kind] += text + "\n"
+        assert (logs / "user/stdout/0/process000.stdout.txt").read_text() == files["stdout"]
+        assert (logs / "user/entry_script_log/0/process000.log.txt").read_text() == files["entry_script"]
+        assert files["sys"] in (logs / "sys/node/0/process000.txt").read_text()
+        assert (logs / "user/stderr/0/process000.stderr.txt").read_text() == "".join(f"printed {i}\n" for i in range(0, 300, 50))
+        driver_log, position = job.driver_log(), 0
+        for r in rows:  # each record's line, in order (the driver's own lines may come between)
+            line = f"{utc_stamp(r['time'])} 0/process000 mb=0 a=1 {r['level']} {r['text']}\n"
+            position = driver_log.index(line, position) + len(line)
 
 
 class TestLogsTree:

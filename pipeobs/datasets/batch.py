@@ -51,9 +51,17 @@ class MiniBatch:
         )
 
     def to_json(self) -> str:
-        """One line of JSON, for the ledger and for ``--resume``."""
+        """One line of JSON, for the ledger and for ``--resume``: keys sorted, no spaces.
+
+        The driver stores one per mini-batch as it partitions; the plain kind (files, nothing else set) is
+        written from a template with only its lists encoded, the same text at a third of the cost."""
+        if not (self.options or self.row_groups or self.partition_key_value is not None):
+            count = "null" if self.item_count is None else int(self.item_count)
+            return (f'{{"end":{int(self.end)},"files":{_encode(self.files)},"id":{int(self.id)},'
+                    f'"input_index":{int(self.input_index)},"item_count":{count},"kind":{_encode(self.kind)},'
+                    f'"options":{{}},"partition_key_value":null,"row_groups":[],"start":{int(self.start)}}}')
         values = {f: getattr(self, f) for f in _MINI_BATCH_FIELDS}  # asdict() deep-copies: 50 us a call
-        return json.dumps(values, sort_keys=True, separators=(",", ":"))
+        return _encode(values)
 
     @classmethod
     def from_json(cls, text: str) -> MiniBatch:
@@ -78,6 +86,7 @@ class MiniBatch:
 
 
 _MINI_BATCH_FIELDS = tuple(f.name for f in dataclass_fields(MiniBatch))
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 def _reads_whole_files(mb: MiniBatch) -> bool:

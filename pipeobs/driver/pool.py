@@ -19,7 +19,7 @@ from pipeobs.capture import Boundary
 from pipeobs.driver.slots import Names, Task, WorkerSlot, WorkerState
 from pipeobs.executors.base import Executor, WorkerSpec
 from pipeobs.protocol import Debug, Debugging, Stop, Tasks
-from pipeobs.records import Line, LineBlock, Span
+from pipeobs.records import Line, LineBlock, RecordBlock, Span
 
 if TYPE_CHECKING:
     from pipeobs.driver.journal import RunJournal
@@ -71,7 +71,7 @@ class WorkerPool:
         start = 0  # the lines since the last other item go to the sinks together
         for index, item in enumerate(items):
             kind = type(item)
-            if kind is Line or kind is LineBlock:
+            if kind is Line or kind is LineBlock or kind is RecordBlock:
                 continue
             if start < index:
                 lines(items[start:index])
@@ -164,11 +164,13 @@ class WorkerPool:
         return [(w.node, w.name, w.pid) for w in self.slots.values() if not w.is_dead and w.pid is not None]
 
     def dispatch(self, ledger: Ledger, prefetch: int) -> None:
-        """Top up each ready worker to ``prefetch`` queued tasks from the ledger's queue."""
+        """Top up each ready worker holding half of ``prefetch`` queued tasks or fewer to ``prefetch``, from the
+        ledger's queue: short mini-batches go out in batches (one message, and boundaries that share their marker
+        writes in the worker), not one or two at a time as each result comes in."""
         for worker in self.slots.values():
             if not ledger.pending:
                 return
-            if worker.state is not WorkerState.READY or len(worker.inflight) >= prefetch or worker.holds_debug_task:
+            if worker.state is not WorkerState.READY or len(worker.inflight) > prefetch // 2 or worker.holds_debug_task:
                 continue
             batch = ledger.take(prefetch - len(worker.inflight))
             if self.debug is not None:

@@ -28,7 +28,7 @@ from typing import Any
 from pipeobs import env as variables
 from pipeobs.capture import StreamParser
 from pipeobs.executors.base import Executor, ExecutorEvents, WorkerSpec
-from pipeobs.protocol import Hello, Message, decode, encode
+from pipeobs.protocol import Hello, Message, decode, to_bytes
 
 PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size: a burst of output does not stall the worker
 READ_SIZE = 1 << 16
@@ -214,7 +214,7 @@ class LocalExecutor(Executor):
         if proc is None or proc.conn is None:
             return False
         try:
-            proc.conn.send(encode(message))
+            proc.conn.send_bytes(to_bytes(message))
         except OSError:
             return False  # the worker is gone: its exit is reported
         return True

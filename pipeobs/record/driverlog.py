@@ -10,10 +10,12 @@ file is flushed with the store, not per line.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
+from operator import add, mul, sub
 from typing import IO, Any
 
-from pipeobs.records import Event, Invocation, Line, LineBlock
+from pipeobs.records import Event, Invocation, Line, LineBlock, RecordBlock
 
 EventDict = dict[str, Any]
 
@@ -27,8 +29,27 @@ def utc_stamp(when: float) -> str:
     second = int(when)
     cached = _last_second  # one read and one write of a tuple: safe across threads
     if second != cached[0]:
-        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        cached = _last_second = (second, _second_text(second))
     return f"{cached[1]}.{int((when - second) * 1000):03d}Z"
+
+
+def _second_text(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1001))  # utc_stamp's ends (1000: a fraction rounded up)
+
+
+def utc_stamps(times: Sequence[str]) -> list[str]:
+    """:func:`utc_stamp` of each time (as a worker wrote it), by C-level passes over them all: the driver
+    stamps every log record, and a block's records share a few seconds."""
+    floats = list(map(float, times))
+    seconds = list(map(int, floats))
+    if min(seconds) < 0:
+        return list(map(utc_stamp, floats))
+    texts = {second: _second_text(second) for second in set(seconds)}
+    millis = map(int, map(mul, map(sub, floats, seconds), repeat(1000)))
+    return list(map(add, map(texts.__getitem__, seconds), map(_MILLIS.__getitem__, millis)))
 
 
 def invocation_label(inv: Invocation | None) -> str:
@@ -103,10 +124,26 @@ class DriverLog:
         prefix = f"{self._stamp_for(when, inv)} {worker} {self._last[1]} {level} "
         self._write_text(prefix + ("\n" + prefix).join(texts) + "\n")
 
-    def _stamp_for(self, when: float, inv: Invocation | None) -> str:
-        """The stamp of ``when``; the lines of one read share their time and invocation, so both are cached."""
+    def write_records(self, times: Sequence[str], worker: str, inv: Invocation | None, levels: Sequence[str],
+                      texts: Sequence[str]) -> None:
+        """Lines of one worker and invocation, each with its own time (as the worker wrote it) and level:
+        a block of log records."""
+        if not self._direct:
+            for when, level, text in zip(times, levels, texts, strict=True):
+                self.write(float(when), worker, inv, level, text)
+            return
+        middle = f" {worker} {self._label(inv)} "
+        self._write_text("".join([f"{stamp}{middle}{level} {text}\n"
+                                  for stamp, level, text in zip(utc_stamps(times), levels, texts, strict=True)]))
+
+    def _label(self, inv: Invocation | None) -> str:
         if inv is not self._last[0]:
             self._last = (inv, invocation_label(inv))
+        return self._last[1]
+
+    def _stamp_for(self, when: float, inv: Invocation | None) -> str:
+        """The stamp of ``when``; the lines of one read share their time and invocation, so both are cached."""
+        self._label(inv)
         stamp = self._stamp
         if when != stamp[0]:
             stamp = self._stamp = (when, utc_stamp(when))
@@ -137,12 +174,14 @@ class DriverLogSink:
         level = line.level or ("STDERR" if line.stream == "stderr" else "STDOUT")
         self.log.write(line.time or time.time(), line.worker, line.invocation, level, line.text)
 
-    def add_lines(self, lines: Iterable[Line | LineBlock]) -> None:
+    def add_lines(self, lines: Iterable[Line | LineBlock | RecordBlock]) -> None:
         log = self.log
         for item in lines:
             if isinstance(item, LineBlock):
                 log.write_block(item.time, item.worker, item.invocation, "STDERR" if item.stream == "stderr" else "STDOUT",
                                 item.texts)
+            elif isinstance(item, RecordBlock):
+                log.write_records(item.times, item.worker, item.invocation, item.levels, item.messages)
             else:
                 self.add_line(item)
 

@@ -10,15 +10,17 @@ small whole files of the end of the run. Handles are buffered and flushed with t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import IO
 
 from pipeobs.record.driverlog import utc_stamp
 from pipeobs.record.rundir import RunDir
-from pipeobs.records import Line, LineBlock
+from pipeobs.records import Line, LineBlock, RecordBlock, log_flags
 
 _USER_FILES = {
     "stdout": ("stdout", ".stdout.txt"),
@@ -34,6 +36,24 @@ def _file_kind(line: Line) -> str:
     if line.stream == "log":
         return "entry_script" if line.entry_script else "stdout"
     return line.stream
+
+
+def _record_kind(flags: str) -> str:
+    """:func:`_file_kind` of a log record from its flags."""
+    system, entry_script, _ = log_flags(flags)
+    return "sys" if system else "entry_script" if entry_script else "stdout"
+
+
+def _record_pieces(block: RecordBlock) -> list[tuple[str, str]]:
+    """A block's records as (file kind, text) pieces: one piece per run of records bound for one file."""
+    messages = block.messages
+    if block.flags is None or len(set(block.flags)) == 1:
+        kind = "stdout" if block.flags is None else _record_kind(block.flags[0])
+        return [(kind, "\n".join(messages) + "\n")]
+    pieces: list[tuple[str, str]] = []
+    for kind, run in itertools.groupby(zip(map(_record_kind, block.flags), messages, strict=True), key=itemgetter(0)):
+        pieces.append((kind, "".join(message + "\n" for _, message in run)))
+    return pieces
 
 
 class RunFiles:
@@ -59,20 +79,23 @@ class RunFiles:
         """A captured line goes to its worker's file (Azure: root logging sinks to stdout's)."""
         self._worker_file(_file_kind(line), line.worker).write(line.text + ("" if line.continued else "\n"))
 
-    def add_lines(self, lines: Iterable[Line | LineBlock]) -> None:
+    def add_lines(self, lines: Iterable[Line | LineBlock | RecordBlock]) -> None:
         """Lines in order: a run of lines bound for one file is one write."""
         key: tuple[str, str] | None = None
         pieces: list[str] = []
         for item in lines:
-            if isinstance(item, LineBlock):
-                where, text = (item.stream, item.worker), "\n".join(item.texts) + "\n"
+            if isinstance(item, RecordBlock):
+                runs = [((kind, item.worker), text) for kind, text in _record_pieces(item)]
+            elif isinstance(item, LineBlock):
+                runs = [((item.stream, item.worker), "\n".join(item.texts) + "\n")]
             else:
-                where, text = (_file_kind(item), item.worker), item.text if item.continued else item.text + "\n"
-            if where != key:
-                if key is not None:
-                    self._worker_file(*key).write("".join(pieces))
-                key, pieces = where, []
-            pieces.append(text)
+                runs = [((_file_kind(item), item.worker), item.text if item.continued else item.text + "\n")]
+            for where, text in runs:
+                if where != key:
+                    if key is not None:
+                        self._worker_file(*key).write("".join(pieces))
+                    key, pieces = where, []
+                pieces.append(text)
         if key is not None:
             self._worker_file(*key).write("".join(pieces))
 

@@ -2,10 +2,11 @@
 
 A sink is any object with some of the methods ``add_line(Line)``, ``add_metric(Metric)``,
 ``add_span(Span)``, ``add_event(Event)`` (records of :mod:`pipeobs.records`), and optionally
-``add_lines(items)`` (the lines of one read at once, in order, as :class:`~pipeobs.records.Line`
-and :class:`~pipeobs.records.LineBlock` records: a sink that writes them together saves most of
-its per-line cost; a sink without it gets each line from ``add_line``), ``flush()`` and ``close()``. The store, the per-process files, the driver log and the exporters
-are sinks; a live alert evaluator or a web view following the run would be one more
+``add_lines(items)`` (the lines of one read at once, in order, as :class:`~pipeobs.records.Line`,
+:class:`~pipeobs.records.LineBlock` and :class:`~pipeobs.records.RecordBlock` records: a sink that
+writes them together saves most of its per-line cost; a sink without it gets each line from
+``add_line``), ``flush()`` and ``close()``. The store, the per-process files, the driver log and
+the exporters are sinks; a live alert evaluator or a web view following the run would be one more
 ``pipeline.add(sink)``, with no change to the producers (the driver, the job telemetry).
 
 Sinks are called in the order they were added, on the driver's thread. A sink must not block:
@@ -17,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeobs.records import Event, Line, LineBlock, Metric, Span, expand
+from pipeobs.records import Event, Line, LineBlock, Metric, RecordBlock, Span, expand
+
+Lines = Sequence[Line | LineBlock | RecordBlock]  # what one call of add_lines takes
 
 KINDS = ("add_line", "add_metric", "add_span", "add_event")
 
@@ -28,7 +31,7 @@ class Pipeline:
     def __init__(self, sinks: list[Any] | None = None) -> None:
         self.sinks: list[Any] = []
         self._targets: dict[str, list[Callable[[Any], None]]] = {kind: [] for kind in KINDS}
-        self._line_batches: list[Callable[[Sequence[Line | LineBlock]], None]] = []
+        self._line_batches: list[Callable[[Lines], None]] = []
         for sink in sinks or []:
             self.add(sink)
 
@@ -52,7 +55,7 @@ class Pipeline:
         for target in self._targets["add_line"]:
             target(record)
 
-    def lines(self, records: Sequence[Line | LineBlock]) -> None:
+    def lines(self, records: Lines) -> None:
         """Lines in order, handed to each sink together."""
         for target in self._line_batches:
             target(records)
@@ -83,14 +86,14 @@ class Pipeline:
                 close()
 
 
-def _lines_of(sink: Any) -> Callable[[Sequence[Line | LineBlock]], None]:
+def _lines_of(sink: Any) -> Callable[[Lines], None]:
     """The sink's ``add_lines``, or one ``add_line`` call per line."""
     add_lines = getattr(sink, "add_lines", None)
     if callable(add_lines):
         return add_lines
     add_line = sink.add_line
 
-    def each(records: Sequence[Line | LineBlock]) -> None:
+    def each(records: Lines) -> None:
         for record in expand(records):
             add_line(record)
 

@@ -93,16 +93,26 @@ def write_processed_csv(store: Store, out: IO[str]) -> None:
     """One row per attempt, streamed from the store (a long run has millions)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(PROCESSED_COLUMNS)
-    for r in store.attempts_for_report():
-        start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["start_time"])) if r["start_time"] else ""
-        writer.writerow(
-            (
-                r["mini_batch_id"], r["attempt"], r["worker"], start, r["total"], r["succeeded"],
-                r["failed"], _num(r["elapsed"]), _num(r["process_seconds"]), _num(r["run_seconds"]),
-                r["status"], r["error_category"] or "", r["error_message"] or "",
-                r["descriptor"] or "",
-            )
-        )
+    stamp = _Seconds()
+    writer.writerows(
+        (mb, attempt, worker, stamp(start) if start else "", total, succeeded, failed, _num(elapsed),
+         _num(process_seconds), _num(run_seconds), status, category or "", message or "", descriptor or "")
+        for (mb, attempt, worker, start, total, succeeded, failed, elapsed, process_seconds, run_seconds, status,
+             category, message, descriptor) in store.attempts_for_report()
+    )
+
+
+class _Seconds:
+    """``YYYY-mm-dd HH:MM:SS`` (UTC) of epoch seconds; the attempts of a second share one formatting."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, when: float) -> str:
+        second = int(when)
+        if second != self._last[0]:
+            self._last = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second)))
+        return self._last[1]
 
 
 SUMMARY_COLUMNS = (

@@ -40,10 +40,11 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from pipeobs.records import Event, Line, LineBlock, Metric, Span
+from pipeobs.records import Event, Line, LineBlock, Metric, RecordBlock, Span
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -154,16 +155,41 @@ _LINES_SQL = (
     "CASE type WHEN 'array' THEN json_extract(value, '$[3]') ELSE value END, ?10, ?11, "
     "CASE type WHEN 'array' THEN json_extract(value, '$[4]') END FROM json_each(?12) ORDER BY key"
 )
-_GROUP_SIZE = 12  # a queued group row's length; a single line's row has one value per column
+# A group of log records (Store.add_lines of a RecordBlock): the shared values once, then a JSON array of
+# [time, text(, attributes JSON)], the time as the worker wrote it (the column's REAL affinity converts it).
+_RECORDS_SQL = (
+    f"INSERT INTO log_lines ({', '.join(COLUMNS['log_lines'])}) SELECT json_extract(value, '$[0]'), ?1, ?2, 'log', "
+    "?3, ?4, ?5, ?6, ?7, json_extract(value, '$[1]'), ?8, ?9, json_extract(value, '$[2]') FROM json_each(?10) ORDER BY key"
+)
+_GROUP_SQL = {12: _LINES_SQL, 10: _RECORDS_SQL}  # by the length of a queued group row
 
 
 def _insert_lines(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """The queued lines in order: runs of group rows by :data:`_LINES_SQL`, single rows as they are."""
-    for grouped, run in itertools.groupby(rows, key=lambda row: len(row) == _GROUP_SIZE):
-        if grouped:
-            conn.executemany(_LINES_SQL, [(*row[:-1], json.dumps(row[-1], ensure_ascii=False)) for row in run])
+    """The queued lines in order: runs of group rows by their statement, single rows (one value per column)
+    as they are."""
+    for size, run in itertools.groupby(rows, key=len):
+        sql = _GROUP_SQL.get(size)
+        if sql is not None:
+            conn.executemany(sql, [(*row[:-1], json.dumps(row[-1], ensure_ascii=False)) for row in run])
         else:
             conn.executemany(_SQL["log_lines"], run)
+
+
+def _record_groups(block: RecordBlock, step_id: str) -> list[tuple[Any, ...]]:
+    """A block's records as group rows of :data:`_RECORDS_SQL`, one per run of records of one level and logger."""
+    inv = block.invocation
+    head, tail = (step_id, block.worker, inv.phase, inv.mini_batch_id, inv.attempt), (inv.trace_id, inv.span_id)
+    if block.dimensions is None:
+        elements: Iterable[tuple[Any, ...]] = zip(block.times, block.messages, strict=True)
+    else:
+        dimensions = [json.dumps(dims) if dims else None for dims in block.dimensions]
+        elements = zip(block.times, block.messages, dimensions, strict=True)
+    levels, loggers = block.levels, block.loggers
+    if levels.count(levels[0]) == len(levels) and loggers.count(loggers[0]) == len(loggers):
+        return [(*head, levels[0], loggers[0], *tail, list(elements))]
+    return [(*head, level, logger, *tail, [element for _, element in run])
+            for (level, logger), run in itertools.groupby(zip(zip(levels, loggers, strict=True), elements, strict=True),
+                                                          key=itemgetter(0))]
 
 
 def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
@@ -246,11 +272,11 @@ class Store:
     def add_line(self, line: Line) -> None:
         self.add_lines((line,))
 
-    def add_lines(self, lines: Iterable[Line | LineBlock]) -> None:
+    def add_lines(self, lines: Iterable[Line | LineBlock | RecordBlock]) -> None:
         """Lines in order. A run of lines of one stream, invocation and worker is queued as one group row,
         inserted by one statement that expands the group in SQLite (:data:`_LINES_SQL`): a row from Python
         per line costs about three times as much. A text holding NUL, which SQLite's JSON cuts, is queued
-        alone (a :class:`LineBlock` never holds one)."""
+        alone (a :class:`LineBlock` or :class:`RecordBlock` never holds one)."""
         queue, step_id = self._lines, self.step_id
         group: list[Any] = []
         key: tuple[Any, ...] = ()
@@ -263,6 +289,10 @@ class Store:
                     queue.append((line.time, step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id,
                                   inv.attempt, None, None, inv.trace_id, inv.span_id, group))
                 group += line.texts
+                continue
+            if isinstance(line, RecordBlock):
+                queue += _record_groups(line, step_id)
+                key = ()  # a later line starts a group of its own, after these
                 continue
             text, dims = line.text, line.custom_dimensions
             if "\x00" in text:
@@ -417,11 +447,15 @@ class Store:
             "FROM attempts WHERE status != 'RUN_DONE' ORDER BY start_time"
         ).fetchall()
 
-    def attempts_for_report(self) -> Iterator[sqlite3.Row]:
-        """Every attempt with its mini-batch's descriptor, streamed (``processed_mini-batches.csv``)."""
-        return self.conn.execute(
-            "SELECT a.*, m.descriptor FROM attempts a LEFT JOIN mini_batches m ON m.id = a.mini_batch_id "
-            "ORDER BY a.mini_batch_id, a.attempt"
+    def attempts_for_report(self) -> Iterator[tuple[Any, ...]]:
+        """Every attempt with its mini-batch's descriptor, streamed as plain tuples (one per mini-batch of a
+        long run: no Row objects), in ``processed_mini-batches.csv``'s column order."""
+        cursor = self.conn.cursor()
+        cursor.row_factory = None
+        return cursor.execute(
+            "SELECT a.mini_batch_id, a.attempt, a.worker, a.start_time, a.total, a.succeeded, a.failed, a.elapsed, "
+            "a.process_seconds, a.run_seconds, a.status, a.error_category, a.error_message, m.descriptor "
+            "FROM attempts a LEFT JOIN mini_batches m ON m.id = a.mini_batch_id ORDER BY a.mini_batch_id, a.attempt"
         )
 
     def attempt_totals(self, by: str) -> list[sqlite3.Row]:

@@ -65,3 +65,32 @@ def test_an_invocation_without_its_span_stays_open() -> None:
 
     assert list(worker.open_spans) == ["b" * 16]
     assert worker.run_began == {(1, 1): 0.0}
+
+
+def test_a_worker_is_topped_up_in_batches_once_it_holds_half_its_share() -> None:
+    """With a prefetch of 8, a worker holding 5 tasks gets none (no message per finished task); holding 4, it
+    gets 4 in one message."""
+    from pipeobs.datasets import MiniBatch
+    from pipeobs.driver.ledger import Ledger
+    from pipeobs.driver.slots import WorkerState
+    from pipeobs.jobs import Thresholds
+
+    sent: list[tuple[str, Any]] = []
+    workers, _ = pool()
+    workers.executor = SimpleNamespace(send=lambda label, message: sent.append((label, message)))  # type: ignore[assignment]
+    ledger = Ledger(Thresholds(), run_max_try=1)
+    for index in range(20):
+        ledger.add(MiniBatch(index, 0, "file", (f"f{index}",), item_count=1))
+    worker = WorkerSlot(0, "process000", None, since=0.0)
+    worker.set_state(WorkerState.READY, 0.0)
+    workers.slots[worker.label] = worker
+
+    workers.dispatch(ledger, prefetch=8)
+    for _ in range(3):
+        worker.inflight.popleft()  # three results came in: 5 left
+        workers.dispatch(ledger, prefetch=8)
+    worker.inflight.popleft()  # 4 left
+    workers.dispatch(ledger, prefetch=8)
+
+    assert [len(message.items) for _label, message in sent] == [8, 4]
+    assert len(worker.inflight) == 8

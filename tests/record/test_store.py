@@ -94,7 +94,7 @@ class TestStoreWrites:
         store.flush()
 
         assert [r["status"] for r in store.failed_attempts()] == ["RUN_EXCEPTION"]
-        assert [r["attempt"] for r in store.attempts_for_report()] == [1, 2]
+        assert [r[1] for r in store.attempts_for_report()] == [1, 2]
         by_worker = store.attempt_totals("worker")[0]
         assert (by_worker["k"], by_worker[1], by_worker[2]) == ("0/process000", 2, 1)
         assert set(store.workers()) == {"0/process000"}
