@@ -36,7 +36,7 @@ SIZES: dict[str, dict[str, object]] = {
         "ms_n": 4_000,
         "start_files": 8, "start_repeats": 9,
         "line_k": 50_000, "line_warmup": 2_000,
-        "capture_print": (40, 5_000), "capture_log": (20, 5_000),
+        "capture_print": (200, 5_000), "capture_log": (200, 5_000),  # the 1,000,000 of each
         "export_n": 100_000,
         "spool_n": 50_000, "spool_queue": 1_000, "spool_single_files": 5_000,
         "explorer_lines": 200_000, "explorer_mini_batches": 20_000,

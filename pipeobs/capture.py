@@ -281,7 +281,7 @@ class WorkerCapture:
         self.write_marker(kind, _encode_record(record))
 
     def write_marker(self, kind: bytes, body: bytes) -> None:
-        data = self._mark + kind + body + b"\n"
+        data = b"".join((self._mark, kind, body, b"\n"))
         with self._lock:
             _flush_stdio()
             _write_all(2, data)
@@ -363,8 +363,16 @@ class MarkerHandler(logging.Handler):
         super().__init__()
         self._capture = capture
 
+    def handle(self, record: logging.LogRecord) -> bool | logging.LogRecord:  # type: ignore[override]
+        """As ``Handler.handle``, without the handler's lock: the marker write holds the capture's own."""
+        passed = self.filter(record)
+        if passed:
+            self.emit(passed if isinstance(passed, logging.LogRecord) else record)
+        return passed
+
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "pipeobs_sent", False):
+        # Attributes a record may lack are read from its __dict__: a getattr that misses raises inside.
+        if record.__dict__.get("pipeobs_sent"):
             return  # an AzureLogHandler already sent it, with its custom dimensions
         if _forwarded_later(record):
             record.pipeobs_deferred = True  # a forwarding handler further on sends it, with its dimensions
@@ -412,7 +420,7 @@ def set_sent_to_hook(hook: Callable[[logging.LogRecord], tuple[str, ...]] | None
 def _custom_dimensions(record: logging.LogRecord) -> dict[str, Any] | None:
     dims = record.__dict__.get("pipeobs_user_dimensions", _NO_DIMENSIONS)
     if dims is _NO_DIMENSIONS:  # not rewritten by a composed handler's filter: as the user wrote them
-        dims = getattr(record, "custom_dimensions", None)
+        dims = record.__dict__.get("custom_dimensions")
     return dims if isinstance(dims, dict) else None
 
 
@@ -430,7 +438,7 @@ def _encode_log(
     """
     name = record.name
     flags = ("s" if name == "pipeobs" or name.startswith("pipeobs.") else "") + (
-        "e" if getattr(record, "pipeobs_entry_script", False) else ""
+        "e" if record.__dict__.get("pipeobs_entry_script") else ""
     )
     if sent_to:
         flags += ";" + ",".join(sent_to)
@@ -441,6 +449,8 @@ def _encode_log(
 
 
 def _escape(text: str) -> str:
+    if "\\" not in text and "\n" not in text and "\t" not in text and "\r" not in text:
+        return text  # most messages: four scans, no copies
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 

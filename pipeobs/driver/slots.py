@@ -66,7 +66,8 @@ class WorkerSlot:
         return self.state in (WorkerState.STARTING, WorkerState.INIT)
 
     def holds(self, mini_batch_id: int | None, attempt: int | None) -> bool:
-        """Whether this attempt is dispatched to the worker and unfinished."""
+        """Whether this attempt is dispatched to the worker and unfinished (a begin marker names the head
+        task, or the one after it when the head's result is on its way)."""
         return any(task.mini_batch.id == mini_batch_id and task.attempt == attempt for task in self.inflight)
 
     @property
