@@ -10,7 +10,8 @@ logger name and their place among the stderr lines.
 
 Marker format: ``\\x1e<token>\\x1f<kind><payload>\\n`` where ``token`` is random per run, so
 user output cannot forge one. Kinds: ``B`` begin (``<phase> <mini-batch> <attempt> <trace> <span>``),
-``E`` end, ``L`` log record (JSON), ``M`` metric point (JSON), ``S`` finished span (JSON).
+``E`` end, ``L`` log record (tab-separated: :func:`_encode_log`), ``M`` metric point (JSON), ``S`` finished
+span (JSON: spans of ``init()``, ``shutdown()`` and the entry script's own; a mini-batch's travels in its result).
 
 Lines are decoded as UTF-8 with invalid bytes escaped (``\\x..``), and lines longer than
 :data:`MAX_LINE` bytes are split into pieces of that size (the pieces carry ``continued``).

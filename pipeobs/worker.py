@@ -187,7 +187,7 @@ class WorkerLoop:
 
     def _start_span(self, name: str, attributes: dict[str, Any]) -> tuple[RecordedSpan, Invocation]:
         """pipeobs's own span (init, mini_batch, shutdown), a child of the job span, recorded directly; a
-        mini_batch span's record leaves with its end marker (:meth:`run_task`)."""
+        mini_batch span's record leaves in its result (:meth:`_end_attempt`)."""
         mini_batch = name == "mini_batch"
         span = self._new_span(name, self._kinds[0] if mini_batch else self._kinds[1], self.parent_span,
                               {**self.base_attributes, **attributes}, None if mini_batch else emit_span)
