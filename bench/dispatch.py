@@ -309,11 +309,15 @@ def bench_1ms(sizes: dict[str, Any]) -> Section:
     if ours.get("steady_rate"):
         steady = ours["steady_rate"]
         section.add("pipeobs, steady state", steady, "mini-batches/s", f"{steady / IDEAL_1MS:.1%} of 2,000/s",
-                    "worker start-up excluded")
+                    f"worker start-up excluded; {steady / real_ideal:.1%} of {real_ideal:,.0f}/s")
+    peer_rate = None
     try:
         peer = run_child("dispatch:pool", 600, n=n, sleep_ms=1, repeats=repeats)
-        section.add("multiprocessing.Pool(2).imap_unordered(chunksize=1)", peer["rate"], "mini-batches/s",
-                    f"{peer['rate'] / IDEAL_1MS:.1%} of 2,000/s", f"pipeobs = {ratio(rate, peer['rate'])}")
+        peer_rate = peer["rate"]
+        section.add("multiprocessing.Pool(2).imap_unordered(chunksize=1)", peer_rate, "mini-batches/s",
+                    f"{peer_rate / IDEAL_1MS:.1%} of 2,000/s",
+                    f"pipeobs = {ratio(rate, peer_rate)}; {peer_rate / real_ideal:.1%} of {real_ideal:,.0f}/s; "
+                    "its start-up is not timed")
     except (BenchError, Skipped) as exc:
         section.skip("multiprocessing.Pool", str(exc))
     section.notes.append(
@@ -321,6 +325,13 @@ def bench_1ms(sizes: dict[str, Any]) -> Section:
         f"pipeobs CPU per mini-batch: driver {ours['driver_cpu_us']:.0f} µs, workers {ours['workers_cpu_us']:.0f} µs."
     )
     section.targets.append(Target(">= 90% of the ideal 2,000/s", f"{rate / IDEAL_1MS:.1%}", rate / IDEAL_1MS >= 0.9))
+    # Issue 16 states it against the real-sleep ideal, and Pool in the same run.
+    issue16 = ">= 90% of the real-sleep ideal, at or above Pool"
+    if peer_rate:
+        section.targets.append(Target(issue16, f"{rate / real_ideal:.1%}, {rate / peer_rate:.2f}x Pool",
+                                      rate / real_ideal >= 0.9 and rate >= peer_rate))
+    else:
+        section.targets.append(Target(issue16, "Pool failed", None))
     section.data = {"ours": ours, "slept": slept}
     return section
 
