@@ -15,7 +15,8 @@ _SOURCES = {"logs": "log_lines"}
 class RunData:
     """DataFrames of one run: ``spans``, ``logs``, ``metrics``, ``mini_batches`` and the rest.
 
-    Times are epoch seconds; ``attributes``/``events``/``labels`` columns hold JSON text.
+    Times are epoch seconds; ``attributes``/``events``/``labels`` columns hold JSON text. ``metrics.id`` is a
+    nullable integer: the per-attempt observations, read from the attempt rows, have none.
     """
 
     run_dir: str
@@ -42,4 +43,5 @@ def load(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str] = "runs")
     with open_run(run_dir) as conn:
         sources = {**_SOURCES, "metrics": metric_rows(conn)}  # with the per-attempt observations the attempts hold
         frames = {name: pd.read_sql_query(f"SELECT * FROM {sources.get(name, name)}", conn) for name in TABLES}
+    frames["metrics"]["id"] = frames["metrics"]["id"].astype("Int64")  # the observations read from attempts have none
     return RunData(run_dir=str(run_dir), **frames)

@@ -101,6 +101,16 @@ def log_flags(flags: str) -> tuple[bool, bool, tuple[str, ...]]:
     return "s" in kinds, "e" in kinds, tuple(sent_to.split(",")) if sent_to else ()
 
 
+def count_records(items: Iterable[Any]) -> int:
+    """How many records ``items`` stand for: a block counts its lines or log records (bounds on what is held
+    count records, not blocks)."""
+    count = 0
+    for item in items:
+        kind = type(item)
+        count += len(item.texts) if kind is LineBlock else len(item.times) if kind is RecordBlock else 1
+    return count
+
+
 def expand(items: Iterable[Any]) -> list[Any]:
     """``items`` with each :class:`LineBlock` and :class:`RecordBlock` replaced by its lines."""
     out: list[Any] = []

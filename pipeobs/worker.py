@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
 EXIT_ORPHANED = 82  # Azure's "asked to stop"
+SHARED_WRITE_RESULT = 256 * 1024  # output rows above this: the next attempt begins after the result is sent
 WRONG_TYPE_HINT = (
     "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
     "For append_row output_action, these returned elements are appended into the common output "
@@ -279,21 +280,28 @@ class WorkerLoop:
                 self._end_attempt(current, None)
                 raise
             following = items[index + 1] if index + 1 < len(items) else None
-            upcoming = self._end_attempt(current, following if following and self._begins_at_once(*following) else None)
+            at_once = following is not None and self._begins_at_once(current, *following)
+            upcoming = self._end_attempt(current, following if at_once else None)
             self.send(Result(mini_batch.id, attempt, current.result))
+            if upcoming is not None:
+                _start_clocks(upcoming)
 
-    def _begins_at_once(self, mini_batch: Any, attempt: int) -> bool:
-        """Whether this task may begin as the previous attempt ends: loading it is instantaneous and no
-        debugger waits for it."""
-        return mini_batch.kind == "file" and self._debugger_for(mini_batch.id, attempt) is None
+    def _begins_at_once(self, current: Attempt, mini_batch: Any, attempt: int) -> bool:
+        """Whether this task may begin as the ``current`` attempt ends: loading it is instantaneous, no debugger
+        waits for it, and the current result is small (its send, between the begin marker and run(), is quick)."""
+        rows = current.result.get("rows")
+        return (mini_batch.kind == "file" and self._debugger_for(mini_batch.id, attempt) is None
+                and (rows is None or len(rows) <= SHARED_WRITE_RESULT))
 
     def _debugger_for(self, mini_batch_id: int, attempt: int) -> Debug | None:
         """The debugger the driver named for this attempt, if any."""
         return self.debug if self.debug and self.debug[:2] == (mini_batch_id, attempt) else None
 
-    def _start_attempt(self, mini_batch: Any, attempt: int) -> Attempt:
-        """The attempt's mini_batch span started and its data loaded (a failed load is its LOAD_ERROR result)."""
-        started, cpu = time.perf_counter(), time.process_time()
+    def _start_attempt(self, mini_batch: Any, attempt: int, clocks: bool = True) -> Attempt:
+        """The attempt's mini_batch span started and its data loaded (a failed load is its LOAD_ERROR result);
+        ``clocks=False``: one begun with the previous attempt's end starts its clocks and peak RSS once that
+        result is sent (:func:`_start_clocks`)."""
+        started, cpu = (time.perf_counter(), time.process_time()) if clocks else (0.0, 0.0)
         span, invocation = self._start_span(
             "mini_batch",
             {"pipeobs.mini_batch_id": mini_batch.id, "pipeobs.attempt": attempt, "pipeobs.inputs": mini_batch.summary()},
@@ -304,7 +312,8 @@ class WorkerLoop:
             "trace_id": invocation.trace_id,
             "span_id": invocation.span_id,
         }
-        reset_peak_rss()
+        if clocks:
+            reset_peak_rss()
         current = Attempt(mini_batch, attempt, span, invocation, result, started, cpu)
         try:
             from pipeobs.datasets import load_mini_batch
@@ -329,7 +338,7 @@ class WorkerLoop:
         result["span"] = current.span.wire_record()
         if not current.begun:
             return None
-        upcoming = None if following is None else self._start_attempt(*following)
+        upcoming = None if following is None else self._start_attempt(*following, clocks=False)
         then = upcoming.invocation if upcoming is not None and upcoming.loaded else None
         self.capture.end(then)  # one write per stream: the end, and the next begin
         if upcoming is not None:
@@ -412,6 +421,16 @@ class WorkerLoop:
         if self.setup.output_action == "append_row":
             accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
         return accepted
+
+
+def _start_clocks(current: Attempt) -> None:
+    """Start the clocks and the peak RSS of an attempt begun with the previous attempt's end (its span made, its
+    begin marker written): its elapsed and process seconds, peak RSS and span start count nothing of sending the
+    previous result."""
+    current.started, current.cpu = time.perf_counter(), time.process_time()
+    current.span.start_time = time.time_ns()
+    current.result["start_time"] = current.span.start_time / 1e9
+    reset_peak_rss()
 
 
 def _record_error(span: RecordedSpan, error: dict[str, Any]) -> None:

@@ -129,6 +129,54 @@ class TestBoundaryMarkers:
             assert kinds.count("B") == 6 + 1  # the mini-batches and shutdown()
             assert kinds.count("E") == 1 + 6  # init() and the mini-batches
 
+    def test_an_attempt_begun_early_counts_nothing_of_the_previous_result(self, run_job: RunJob) -> None:
+        """A mini-batch begun with the previous one's end starts its clocks once that result is sent: a result
+        that takes 0.3 s to send (the script slows the worker's sends) adds nothing to the next attempt's elapsed
+        or process seconds, nor moves its span's start before that send."""
+        script = """
+import sys
+import time
+
+def init():
+    loop = sys.modules["__main__"].WorkerLoop  # the worker runs as python -m pipeobs.worker
+    send = loop.send
+
+    def slow(self, message):
+        if type(message).__name__ == "Result":
+            time.sleep(0.3)
+        return send(self, message)
+
+    loop.send = slow
+
+def run(mini_batch):
+    return mini_batch
+"""
+        job = run_job(script, files=4, mini_batch_size=1, process_count_per_node=1)
+
+        attempts = job.query("SELECT start_time, elapsed, process_seconds FROM attempts ORDER BY start_time")
+        spans = job.query("SELECT start_time FROM spans WHERE name = 'mini_batch' ORDER BY start_time")
+        assert job.result.ok and len(attempts) == 4
+        assert max(a["elapsed"] for a in attempts) < 0.15
+        assert max(a["process_seconds"] for a in attempts) < 0.15
+        starts = [s["start_time"] for s in spans]
+        assert all(later - earlier > 0.25 for earlier, later in zip(starts, starts[1:], strict=False))
+
+    def test_a_large_result_is_sent_before_the_next_attempt_begins(self, run_job: RunJob, tmp_path: Path) -> None:
+        """The next begin marker starts the driver's run() clock: after a result holding more than
+        SHARED_WRITE_RESULT bytes of output rows, the end and the next begin are separate writes (the first
+        two mini-batches come in one batch of tasks, so they would share one otherwise)."""
+        folder = tmp_path / "writes"
+        folder.mkdir()
+        script = RECORD_MARKER_WRITES + """
+def run(mini_batch):
+    return ["x" * 400_000] if os.path.basename(mini_batch[0]) == "f000.txt" else mini_batch
+"""
+        job = run_job(script.format(folder=str(folder)), files=2, mini_batch_size=1, process_count_per_node=1)
+
+        on_stdout = [kinds for fd, kinds in marker_writes(folder) if fd == 1]
+        assert job.result.ok and job.result.mini_batches_succeeded == 2
+        assert on_stdout[:5] == [["E"], ["B"], ["E"], ["B"], ["E"]]  # init's end, then each mini-batch alone
+
     def test_each_line_is_attributed_to_the_mini_batch_that_wrote_it(self, run_job: RunJob, tmp_path: Path) -> None:
         """Prints on stdout and stderr and log records in run() belong to their own mini-batch and its span,
         and pipeobs's own warning after run() returned belongs to the mini-batch it is about."""

@@ -360,6 +360,19 @@ def test_a_supervisor_holds_a_bounded_number_of_items_for_the_head() -> None:
     assert not outbox.full() and outbox.take(0) == []
 
 
+def test_a_supervisor_counts_the_lines_and_records_of_a_block() -> None:
+    """A block of lines (one read of a pipe) or of log records counts as what it holds, so the bound holds
+    whatever the reads look like."""
+    from pipeobs.executors.ray_supervisor import OUTBOX_LIMIT, _Outbox
+    from pipeobs.records import IDLE, LineBlock, RecordBlock
+
+    outbox = _Outbox()
+    outbox.worker_output("0/process000", [LineBlock("stdout", IDLE, ["line"] * (OUTBOX_LIMIT - 10), 0.0)])
+    assert not outbox.full()
+    outbox.worker_output("0/process000", [RecordBlock(IDLE, ("1.0",) * 10, ("INFO",) * 10, ("x",) * 10, ("m",) * 10)])
+    assert outbox.full()
+
+
 def test_without_ray_installed_the_backend_is_a_one_line_error_naming_the_extra(tmp_path: Path) -> None:
     blocker = tmp_path / "no-ray"
     (blocker / "ray").mkdir(parents=True)

@@ -301,6 +301,7 @@ class TestLoad:
         assert len(durations) == 2 and set(durations["kind"]) == {"observation"}
         assert set(durations["step_id"]) == {job.result.step_id} and durations["span_id"].notna().all()
         assert list(data.metrics.columns) == list(data.metrics.columns.unique())
+        assert str(data.metrics["id"].dtype) == "Int64"  # an integer column still, empty for those rows
 
     def test_load_by_step_id(self, run_job: RunJob, tmp_path: Path) -> None:
         """A step_id is found under the runs folder."""

@@ -21,8 +21,9 @@ from typing import Any, NamedTuple
 from pipeobs import env as variables
 from pipeobs.executors.base import WorkerSpec
 from pipeobs.protocol import Message
+from pipeobs.records import count_records
 
-OUTBOX_LIMIT = 20_000  # parsed items a supervisor holds for the head before it stops reading its workers' pipes
+OUTBOX_LIMIT = 20_000  # parsed records a supervisor holds for the head before it stops reading its workers' pipes
 OUTPUT_DELAY = 0.05  # seconds output alone waits for the message that follows it (fewer, fuller fetches)
 
 
@@ -64,9 +65,9 @@ class _Outbox:
     """The supervisor's :class:`ExecutorEvents`: events queued, in order, until the head fetches them.
 
     Consecutive output of one worker is merged into one event (fewer, larger batches). It holds at
-    most about :data:`OUTBOX_LIMIT` items: past that, the supervisor stops reading its workers' pipes
-    until the head has fetched, so a worker printing faster than the head takes its lines blocks on a
-    full pipe, as it does locally, instead of growing memory and delaying its results.
+    most about :data:`OUTBOX_LIMIT` records (a block counts its lines): past that, the supervisor stops
+    reading its workers' pipes until the head has fetched, so a worker printing faster than the head takes
+    its lines blocks on a full pipe, as it does locally, instead of growing memory and delaying its results.
     """
 
     def __init__(self) -> None:
@@ -95,7 +96,7 @@ class _Outbox:
                 last.items.extend(items)
             else:
                 self.events.append(Wrote(worker, list(items)))
-            self.size += len(items)
+            self.size += count_records(items)
             self.ready.notify_all()
 
     def worker_exited(self, worker: str, returncode: int) -> None:

@@ -179,11 +179,13 @@ def _record_groups(block: RecordBlock, step_id: str) -> list[tuple[Any, ...]]:
     """A block's records as group rows of :data:`_RECORDS_SQL`, one per run of records of one level and logger."""
     inv = block.invocation
     head, tail = (step_id, block.worker, inv.phase, inv.mini_batch_id, inv.attempt), (inv.trace_id, inv.span_id)
+    # The times as JSON numbers: SQLite converts those exactly, its conversion of text to REAL can miss by an ulp.
+    times = map(float, block.times)
     if block.dimensions is None:
-        elements: Iterable[tuple[Any, ...]] = zip(block.times, block.messages, strict=True)
+        elements: Iterable[tuple[Any, ...]] = zip(times, block.messages, strict=True)
     else:
         dimensions = [json.dumps(dims) if dims else None for dims in block.dimensions]
-        elements = zip(block.times, block.messages, dimensions, strict=True)
+        elements = zip(times, block.messages, dimensions, strict=True)
     levels, loggers = block.levels, block.loggers
     if levels.count(levels[0]) == len(levels) and loggers.count(loggers[0]) == len(loggers):
         return [(*head, levels[0], loggers[0], *tail, list(elements))]

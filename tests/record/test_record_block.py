@@ -21,7 +21,7 @@ from pipeobs.record.files import RunFiles
 from pipeobs.record.pipeline import Pipeline
 from pipeobs.record.rundir import RunDir
 from pipeobs.record.store import Store
-from pipeobs.records import Line, LineBlock, RecordBlock, expand
+from pipeobs.records import IDLE, Line, LineBlock, RecordBlock, expand
 
 TOKEN = "0123456789abcdef"
 MARK = marker_prefix(TOKEN)
@@ -110,3 +110,17 @@ class TestRecordBlocks:
 
         assert direct.getvalue() == through.getvalue()
         assert direct.getvalue().count(" 0/process002 mb=") == len(block.times)
+
+
+def test_a_record_keeps_its_exact_time_in_the_store(tmp_path: Path) -> None:
+    """Each record's time is stored as the float the worker wrote, to the last bit (among them times whose text
+    SQLite converts an ulp off)."""
+    rng = random.Random(7)
+    times = ("1796016342.928599", "1712345679.036394", *(repr(1.7e9 + rng.random() * 1e8) for _ in range(5000)))
+    block = RecordBlock(IDLE, times, ("INFO",) * len(times), ("x",) * len(times), ("m",) * len(times))
+    store = Store(tmp_path / "store.db", "step")
+    store.add_lines([block])
+    store.flush()
+
+    stored = [row[0] for row in store.conn.execute("SELECT time FROM log_lines ORDER BY id")]
+    assert stored == [float(text) for text in times]
