@@ -17,10 +17,11 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from pipeobs.capture import IDLE, WorkerCapture, _decode_log, _flush_stdio
+from pipeobs.capture import IDLE, WorkerCapture, _flush_stdio
 from pipeobs.entry import load_entry_script, user_traceback
 from pipeobs.errors import EntryScriptError
 from pipeobs.replay import say
+from pipeobs.streams import _decode_log
 from pipeobs.worker import WorkerLoop, WrongReturnType, takes_context
 
 if TYPE_CHECKING:

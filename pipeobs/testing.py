@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeobs.capture import Boundary
 from pipeobs.executors.base import Executor, ExecutorEvents, WorkerSpec
 from pipeobs.protocol import Bye, InitFailed, Message, Ready, Result, Setup, Stop, Tasks
 from pipeobs.records import Invocation, Line
+from pipeobs.streams import Boundary
 
 RunScript = Callable[[int, int, str], str]  # (mini_batch_id, attempt, worker) -> fate
 InitScript = Callable[[str], str]  # worker -> fate

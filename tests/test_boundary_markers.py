@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeobs.capture import Boundary, Invocation, StreamParser, WorkerCapture, marker_prefix
+from pipeobs.capture import Invocation, WorkerCapture, marker_prefix
 from pipeobs.records import expand
+from pipeobs.streams import Boundary, StreamParser
 from tests.conftest import Job, RunJob
 
 TOKEN = "0123456789abcdef"

@@ -6,21 +6,22 @@ import logging
 import random
 from collections.abc import Iterator
 
-from pipeobs import capture
-from pipeobs.capture import MAX_LINE, Boundary, Invocation, Line, _decode_log, _encode_log, marker_prefix
+from pipeobs import streams
+from pipeobs.capture import MAX_LINE, Invocation, Line, _encode_log, marker_prefix
 from pipeobs.records import LineBlock, RecordBlock, expand
+from pipeobs.streams import Boundary, _decode_log
 
 TOKEN = "0123456789abcdef"
 MARK = marker_prefix(TOKEN)
 
 
-class StreamParser(capture.StreamParser):
+class StreamParser(streams.StreamParser):
     """The parser with its blocks of plain lines expanded: most tests here check line by line."""
 
-    def feed(self, data: bytes) -> Iterator[capture.Item]:
+    def feed(self, data: bytes) -> Iterator[streams.Item]:
         return iter(expand(super().feed(data)))
 
-    def close(self) -> Iterator[capture.Item]:
+    def close(self) -> Iterator[streams.Item]:
         return iter(expand(super().close()))
 
 
@@ -65,7 +66,7 @@ class TestStreamParser:
         """Complete lines with no marker among them are one LineBlock (the sinks write them together),
         attributed to the invocation; lines of a read holding a NUL are single lines (SQLite's JSON would cut
         them at the NUL), and a partial line waits."""
-        items = list(capture.StreamParser("stdout", TOKEN).feed(
+        items = list(streams.StreamParser("stdout", TOKEN).feed(
             begin(4) + b"a\nb\r\nc\n" + MARK + b"E\n" + b"nul\x00x\ny\nz\npartial"))
         blocks = [i for i in items if isinstance(i, LineBlock)]
         assert [(b.texts, b.invocation.mini_batch_id) for b in blocks] == [(["a", "b", "c"], 4)]
@@ -95,7 +96,7 @@ class TestStreamParser:
     def test_a_run_of_log_records_is_one_block_of_the_lines_each_decodes_to(self) -> None:
         """Consecutive log record markers of a read are one RecordBlock (a record holding NUL, which SQLite's
         JSON would cut, is a Line of its own), and the block expands to the Lines each marker decodes to."""
-        parser = capture.StreamParser("stderr", TOKEN, "0/process001")
+        parser = streams.StreamParser("stderr", TOKEN, "0/process001")
         inv = Invocation("run", 3, 1, None, None)
         expected = [_decode_log(inv, record[len(MARK) + 1 : -1]) for record in RECORDS]
         for line in expected:
@@ -109,8 +110,8 @@ class TestStreamParser:
 
     def test_log_records_with_dimensions_or_flags_keep_them_per_record(self) -> None:
         """A block holds dimensions and flags only when a record has some; each record keeps its own."""
-        plain, = capture.StreamParser("stderr", TOKEN).feed(log("a") + log("b", level=logging.ERROR))
-        mixed, = capture.StreamParser("stderr", TOKEN).feed(log("a") + log("b", dims={"k": 1}, entry_script=True))
+        plain, = streams.StreamParser("stderr", TOKEN).feed(log("a") + log("b", level=logging.ERROR))
+        mixed, = streams.StreamParser("stderr", TOKEN).feed(log("a") + log("b", dims={"k": 1}, entry_script=True))
 
         assert isinstance(plain, RecordBlock) and isinstance(mixed, RecordBlock)
         assert (plain.flags, plain.dimensions, plain.levels) == (None, None, ["INFO", "ERROR"])
@@ -120,8 +121,8 @@ class TestStreamParser:
         """stdout's markers only attribute its lines: in a read holding nothing else, only the last is parsed."""
         parsed: list[bytes] = []
 
-        class Counting(capture.StreamParser):
-            def _marker(self, raw: bytes) -> capture.Item | None:
+        class Counting(streams.StreamParser):
+            def _marker(self, raw: bytes) -> streams.Item | None:
                 parsed.append(raw)
                 return super()._marker(raw)
 

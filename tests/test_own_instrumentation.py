@@ -234,8 +234,9 @@ def test_log_destinations_survive_the_marker_encoding() -> None:
     """What the worker says about a record's destinations reaches the driver's Line."""
     import logging
 
-    from pipeobs.capture import _decode_log, _encode_log
+    from pipeobs.capture import _encode_log
     from pipeobs.records import IDLE
+    from pipeobs.streams import _decode_log
 
     record = logging.LogRecord("user", logging.WARNING, __file__, 1, "careful", (), None)
     line = _decode_log(IDLE, _encode_log(record, "careful", {"rows": 3}, ("appinsights:abc", "appinsights:def")))

@@ -12,8 +12,9 @@ import pytest
 
 import pipeobs
 from pipeobs import capture, context, worker_api
-from pipeobs.capture import Invocation, Line, StreamParser, WorkerCapture
+from pipeobs.capture import Invocation, Line, WorkerCapture
 from pipeobs.records import expand
+from pipeobs.streams import StreamParser
 
 TOKEN = "0123456789abcdef"
 INFO = context.WorkerInfo("step-1", "score-step", 2, "process003", "/r", "/o", "/w", "INFO")

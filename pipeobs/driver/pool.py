@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeobs import env as variables
-from pipeobs.capture import Boundary
 from pipeobs.driver.slots import Names, Task, WorkerSlot, WorkerState
 from pipeobs.executors.base import Executor, WorkerSpec
 from pipeobs.protocol import Debug, Debugging, Stop, Tasks
 from pipeobs.records import Line, LineBlock, RecordBlock, Span
+from pipeobs.streams import Boundary
 
 if TYPE_CHECKING:
     from pipeobs.driver.journal import RunJournal

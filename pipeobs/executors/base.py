@@ -2,7 +2,7 @@
 
 An executor is a node supervisor (or a set of them): it spawns, replaces and kills worker
 processes, holds their stdout/stderr byte streams, parses the marker lines into records
-(:class:`~pipeobs.capture.StreamParser`), carries the worker protocol's messages
+(:class:`~pipeobs.streams.StreamParser`), carries the worker protocol's messages
 (:mod:`pipeobs.protocol`) and notices exits. It reports all of that to the head driver through
 :class:`ExecutorEvents`, on the driver's thread, from inside :meth:`Executor.poll`.
 

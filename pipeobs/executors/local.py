@@ -26,9 +26,9 @@ from multiprocessing.connection import Connection, answer_challenge, deliver_cha
 from typing import Any
 
 from pipeobs import env as variables
-from pipeobs.capture import StreamParser
 from pipeobs.executors.base import Executor, ExecutorEvents, WorkerSpec
 from pipeobs.protocol import Hello, Message, decode, to_bytes
+from pipeobs.streams import StreamParser
 
 PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size: a burst of output does not stall the worker
 READ_SIZE = 1 << 16

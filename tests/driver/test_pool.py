@@ -5,10 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from pipeobs.capture import Boundary
 from pipeobs.driver.pool import WorkerPool
 from pipeobs.driver.slots import Task, WorkerSlot
 from pipeobs.records import Invocation, Span
+from pipeobs.streams import Boundary
 
 
 def pool() -> tuple[WorkerPool, list[Any]]:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeobs.capture import Boundary
 from pipeobs.executors.base import WorkerSpec
 from pipeobs.executors.local import LocalExecutor
 from pipeobs.protocol import Message, Ready, Setup, Stop
 from pipeobs.records import Line, expand
+from pipeobs.streams import Boundary
 
 
 class Events:

@@ -7,7 +7,7 @@ import logging
 import random
 from pathlib import Path
 
-from pipeobs.capture import StreamParser, _encode_log, marker_prefix
+from pipeobs.capture import _encode_log, marker_prefix
 from pipeobs.record.driverlog import (
     DriverLog,
     DriverLogSink,
@@ -22,6 +22,7 @@ from pipeobs.record.pipeline import Pipeline
 from pipeobs.record.rundir import RunDir
 from pipeobs.record.store import Store
 from pipeobs.records import IDLE, Line, LineBlock, RecordBlock, expand
+from pipeobs.streams import StreamParser
 
 TOKEN = "0123456789abcdef"
 MARK = marker_prefix(TOKEN)
