@@ -17,12 +17,13 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from pipeobs.accept import WrongReturnType, accept
 from pipeobs.capture import IDLE, WorkerCapture, _flush_stdio
 from pipeobs.entry import load_entry_script, user_traceback
 from pipeobs.errors import EntryScriptError
 from pipeobs.replay import say
 from pipeobs.streams import _decode_log
-from pipeobs.worker import WorkerLoop, WrongReturnType, takes_context
+from pipeobs.worker import WorkerLoop, takes_context
 
 if TYPE_CHECKING:
     from pipeobs.datasets import MiniBatch
@@ -103,7 +104,7 @@ class ReplayWorker(WorkerLoop):
             say(f"run() raised {type(returned).__name__}")
             return False
         try:
-            accepted = self._accept(returned, len(data))
+            accepted = accept(returned, len(data), self.setup.output_action)
         except WrongReturnType as exc:
             say(f"{type(exc).__name__}: {exc}")
             return False

@@ -24,6 +24,7 @@ from multiprocessing.connection import Client, Connection
 from typing import TYPE_CHECKING, Any
 
 from pipeobs import context, env, mlflow_bridge
+from pipeobs.accept import accept
 from pipeobs.capture import Invocation, WorkerCapture, emit_span
 from pipeobs.datasets.load import MiniBatchContext
 from pipeobs.debugger import DEBUGPY_MISSING, breakpoint_at_first_line, import_debugpy
@@ -53,13 +54,6 @@ EXIT_INIT_FAILED = 72
 EXIT_LOAD_FAILED = 3
 EXIT_ORPHANED = 82  # Azure's "asked to stop"
 SHARED_WRITE_RESULT = 256 * 1024  # output rows above this: the next attempt begins after the result is sent
-WRONG_TYPE_HINT = (
-    "Please verify your entry script. run() method should return a Pandas DataFrame or a list. "
-    "For append_row output_action, these returned elements are appended into the common output "
-    "file. For summary_only, the contents of the elements are ignored. For all output actions, "
-    "each returned output element indicates one successful inference of input element in the "
-    "input mini-batch."
-)
 
 
 @dataclass(slots=True)
@@ -76,10 +70,6 @@ class Attempt:
     data: Any = None
     loaded: bool = False  # load_mini_batch() returned (else its result is a LOAD_ERROR)
     begun: bool = False  # its begin marker is written
-
-
-class WrongReturnType(TypeError):
-    """run() returned something that is not a list, tuple or DataFrame (Azure's message)."""
 
 
 @dataclass
@@ -358,7 +348,7 @@ class WorkerLoop:
         try:
             returned = self._invoke(current.span, current.invocation,
                                     lambda: self._call_run(mini_batch, data, debug is not None), begin)
-            result.update(self._accept(returned, len(data)))
+            result.update(accept(returned, len(data), self.setup.output_action))
             result["status"] = "RUN_DONE"
         except BaseException as exc:  # noqa: BLE001 - user code
             result.update(status="RUN_EXCEPTION", error=describe_error(exc, self.setup.source_dir))
@@ -395,33 +385,6 @@ class WorkerLoop:
         dataset = self.datasets[mini_batch.input_index]
         fields = {**vars(mini_batch_context(mini_batch, dataset)), "minibatch_index": mini_batch.id}
         return data, RunContext(**fields)
-
-    def _accept(self, returned: Any, total: int) -> dict[str, Any]:
-        """Section 2.3: type check, success counting capped at the input count, output rows."""
-        is_frame = _is_dataframe(returned)
-        if isinstance(returned, tuple):
-            returned = list(returned)
-        if not is_frame and not isinstance(returned, list):
-            shown = repr(returned)
-            shown = shown if len(shown) <= 200 else shown[:200] + "..."
-            raise WrongReturnType(
-                f"The return value '{shown}' is not a Pandas DataFrame or a list. {WRONG_TYPE_HINT}"
-            )
-        count = len(returned)
-        accepted: dict[str, Any] = {"succeeded": min(count, total), "returned": count}
-        if count > total:
-            import logging
-
-            logging.getLogger("pipeobs.worker").warning(
-                "run() returned %d items, which is more than input count %d. Using the input "
-                "count as succeeded count and continue.",
-                count,
-                total,
-            )
-        if self.setup.output_action == "append_row":
-            accepted["rows"], accepted["header"] = _format_rows(returned, is_frame)
-        return accepted
-
 
 def _start_clocks(current: Attempt) -> None:
     """Start the clocks and the peak RSS of an attempt begun with the previous attempt's end (its span made, its
@@ -460,20 +423,6 @@ def _close_mini_batch_span(span: RecordedSpan, result: dict[str, Any]) -> None:
     elif result.get("status") == "RUN_DONE":
         span.succeed()  # run() returned and its result was accepted (a status the script set stays)
     span.end()
-
-
-def _is_dataframe(value: Any) -> bool:
-    pandas = sys.modules.get("pandas")
-    return pandas is not None and isinstance(value, pandas.DataFrame)
-
-
-def _format_rows(returned: Any, is_frame: bool) -> tuple[bytes, bytes | None]:
-    """Azure's append_row format: str(x) + newline; DataFrames space-separated, no header/index."""
-    if not is_frame:
-        return "".join(f"{item}\n" for item in returned).encode("utf-8", "backslashreplace"), None
-    rows = returned.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
-    header = returned.head(0).to_csv(sep=" ", header=True, index=False, lineterminator="\n")
-    return rows.encode("utf-8", "backslashreplace"), header.encode("utf-8", "backslashreplace")
 
 
 def _exit_with_parent() -> None:
