@@ -1,4 +1,5 @@
-"""The embedded store: one SQLite file per run directory, written only by the driver.
+"""The embedded store: one SQLite file per run directory, written only by the driver (its lines queued in
+groups by :mod:`pipeobs.record.lines`).
 
 WAL mode, so readers (the explorer, ``pipeobs.load``) read while the run is live. The driver
 queues rows through named methods and writes them in one transaction per flush (``executemany``); the ledger part
@@ -34,16 +35,15 @@ Schema (documented in the README):
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from pipeobs.record.lines import LOG_LINE_COLUMNS, insert_lines, queue_lines
 from pipeobs.records import Event, Line, LineBlock, Metric, RecordBlock, Span
 
 SCHEMA = """
@@ -106,8 +106,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "attempts": ("mini_batch_id", "attempt", "worker", "pid", "start_time", "elapsed", "process_seconds",
                  "run_seconds", "total", "succeeded", "failed", "status", "error_category", "error_type",
                  "error_message", "error_location", "traceback", "peak_rss", "trace_id", "span_id", "recorded_at"),
-    "log_lines": ("time", "step_id", "worker", "stream", "phase", "mini_batch_id", "attempt", "level", "logger",
-                  "text", "trace_id", "span_id", "attributes"),
+    "log_lines": LOG_LINE_COLUMNS,
     "spans": ("span_id", "trace_id", "parent_span_id", "name", "kind", "start_time", "end_time", "status",
               "status_message", "step_id", "worker", "mini_batch_id", "attempt", "attributes", "events"),
     "mini_batches": ("id", "descriptor"),
@@ -143,55 +142,6 @@ def _nan_as_json(values: list[Any]) -> list[Any]:
         values[_VALUE] = None
         values[_VALUE_JSON] = values[_VALUE_JSON] or "NaN"
     return values
-
-
-# A group of lines (Store.add_lines): the shared values once, then a JSON array whose elements are the texts of
-# lines with the group's time, level and logger, or [time, level, logger, text(, attributes JSON)] for the others.
-_LINES_SQL = (
-    f"INSERT INTO log_lines ({', '.join(COLUMNS['log_lines'])}) SELECT "
-    "CASE type WHEN 'array' THEN json_extract(value, '$[0]') ELSE ?1 END, ?2, ?3, ?4, ?5, ?6, ?7, "
-    "CASE type WHEN 'array' THEN json_extract(value, '$[1]') ELSE ?8 END, "
-    "CASE type WHEN 'array' THEN json_extract(value, '$[2]') ELSE ?9 END, "
-    "CASE type WHEN 'array' THEN json_extract(value, '$[3]') ELSE value END, ?10, ?11, "
-    "CASE type WHEN 'array' THEN json_extract(value, '$[4]') END FROM json_each(?12) ORDER BY key"
-)
-# A group of log records (Store.add_lines of a RecordBlock): the shared values once, then a JSON array of
-# [time, text(, attributes JSON)], the time as the worker wrote it (the column's REAL affinity converts it).
-_RECORDS_SQL = (
-    f"INSERT INTO log_lines ({', '.join(COLUMNS['log_lines'])}) SELECT json_extract(value, '$[0]'), ?1, ?2, 'log', "
-    "?3, ?4, ?5, ?6, ?7, json_extract(value, '$[1]'), ?8, ?9, json_extract(value, '$[2]') FROM json_each(?10) ORDER BY key"
-)
-_GROUP_SQL = {12: _LINES_SQL, 10: _RECORDS_SQL}  # by the length of a queued group row
-
-
-def _insert_lines(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """The queued lines in order: runs of group rows by their statement, single rows (one value per column)
-    as they are."""
-    for size, run in itertools.groupby(rows, key=len):
-        sql = _GROUP_SQL.get(size)
-        if sql is not None:
-            conn.executemany(sql, [(*row[:-1], json.dumps(row[-1], ensure_ascii=False)) for row in run])
-        else:
-            conn.executemany(_SQL["log_lines"], run)
-
-
-def _record_groups(block: RecordBlock, step_id: str) -> list[tuple[Any, ...]]:
-    """A block's records as group rows of :data:`_RECORDS_SQL`, one per run of records of one level and logger."""
-    inv = block.invocation
-    head, tail = (step_id, block.worker, inv.phase, inv.mini_batch_id, inv.attempt), (inv.trace_id, inv.span_id)
-    # The times as JSON numbers: SQLite converts those exactly, its conversion of text to REAL can miss by an ulp.
-    times = map(float, block.times)
-    if block.dimensions is None:
-        elements: Iterable[tuple[Any, ...]] = zip(times, block.messages, strict=True)
-    else:
-        dimensions = [json.dumps(dims) if dims else None for dims in block.dimensions]
-        elements = zip(times, block.messages, dimensions, strict=True)
-    levels, loggers = block.levels, block.loggers
-    if levels.count(levels[0]) == len(levels) and loggers.count(loggers[0]) == len(loggers):
-        return [(*head, levels[0], loggers[0], *tail, list(elements))]
-    return [(*head, level, logger, *tail, [element for _, element in run])
-            for (level, logger), run in itertools.groupby(zip(zip(levels, loggers, strict=True), elements, strict=True),
-                                                          key=itemgetter(0))]
 
 
 def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
@@ -275,43 +225,8 @@ class Store:
         self.add_lines((line,))
 
     def add_lines(self, lines: Iterable[Line | LineBlock | RecordBlock]) -> None:
-        """Lines in order. A run of lines of one stream, invocation and worker is queued as one group row,
-        inserted by one statement that expands the group in SQLite (:data:`_LINES_SQL`): a row from Python
-        per line costs about three times as much. A text holding NUL, which SQLite's JSON cuts, is queued
-        alone (a :class:`LineBlock` or :class:`RecordBlock` never holds one)."""
-        queue, step_id = self._lines, self.step_id
-        group: list[Any] = []
-        key: tuple[Any, ...] = ()
-        head: tuple[Any, ...] = ()
-        for line in lines:
-            inv = line.invocation
-            if isinstance(line, LineBlock):
-                if (line.stream, inv, line.worker) != key or (line.time, None, None) != head:
-                    key, head, group = (line.stream, inv, line.worker), (line.time, None, None), []
-                    queue.append((line.time, step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id,
-                                  inv.attempt, None, None, inv.trace_id, inv.span_id, group))
-                group += line.texts
-                continue
-            if isinstance(line, RecordBlock):
-                queue += _record_groups(line, step_id)
-                key = ()  # a later line starts a group of its own, after these
-                continue
-            text, dims = line.text, line.custom_dimensions
-            if "\x00" in text:
-                key = ()
-                queue.append((line.time, step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
-                              line.level, line.logger, text, inv.trace_id, inv.span_id, json.dumps(dims) if dims else None))
-                continue
-            if (line.stream, inv, line.worker) != key:
-                key, head, group = (line.stream, inv, line.worker), (line.time, line.level, line.logger), []
-                queue.append((line.time, step_id, line.worker, line.stream, inv.phase, inv.mini_batch_id, inv.attempt,
-                              line.level, line.logger, inv.trace_id, inv.span_id, group))
-            if dims:
-                group.append((line.time, line.level, line.logger, text, json.dumps(dims)))
-            elif (line.time, line.level, line.logger) != head:
-                group.append((line.time, line.level, line.logger, text))
-            else:
-                group.append(text)
+        """Lines in order, queued in groups (:func:`pipeobs.record.lines.queue_lines`)."""
+        queue_lines(self._lines, self.step_id, lines)
 
     def add_metric(self, metric: Metric) -> None:
         inv = metric.invocation
@@ -417,7 +332,7 @@ class Store:
             for table, rows in self._queued.items():
                 if rows:
                     if table == "log_lines":
-                        _insert_lines(conn, rows)
+                        insert_lines(conn, rows)
                     else:
                         conn.executemany(_SQL[table], rows)
                     rows.clear()
