@@ -4,8 +4,9 @@ Started by an executor as ``python -m pipeobs.worker`` with the hub address and 
 environment. It connects to the driver's hub, receives its setup, and then serves tasks one at a
 time. Results are sent only after the invocation's end markers are written to fds 1 and 2, so
 the driver always holds a mini-batch's output before its result; the result carries the attempt's
-finished ``mini_batch`` span (pickled with it: no JSON to encode here or decode in the driver). Between two mini-batches of one
-batch of tasks, the end of the first and the begin of the next share one write per stream.
+finished ``mini_batch`` span (pickled with it: no JSON to encode here or decode in the driver).
+Between two mini-batches of one batch of tasks, the end of the first and the begin of the next
+share one write per stream.
 
 Exit codes follow Azure's worker codes (section 2.7): 0 done, 72 ``init()`` failed, 3 the entry
 script could not be loaded.
@@ -259,7 +260,8 @@ class WorkerLoop:
 
         When the next task is in hand and loading it is instantaneous (a file mini-batch's data is its list of
         paths), its span starts and it is loaded as this attempt ends, and the end and begin markers go out in
-        one write per stream: the driver's run() clock, started by the begin marker, still starts after loading.
+        one write per stream: the driver's run() clock, started by the begin marker, still starts after loading,
+        and the next attempt's own clocks and peak RSS start once this result is sent.
         """
         upcoming: Attempt | None = None
         for index, (mini_batch, attempt) in enumerate(items):

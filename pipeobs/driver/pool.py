@@ -89,9 +89,11 @@ class WorkerPool:
         """A begin marker opens the invocation's span (closed by the driver if the worker dies) and, for
         a mini-batch, starts its run() clock.
 
-        The marker is taken from stderr, the stream the finished span travels on: stdout and stderr
-        are read independently, so a span record could otherwise arrive before its stdout marker
-        and leave a finished invocation looking open (then "killed" when the worker exits).
+        The marker is taken from stderr, the stream the finished spans of init() and shutdown() travel on:
+        stdout and stderr are read independently, so a span record could otherwise arrive before its stdout
+        marker and leave a finished invocation looking open (then "killed" when the worker exits). A
+        mini-batch's span travels in its result, on the channel: a begin marker read after that result
+        names an attempt the worker no longer holds, and opens nothing.
         """
         inv = item.invocation
         if inv is None or item.stream != "stderr":

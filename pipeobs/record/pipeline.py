@@ -51,10 +51,6 @@ class Pipeline:
             targets[:] = [getattr(s, kind) for s in self.sinks if callable(getattr(s, kind, None))]
         self._line_batches = [_lines_of(s) for s in self.sinks if callable(getattr(s, "add_line", None))]
 
-    def line(self, record: Line) -> None:
-        for target in self._targets["add_line"]:
-            target(record)
-
     def lines(self, records: Lines) -> None:
         """Lines in order, handed to each sink together."""
         for target in self._line_batches:

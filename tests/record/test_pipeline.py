@@ -43,18 +43,18 @@ class TestPipeline:
         pipeline = Pipeline([Recording("store", seen), Recording("files", seen)])
         line = Line("stdout", RUN, "hello", worker="0/process000")
 
-        pipeline.line(line)
+        pipeline.lines([line])
 
         assert seen == [("store", line), ("files", line)]
 
     def test_a_sink_added_later_gets_only_later_records_and_only_its_kinds(self) -> None:
         """Adding a consumer is one call; producers do not change; kinds it lacks are skipped."""
         pipeline = Pipeline()
-        pipeline.line(Line("stdout", RUN, "before"))
+        pipeline.lines([Line("stdout", RUN, "before")])
         sink = LinesOnly()
 
         pipeline.add(sink)
-        pipeline.line(Line("stdout", RUN, "after"))
+        pipeline.lines([Line("stdout", RUN, "after")])
         pipeline.metric(Metric(RUN, "scalar", "loss", 0.5, "", 1.0))
         pipeline.span(Span({"span_id": "x"}))
 
@@ -66,7 +66,7 @@ class TestPipeline:
         pipeline = Pipeline([sink])
 
         pipeline.remove(sink)
-        pipeline.line(Line("stdout", RUN, "late"))
+        pipeline.lines([Line("stdout", RUN, "late")])
 
         assert sink.lines == []
 

@@ -67,7 +67,7 @@ def written(root: Path, items: list[object], together: bool) -> tuple[list[tuple
         pipeline.lines(items)  # type: ignore[arg-type]
     else:
         for line in expand(items):
-            pipeline.line(line)
+            pipeline.lines([line])
     pipeline.flush()
     rows = [tuple(row) for row in store.conn.execute("SELECT * FROM log_lines ORDER BY id")]
     texts = {str(p.relative_to(root)): p.read_text() for p in (root / "logs").rglob("process*") if p.is_file()}
