@@ -17,6 +17,7 @@ from opencensus.ext.azure.common import Options
 
 import pipeobs.capture as capture
 import pipeobs.context as context
+import pipeobs.streams as streams
 from pipeobs import worker_api
 from pipeobs.errors import ConfigError
 from pipeobs_appinsights import AzureLogHandler
@@ -81,7 +82,7 @@ class StubCapture:
 
     def write_marker(self, kind: bytes, body: bytes) -> None:
         """Log markers, decoded by pipeobs's own parser into the fields the tests look at."""
-        line = capture._decode_log(capture.IDLE, body)
+        line = streams._decode_log(capture.IDLE, body)
         self.payloads.append({"msg": line.text, "lvl": line.level, "name": line.logger, "cd": line.custom_dimensions})
 
 
