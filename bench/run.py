@@ -2,6 +2,9 @@
 
     python bench/run.py [--smoke] [--only NAME ...] [--out bench/RESULTS.md]
 
+With ``--only``, an existing report keeps the sections not run (and any text added by hand); the sections run
+and their target rows are replaced.
+
 Every benchmark compares pipeobs with its peers in the same run and prints ratios; the report
 holds the exact command, the date, the machine and whether each target of the issue is met.
 Where a target is missed, the job is profiled (driver and workers) and the report says what
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import shlex
 import sys
 import time
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = interpreter.relative_to(REPO) if interpreter.is_relative_to(REPO) else interpreter
     command = " ".join(shlex.quote(str(a)) for a in [shown, "bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     report = render_report(sections, machine, command, begun_at, total, mode, (load_before, os.getloadavg()))
+    if args.only and out.exists():  # a partial run replaces its own sections and target rows, and keeps the rest
+        report = merge_report(out.read_text(encoding="utf-8"), report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report, encoding="utf-8")
     print(render_targets_text(sections, args.smoke))
@@ -212,11 +218,71 @@ def render_report(sections: list[Section], machine: dict[str, str], command: str
         if section.error:
             out.append(f"| {section.key} | (benchmark failed) | {_md_cell(section.error)} | ERROR |")
     for section in sections:
-        out += render_section_md(section)
+        out += render_section_md(section, begun_at)
     return "\n".join(out) + "\n"
 
 
-def render_section_md(section: Section) -> list[str]:
+def _chunks(report: str) -> tuple[str, list[str]]:
+    """The text before the first ``## `` heading, and each chunk from one ``## `` heading to the next."""
+    head, *chunks = re.split(r"(?m)^(?=## )", report)
+    return head, chunks
+
+
+def _chunk_key(chunk: str) -> str:
+    """A benchmark section's key (its ``<!-- section: KEY -->`` marker), else its heading line."""
+    found = re.search(r"<!-- section: (\w+) -->", chunk)
+    return found.group(1) if found else chunk.splitlines()[0]
+
+
+def _target_key(row: str) -> str | None:
+    """The benchmark a row of the targets table belongs to (None for its header lines and other text)."""
+    cells = row.split("|")
+    return cells[1].strip() if row.startswith("| ") and len(cells) > 2 and cells[1].strip() != "benchmark" else None
+
+
+def merge_report(old: str, new: str) -> str:
+    """``old`` with the sections and target rows that ``new`` (a run of some benchmarks) holds put in their
+    place: every other section, and any text written by hand (its opening, an added chapter), stays."""
+    _, new_chunks = _chunks(new)
+    fresh = {_chunk_key(chunk): chunk for chunk in new_chunks}
+    head, old_chunks = _chunks(old)
+    merged = []
+    for chunk in old_chunks:
+        key = _chunk_key(chunk)
+        if key == "## Targets":
+            chunk = _merge_targets(chunk, fresh.get(key, ""))
+        elif key in fresh and key != "## Machine":
+            chunk = fresh[key]
+        merged.append(chunk)
+    known = {_chunk_key(chunk) for chunk in old_chunks}
+    merged += [chunk for key, chunk in fresh.items() if key not in known]
+    return head + "".join(chunk.rstrip("\n") + "\n\n" for chunk in merged).rstrip("\n") + "\n"
+
+
+def _merge_targets(old: str, new: str) -> str:
+    """The old targets table with each benchmark's rows replaced by the new ones of that benchmark."""
+    rows: dict[str, list[str]] = {}
+    for row in new.splitlines():
+        key = _target_key(row)
+        if key is not None:
+            rows.setdefault(key, []).append(row)
+    lines, placed = [], set()
+    for row in old.splitlines():
+        key = _target_key(row)
+        if key in rows:
+            if key not in placed:
+                lines += rows[key]
+                placed.add(key)
+            continue
+        lines.append(row)
+    missing = [row for key, group in rows.items() if key not in placed for row in group]
+    if missing:  # benchmarks the old table had no row for: after its last row
+        last = max(i for i, line in enumerate(lines) if line.startswith("|"))
+        lines[last + 1:last + 1] = missing
+    return "\n".join(lines) + "\n"
+
+
+def render_section_md(section: Section, begun_at: datetime.datetime) -> list[str]:
     out = ["", f"## {section.title}", "", f"<!-- section: {section.key} -->", ""]
     if section.method:
         out += [section.method, ""]
@@ -235,7 +301,7 @@ def render_section_md(section: Section) -> list[str]:
     if section.profile:
         heading = "What limits it" if section.missed else "Where the memory goes" if section.key == "memory" else "Where the time goes"
         out += [f"### {heading}", "", section.profile, ""]
-    out.append(f"_({section.seconds:.0f} s)_")
+    out.append(f"_({section.seconds:.0f} s, run {begun_at:%Y-%m-%d %H:%M} UTC)_")
     return out
 
 
