@@ -66,8 +66,8 @@ class Attempt:
     span: RecordedSpan
     invocation: Invocation
     result: dict[str, Any]
-    started: float  # perf_counter() when its span started
-    cpu: float  # process_time() then
+    started: float = 0.0  # perf_counter() when its clocks started (:func:`_start_clocks`)
+    cpu: float = 0.0  # process_time() then
     data: Any = None
     loaded: bool = False  # load_mini_batch() returned (else its result is a LOAD_ERROR)
     begun: bool = False  # its begin marker is written
@@ -293,7 +293,6 @@ class WorkerLoop:
         """The attempt's mini_batch span started and its data loaded (a failed load is its LOAD_ERROR result);
         ``clocks=False``: one begun with the previous attempt's end starts its clocks and peak RSS once that
         result is sent (:func:`_start_clocks`)."""
-        started, cpu = (time.perf_counter(), time.process_time()) if clocks else (0.0, 0.0)
         span, invocation = self._start_span(
             "mini_batch",
             {"pipeobs.mini_batch_id": mini_batch.id, "pipeobs.attempt": attempt, "pipeobs.inputs": mini_batch.summary()},
@@ -304,9 +303,9 @@ class WorkerLoop:
             "trace_id": invocation.trace_id,
             "span_id": invocation.span_id,
         }
+        current = Attempt(mini_batch, attempt, span, invocation, result)
         if clocks:
-            reset_peak_rss()
-        current = Attempt(mini_batch, attempt, span, invocation, result, started, cpu)
+            _start_clocks(current)
         try:
             from pipeobs.datasets import load_mini_batch
 
@@ -389,9 +388,9 @@ class WorkerLoop:
         return data, RunContext(**fields)
 
 def _start_clocks(current: Attempt) -> None:
-    """Start the clocks and the peak RSS of an attempt begun with the previous attempt's end (its span made, its
-    begin marker written): its elapsed and process seconds, peak RSS and span start count nothing of sending the
-    previous result."""
+    """Start an attempt's clocks, peak RSS and span start: as it starts, or, for one begun with the previous
+    attempt's end (its span made, its begin marker written), once that result is sent, so they count nothing of
+    sending it."""
     current.started, current.cpu = time.perf_counter(), time.process_time()
     current.span.start_time = time.time_ns()
     current.result["start_time"] = current.span.start_time / 1e9

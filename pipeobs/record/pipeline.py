@@ -23,6 +23,7 @@ from pipeobs.records import Event, Line, LineBlock, Metric, RecordBlock, Span, e
 Lines = Sequence[Line | LineBlock | RecordBlock]  # what one call of add_lines takes
 
 KINDS = ("add_line", "add_metric", "add_span", "add_event")
+_ONE_BY_ONE = ("add_metric", "add_span", "add_event")  # lines go through lines(): each sink's _lines_of
 
 
 class Pipeline:
@@ -30,7 +31,7 @@ class Pipeline:
 
     def __init__(self, sinks: list[Any] | None = None) -> None:
         self.sinks: list[Any] = []
-        self._targets: dict[str, list[Callable[[Any], None]]] = {kind: [] for kind in KINDS}
+        self._targets: dict[str, list[Callable[[Any], None]]] = {kind: [] for kind in _ONE_BY_ONE}
         self._line_batches: list[Callable[[Lines], None]] = []
         for sink in sinks or []:
             self.add(sink)
